@@ -1,0 +1,1 @@
+"""modmesh node: a caching GOPROXY that verifies everything it stores and serves."""

@@ -1,0 +1,266 @@
+"""HTTP layer: routes, responses, the error mapping and the access log.
+
+Every GOPROXY request goes through `goproxy`: parse the path (protocol), ask the
+proxy core, and turn the answer into a response with the right headers. Errors
+from anywhere below become one `text/plain` line the go command will print.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
+
+from .errors import ModmeshError, error_body
+from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .protocol import ModRequest, parse_request
+from .proxy import CHUNK, HOLDBACK, Download, MetaAnswer, ModuleProxy, Served
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("modmesh.access")
+
+CONTENT_TYPES = {
+    "info": "application/json",
+    "latest": "application/json",
+    "mod": "text/plain; charset=utf-8",
+    "list": "text/plain; charset=utf-8",
+    "zip": "application/zip",
+}
+IMMUTABLE = "public, max-age=31536000, immutable"
+CACHE_HEADER = "X-Modmesh-Cache"
+STALE_HEADER = "X-Modmesh-Stale"
+
+Handler = Callable[[web.Request], Awaitable[StreamResponse]]
+
+# Per-request facts the access log reports.
+REQ = web.RequestKey("req", ModRequest)
+CACHE = web.RequestKey("cache", str)
+UPSTREAM = web.RequestKey("upstream", str)
+SENT = web.RequestKey("sent", int)  # body bytes of a streamed answer
+Health = Callable[[], dict[str, Any]]
+
+
+def build_app(proxy: ModuleProxy, metrics: Metrics, health: Health, ready: Callable[[], bool]) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware])
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response(health(), headers={"Cache-Control": "no-store"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        ok = ready()
+        return web.Response(
+            status=200 if ok else 503, text="ready\n" if ok else "not ready\n",
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def metrics_handler(request: web.Request) -> web.Response:
+        resp = web.Response(body=metrics.render(), headers={"Cache-Control": "no-store"})
+        resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+        return resp
+
+    async def goproxy(request: web.Request) -> StreamResponse:
+        req = parse_request(request.path)
+        request[REQ] = req
+        if req.versioned:
+            res = await proxy.versioned(req)
+            if isinstance(res, Download):
+                return await stream_download(request, res, proxy)
+            return served_response(req, res, request)
+        return meta_response(req, await proxy.meta(req), proxy.settings.meta_ttl, request)
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get(r"/{tail:[\s\S]*}", goproxy)
+    return app
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> StreamResponse:
+    try:
+        return await handler(request)
+    except ModmeshError as e:
+        request[CACHE] = "error"
+        return web.Response(
+            status=e.status,
+            body=error_body(e),
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"Cache-Control": e.cache_control},
+        )
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        # aiohttp's own 404/405: keep the one-line text/plain shape of all our errors.
+        headers = {"Cache-Control": "no-store"}
+        if "Allow" in e.headers:
+            headers["Allow"] = e.headers["Allow"]
+        return web.Response(status=e.status, text=f"{e.reason}\n\n", headers=headers)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("internal error on %s", request.path)
+        return web.Response(
+            status=500, text="internal error in the module proxy (logged)\n\n",
+            headers={"Cache-Control": "no-store"},
+        )
+
+
+def _digest_header(sha256_hex: str) -> str:
+    return "sha-256=:" + base64.b64encode(bytes.fromhex(sha256_hex)).decode() + ":"
+
+
+def served_response(req: ModRequest, s: Served, request: web.Request) -> StreamResponse:
+    request[CACHE] = s.cache
+    request[UPSTREAM] = s.entry.source if s.cache == "miss" else ""
+    headers = {
+        "Cache-Control": IMMUTABLE,
+        CACHE_HEADER: s.cache,
+        "Repr-Digest": _digest_header(s.entry.sha256),
+    }
+    if s.entry.h1:
+        headers["X-Modmesh-H1"] = s.entry.h1
+    if s.body is not None:
+        headers["ETag"] = f'"{s.entry.sha256}"'
+        resp = web.Response(body=s.body, headers=headers)
+        resp.content_type = CONTENT_TYPES[req.kind].split(";")[0]
+        if req.kind == "mod":
+            resp.charset = "utf-8"
+        return resp
+    # sendfile; aiohttp derives ETag from the file and handles Range/HEAD.
+    headers["Content-Type"] = CONTENT_TYPES[req.kind]
+    return web.FileResponse(s.path, chunk_size=CHUNK, headers=headers)
+
+
+def meta_response(req: ModRequest, a: MetaAnswer, ttl: float, request: web.Request) -> web.Response:
+    request[CACHE] = a.cache
+    request[UPSTREAM] = a.source if a.cache in ("miss", "revalidated") else ""
+    fresh_for = 0 if a.cache == "stale" else max(0, int(ttl - a.age))
+    headers = {
+        "Cache-Control": f"public, max-age={fresh_for}",
+        "Age": str(int(a.age)),
+        CACHE_HEADER: a.cache,
+    }
+    if a.stale_reason:
+        headers[STALE_HEADER] = a.stale_reason
+    resp = web.Response(body=a.body, headers=headers)
+    resp.content_type = CONTENT_TYPES[req.kind].split(";")[0]
+    if req.kind == "list":
+        resp.charset = "utf-8"
+    return resp
+
+
+async def stream_download(request: web.Request, dl: Download, proxy: ModuleProxy) -> StreamResponse:
+    """Send a zip while it downloads, holding back its tail until it verified.
+
+    If the download then fails, the connection is aborted before the last bytes:
+    the client sees a truncated transfer, never a complete bad zip.
+    """
+    assert dl.writer is not None
+    try:
+        fd = os.open(dl.writer.tmp_path, os.O_RDONLY)
+    except FileNotFoundError:
+        # Finished (committed or failed) between the wait and now.
+        entry = await dl.result
+        served = await proxy.lookup(dl.req)
+        assert served is not None, entry
+        return served_response(dl.req, served, request)
+    request[CACHE] = "miss"
+    dl.committed = True
+    resp = web.StreamResponse(headers={CACHE_HEADER: "miss", "Cache-Control": IMMUTABLE})
+    resp.content_type = CONTENT_TYPES["zip"]
+    if dl.expected is not None:
+        resp.content_length = dl.expected
+    try:
+        await resp.prepare(request)
+        sent = 0
+        while True:
+            ok = dl.finished and dl.result.exception() is None
+            limit = dl.written if ok else dl.written - HOLDBACK
+            while sent < limit:
+                chunk = os.pread(fd, min(CHUNK, limit - sent), sent)
+                if not chunk:
+                    break
+                await resp.write(chunk)
+                sent += len(chunk)
+                request[SENT] = sent
+            if dl.finished:
+                break
+            await dl.changed()
+    finally:
+        os.close(fd)
+    if dl.result.exception() is not None:
+        request[UPSTREAM] = dl.source
+        log.warning("aborting streamed %s: %s", dl.req.key, dl.result.exception())
+        if request.transport is not None:
+            request.transport.abort()
+        return resp
+    request[UPSTREAM] = dl.source
+    await resp.write_eof()
+    return resp
+
+
+def access_logger(metrics: Metrics) -> type[AbstractAccessLogger]:
+    """aiohttp builds the access logger itself, so bind the node's metrics here."""
+
+    class Logger(AccessLogger):
+        pass
+
+    Logger.metrics = metrics
+    return Logger
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One structured line per request, after the response went out (so the
+    byte count is real), and the request metrics from the same place."""
+
+    metrics: Metrics | None = None
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        req: ModRequest | None = request.get(REQ)
+        kind = req.kind if req else _endpoint_kind(request.path)
+        cache = request.get(CACHE, "")
+        sent = _body_bytes(request, response)
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.requests.labels(kind, str(response.status), cache or "none").inc()
+            metrics.bytes_served.labels(kind).inc(sent)
+        fields = {
+            "method": request.method,
+            "path": request.path,
+            "status": response.status,
+            "kind": kind,
+            "cache": cache,
+            "upstream": request.get(UPSTREAM, ""),
+            "ms": round(time * 1000, 2),
+            "bytes": sent,
+            "remote": request.remote,
+        }
+        if req is not None:
+            fields["module"] = req.module
+            if req.version:
+                fields["version"] = req.version
+        self.logger.info("%s %s %s", request.method, request.path, response.status, extra={"fields": fields})
+
+
+def _body_bytes(request: BaseRequest, response: StreamResponse) -> int:
+    if request.method == "HEAD":
+        return 0
+    streamed = request.get(SENT)
+    if streamed is not None:
+        return streamed
+    # body_length counts the header bytes too; Content-Length is the body.
+    return response.content_length if response.content_length is not None else response.body_length
+
+
+def _endpoint_kind(path: str) -> str:
+    return path.strip("/") if path in ("/healthz", "/readyz", "/metrics") else "other"
+

@@ -1,0 +1,158 @@
+"""Node configuration: one frozen dataclass, loaded once.
+
+Precedence: command-line flags > environment (`MODMESH_<KEY>`) > TOML file >
+defaults. Every key is documented in README.md ("Configuration"); unknown keys
+in the file are warned about, not fatal, so an older node reads a newer file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEFAULT_UPSTREAM = "https://proxy.golang.org"
+
+
+def default_data_dir(env: Mapping[str, str] = os.environ) -> Path:
+    """systemd's StateDirectory, else the XDG data home."""
+    if env.get("STATE_DIRECTORY"):
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".local" / "share")
+    return Path(base) / "modmesh"
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: str = "127.0.0.1:3000"
+    data: Path = field(default_factory=default_data_dir)
+    upstream: str = DEFAULT_UPSTREAM
+    #: Seconds to establish a TCP/TLS connection to an upstream.
+    connect_timeout: float = 5.0
+    #: Longest silence (seconds) while waiting for an upstream's headers or body bytes.
+    read_timeout: float = 30.0
+    #: Whole-request bound (seconds) for info, mod, list and latest from an upstream.
+    small_timeout: float = 60.0
+    #: Consecutive failures that open an upstream's circuit breaker.
+    breaker_threshold: int = 3
+    #: Seconds a breaker stays open before one probe request is let through.
+    breaker_reset: float = 30.0
+    #: Seconds a cached @v/list or @latest is fresh.
+    meta_ttl: float = 300.0
+    #: Seconds after the TTL during which the cached answer is served while a
+    #: background refresh runs (stale-while-revalidate).
+    meta_stale_window: float = 300.0
+    #: Seconds a "not found" from the upstreams is remembered.
+    negative_ttl: float = 60.0
+    #: Zips larger than this stream to clients while they download (bytes).
+    stream_threshold: int = 4 << 20
+    #: Honour HTTP_PROXY/HTTPS_PROXY/NO_PROXY for upstream requests.
+    trust_env: bool = False
+    log_level: str = "info"
+    #: "json" (one object per line) or "text".
+    log_format: str = "json"
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return parse_listen(self.listen)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.I)
+_SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+_SIZE_KEYS = {"stream_threshold"}
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"listen address {value!r} must be HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def parse_duration(value: object) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    m = _DURATION.match(str(value))
+    if not m:
+        raise ConfigError(f"{value!r} is not a duration (e.g. 30, 1.5s, 250ms, 5m)")
+    n = float(m.group(1))
+    return n * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2) or "s"]
+
+
+def parse_size(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    m = _SIZE.match(str(value))
+    if not m:
+        raise ConfigError(f"{value!r} is not a size (e.g. 4MiB, 50GB, 1048576)")
+    return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()])
+
+
+def _coerce(key: str, value: object) -> Any:
+    typ = _FIELDS[key].type
+    try:
+        if key in _SIZE_KEYS:
+            return parse_size(value)
+        if typ == "float":
+            return parse_duration(value)
+        if typ == "int":
+            return int(value)  # type: ignore[call-overload]
+        if typ == "bool":
+            if isinstance(value, bool):
+                return value
+            return str(value).strip().lower() in ("1", "true", "yes", "on")
+        if typ == "Path":
+            return Path(str(value)).expanduser()
+        return str(value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config key {key!r}: {e}") from None
+
+
+def load_config(
+    file: Path | None = None,
+    env: Mapping[str, str] = os.environ,
+    flags: Mapping[str, object] | None = None,
+) -> Config:
+    """Merge defaults, the TOML file, MODMESH_* environment variables and flags."""
+    values: dict[str, Any] = {}
+    if file is None and env.get("MODMESH_CONFIG"):
+        file = Path(env["MODMESH_CONFIG"])
+    if file is not None:
+        try:
+            raw = tomllib.loads(file.read_text())
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {file}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {file}: {e}") from None
+        for key, value in raw.items():
+            if key in _FIELDS:
+                values[key] = _coerce(key, value)
+            else:
+                log.warning("config file %s: unknown key %r ignored", file, key)
+    for key in _FIELDS:
+        ev = env.get(f"MODMESH_{key.upper()}")
+        if ev:
+            values[key] = _coerce(key, ev)
+    for key, value in (flags or {}).items():
+        if value is not None:
+            values[key] = _coerce(key, value)
+    cfg = Config(**values)
+    parse_listen(cfg.listen)
+    if cfg.log_format not in ("json", "text"):
+        raise ConfigError(f"log_format must be 'json' or 'text', not {cfg.log_format!r}")
+    return cfg

@@ -1,0 +1,33 @@
+"""The seam the mesh (package `sync`) plugs into; `node` never imports `sync`.
+
+The node calls these hooks; the mesh implements them. Kept deliberately small:
+each method is a fact the node knows first (a verified blob was stored), and
+nothing here can make the node serve unverified bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .index import Entry
+
+log = logging.getLogger(__name__)
+
+
+class StoreObserver(Protocol):
+    def stored(self, entry: Entry) -> None:
+        """A versioned file was verified and committed. Must not block."""
+
+
+@dataclass
+class Hooks:
+    observers: list[StoreObserver] = field(default_factory=list)
+
+    def stored(self, entry: Entry) -> None:
+        for obs in self.observers:
+            try:
+                obs.stored(entry)
+            except Exception:  # an observer's bug must not fail a client request
+                log.exception("store observer %r failed", obs)

@@ -1,0 +1,184 @@
+"""SQLite index of what the store holds (aiosqlite, WAL).
+
+`entries`: immutable versioned files (module, version, kind) -> blob, with the
+hashes and provenance recorded when they were verified. Each row gets a serial
+number from AUTOINCREMENT, so "everything after serial N" is a change log the
+mesh can follow (devpi's changelog / Syncthing's delta index); `epoch` names this
+store, so a peer notices when it was reset.
+
+`meta`: the mutable answers (`@v/list`, `@latest`), kept small and whole.
+
+Access statistics (hits, last access) are buffered in memory and flushed in
+batches: the hit path never waits on a write.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    serial      INTEGER PRIMARY KEY AUTOINCREMENT,
+    module      TEXT NOT NULL,
+    version     TEXT NOT NULL,
+    kind        TEXT NOT NULL CHECK (kind IN ('info', 'mod', 'zip')),
+    sha256      TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    h1          TEXT,
+    source      TEXT NOT NULL,
+    fetched_at  REAL NOT NULL,
+    last_access REAL,
+    hits        INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (module, version, kind)
+);
+CREATE INDEX IF NOT EXISTS entries_sha256 ON entries (sha256);
+CREATE TABLE IF NOT EXISTS meta (
+    module     TEXT NOT NULL,
+    kind       TEXT NOT NULL CHECK (kind IN ('list', 'latest')),
+    body       BLOB NOT NULL,
+    source     TEXT NOT NULL,
+    fetched_at REAL NOT NULL,
+    PRIMARY KEY (module, kind)
+);
+CREATE TABLE IF NOT EXISTS node_state (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    module: str
+    version: str
+    kind: str
+    sha256: str
+    size: int
+    h1: str | None
+    source: str
+    fetched_at: float
+    serial: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MetaEntry:
+    module: str
+    kind: str
+    body: bytes
+    source: str
+    fetched_at: float
+
+
+_ENTRY_COLS = "module, version, kind, sha256, size, h1, source, fetched_at, serial"
+
+
+class Index:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: aiosqlite.Connection | None = None
+        self._access: dict[tuple[str, str, str], tuple[int, float]] = {}
+        self.epoch = ""
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        assert self._db is not None, "Index.open() first"
+        return self._db
+
+    async def open(self) -> None:
+        self._db = await aiosqlite.connect(self.path)
+        await self.db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL is durable against process crashes (kill -9) in WAL mode.
+        await self.db.execute("PRAGMA synchronous=NORMAL")
+        await self.db.executescript(SCHEMA)
+        async with self.db.execute("SELECT value FROM node_state WHERE key='epoch'") as cur:
+            row = await cur.fetchone()
+        if row is None:
+            self.epoch = secrets.token_hex(8)
+            await self.db.execute("INSERT INTO node_state VALUES ('epoch', ?)", (self.epoch,))
+        else:
+            self.epoch = row[0]
+        await self.db.commit()
+
+    async def aclose(self) -> None:
+        if self._db is not None:
+            await self.flush_access()
+            await self._db.close()
+            self._db = None
+
+    async def get(self, module: str, version: str, kind: str) -> Entry | None:
+        async with self.db.execute(
+            f"SELECT {_ENTRY_COLS} FROM entries WHERE module=? AND version=? AND kind=?",
+            (module, version, kind),
+        ) as cur:
+            row = await cur.fetchone()
+        return Entry(*row) if row else None
+
+    async def put(self, e: Entry) -> Entry:
+        """Record a verified blob. Versioned files are immutable: an existing row wins."""
+        await self.db.execute(
+            "INSERT INTO entries (module, version, kind, sha256, size, h1, source, fetched_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (module, version, kind) DO NOTHING",
+            (e.module, e.version, e.kind, e.sha256, e.size, e.h1, e.source, e.fetched_at),
+        )
+        await self.db.commit()
+        got = await self.get(e.module, e.version, e.kind)
+        assert got is not None
+        return got
+
+    async def delete(self, module: str, version: str, kind: str) -> None:
+        await self.db.execute(
+            "DELETE FROM entries WHERE module=? AND version=? AND kind=?", (module, version, kind)
+        )
+        await self.db.commit()
+
+    async def changes_since(self, serial: int, limit: int = 1000) -> list[Entry]:
+        async with self.db.execute(
+            f"SELECT {_ENTRY_COLS} FROM entries WHERE serial > ? ORDER BY serial LIMIT ?",
+            (serial, limit),
+        ) as cur:
+            return [Entry(*r) for r in await cur.fetchall()]
+
+    async def get_meta(self, module: str, kind: str) -> MetaEntry | None:
+        async with self.db.execute(
+            "SELECT module, kind, body, source, fetched_at FROM meta WHERE module=? AND kind=?",
+            (module, kind),
+        ) as cur:
+            row = await cur.fetchone()
+        return MetaEntry(row[0], row[1], bytes(row[2]), row[3], row[4]) if row else None
+
+    async def put_meta(self, m: MetaEntry) -> None:
+        await self.db.execute(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?, ?, ?, ?)",
+            (m.module, m.kind, m.body, m.source, m.fetched_at),
+        )
+        await self.db.commit()
+
+    async def totals(self) -> tuple[int, int]:
+        """(number of entries, bytes of distinct blobs)."""
+        async with self.db.execute("SELECT COUNT(*) FROM entries") as cur:
+            (count,) = await cur.fetchone() or (0,)
+        async with self.db.execute(
+            "SELECT COALESCE(SUM(size), 0) FROM (SELECT DISTINCT sha256, size FROM entries)"
+        ) as cur:
+            (size,) = await cur.fetchone() or (0,)
+        return int(count), int(size)
+
+    def touch(self, module: str, version: str, kind: str, now: float) -> None:
+        key = (module, version, kind)
+        hits, _ = self._access.get(key, (0, 0.0))
+        self._access[key] = (hits + 1, now)
+
+    async def flush_access(self) -> None:
+        if not self._access or self._db is None:
+            return
+        batch, self._access = self._access, {}
+        await self.db.executemany(
+            "UPDATE entries SET hits = hits + ?, last_access = MAX(COALESCE(last_access, 0), ?)"
+            " WHERE module=? AND version=? AND kind=?",
+            [(h, t, m, v, k) for (m, v, k), (h, t) in batch.items()],
+        )
+        await self.db.commit()

@@ -1,0 +1,49 @@
+"""Prometheus metrics, one registry per node (no process-global state, so tests
+and several in-process nodes never share counters)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "modmesh_requests", "GOPROXY requests answered", ["kind", "status", "cache"], registry=r
+        )
+        self.bytes_served = Counter(
+            "modmesh_served_bytes", "Response body bytes sent to clients", ["kind"], registry=r
+        )
+        self.upstream_latency = Histogram(
+            "modmesh_upstream_latency_seconds",
+            "Time from request to response headers, per upstream",
+            ["upstream"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "modmesh_upstream_errors", "Upstream failures by reason", ["upstream", "reason"], registry=r
+        )
+        self.upstream_bytes = Counter(
+            "modmesh_upstream_bytes", "Bytes received from upstreams", ["upstream"], registry=r
+        )
+        self.breaker_open = Gauge(
+            "modmesh_upstream_breaker_open", "1 while an upstream's circuit breaker is open",
+            ["upstream"], registry=r,
+        )
+        self.coalesced = Counter(
+            "modmesh_coalesced_waits", "Requests that waited on another request's upstream fetch",
+            ["kind"], registry=r,
+        )
+        self.rejected = Counter(
+            "modmesh_rejected_blobs", "Upstream answers refused by integrity checks", ["kind"], registry=r
+        )
+        self.store_bytes = Gauge("modmesh_store_bytes", "Bytes of blobs in the store", registry=r)
+        self.store_blobs = Gauge("modmesh_store_blobs", "Index entries for versioned files", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

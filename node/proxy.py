@@ -1,0 +1,417 @@
+"""The caching core: answer a `ModRequest` from the store, or fetch it once.
+
+Follow one request: `app.goproxy` parses the path into a ModRequest and calls
+`ModuleProxy.versioned` (info/mod/zip) or `ModuleProxy.meta` (list/latest).
+
+versioned: memory/index hit -> `Served` (the app sends the blob with sendfile).
+           miss -> one `Download` per key (single-flight): the upstream chain is
+           walked, the body is written to a temp file while its sha256 (and for
+           zips, the per-entry hashes for h1) are computed, verified, committed
+           into the blob store and indexed. Every waiter gets the result; for a
+           large zip waiters stream the temp file as it grows, holding back its
+           tail until verification passed (a client never completes bad bytes).
+meta:      list/latest with a TTL, stale-while-revalidate, and serve-stale when
+           every upstream fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import aiohttp
+
+from . import modzip, verify
+from .errors import IntegrityError, ModmeshError, NotFound, UpstreamError
+from .hooks import Hooks
+from .index import Entry, Index, MetaEntry
+from .metrics import Metrics
+from .protocol import ModRequest
+from .store import BlobStore, BlobWriter
+from .upstream import Upstream, UpstreamChain
+
+log = logging.getLogger(__name__)
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+#: Bytes of a streamed zip withheld from clients until the whole zip verified.
+HOLDBACK = 64 * 1024
+#: Small blobs kept in memory so hot .info/.mod hits skip the file system.
+SMALL_BLOB = 64 * 1024
+CHUNK = 256 * 1024
+
+
+class LRU(Generic[K, V]):
+    """A bounded mapping that forgets the least recently used key."""
+
+    def __init__(self, maxlen: int) -> None:
+        self.maxlen = maxlen
+        self._d: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        v = self._d.get(key)
+        if v is not None:
+            self._d.move_to_end(key)
+        return v
+
+    def put(self, key: K, value: V) -> None:
+        self._d[key] = value
+        self._d.move_to_end(key)
+        while len(self._d) > self.maxlen:
+            self._d.popitem(last=False)
+
+    def pop(self, key: K) -> None:
+        self._d.pop(key, None)
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    meta_ttl: float = 300.0
+    #: After the TTL, serve the cached list/latest while refreshing in the
+    #: background for this long; after that, refresh before answering.
+    meta_stale_window: float = 300.0
+    negative_ttl: float = 60.0
+    #: Zips up to this size are verified whole before the first byte goes out;
+    #: larger ones stream to waiting clients while they download.
+    stream_threshold: int = 4 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """A versioned file ready to send: from memory (`body`) or from `path`."""
+
+    entry: Entry
+    path: Path
+    body: bytes | None
+    cache: str  # "hit" or "miss"
+
+
+@dataclass(frozen=True, slots=True)
+class MetaAnswer:
+    body: bytes
+    cache: str  # hit, miss, revalidated, stale
+    age: float
+    source: str
+    stale_reason: str | None = None
+
+
+@dataclass(eq=False)
+class Download:
+    """One in-flight fetch of a versioned file, shared by all who asked for it."""
+
+    req: ModRequest
+    writer: BlobWriter | None = None
+    expected: int | None = None
+    written: int = 0
+    #: Set once a client has been sent bytes: the answer can no longer change
+    #: upstream, so the chain must not fall through.
+    committed: bool = False
+    source: str = ""
+    result: asyncio.Future[Entry] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def finished(self) -> bool:
+        return self.result.done()
+
+    def advance(self, n: int) -> None:
+        self.written += n
+        self._notify()
+
+    def restart(self) -> None:
+        if self.writer is not None and self.written:
+            self.writer.truncate()
+        self.written = 0
+        self.expected = None
+
+    def _notify(self) -> None:
+        ev, self._changed = self._changed, asyncio.Event()
+        ev.set()
+
+    async def changed(self) -> None:
+        await self._changed.wait()
+
+    async def wait_until(self, pred: Callable[[], bool]) -> None:
+        while not (self.finished or pred()):
+            await self.changed()
+
+
+class ModuleProxy:
+    def __init__(
+        self,
+        store: BlobStore,
+        index: Index,
+        chain: UpstreamChain,
+        metrics: Metrics,
+        settings: ProxySettings,
+        hooks: Hooks | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.index = index
+        self.chain = chain
+        self.metrics = metrics
+        self.settings = settings
+        self.hooks = hooks or Hooks()
+        self.clock = clock
+        self._entries: LRU[str, Entry] = LRU(100_000)
+        self._small: LRU[str, bytes] = LRU(4096)
+        self._meta: LRU[tuple[str, str], MetaEntry] = LRU(20_000)
+        self._negative: LRU[str, tuple[float, NotFound]] = LRU(50_000)
+        self._flights: dict[str, Download] = {}
+        self._meta_flights: dict[tuple[str, str], asyncio.Task[MetaEntry]] = {}
+        self._tasks: set[asyncio.Task[object]] = set()
+
+    # ---- versioned files -------------------------------------------------
+
+    async def versioned(self, req: ModRequest) -> Served | Download:
+        """A hit, a completed miss, or a Download the caller streams (large zips)."""
+        served = await self.lookup(req)
+        if served is not None:
+            return served
+        self._check_negative(req)
+        dl = self._flights.get(req.key)
+        if dl is None:
+            dl = Download(req)
+            self._flights[req.key] = dl
+            self._spawn(self._download(dl))
+        else:
+            self.metrics.coalesced.labels(req.kind).inc()
+        threshold = self.settings.stream_threshold
+        await dl.wait_until(
+            lambda: dl.written >= threshold and (dl.expected is None or dl.expected > threshold)
+        )
+        if not dl.finished:
+            return dl
+        entry = dl.result.result()  # raises the flight's error, if any
+        return Served(entry, self.store.path_for(entry.sha256), self._small.get(entry.sha256), "miss")
+
+    async def lookup(self, req: ModRequest) -> Served | None:
+        entry = self._entries.get(req.key)
+        if entry is None:
+            entry = await self.index.get(req.module, req.version, req.kind)
+            if entry is None:
+                return None
+            self._entries.put(req.key, entry)
+        path = self.store.path_for(entry.sha256)
+        body = self._small.get(entry.sha256)
+        if body is None:
+            try:
+                if entry.size <= SMALL_BLOB:
+                    body = path.read_bytes()
+                    self._small.put(entry.sha256, body)
+                elif not path.is_file():
+                    raise FileNotFoundError(path)
+            except FileNotFoundError:
+                log.warning("blob for %s missing from the store; refetching", req.key)
+                self._entries.pop(req.key)
+                await self.index.delete(req.module, req.version, req.kind)
+                return None
+        self.index.touch(req.module, req.version, req.kind, self.clock())
+        return Served(entry, path, body, "hit")
+
+    def _check_negative(self, req: ModRequest) -> None:
+        neg = self._negative.get(req.key)
+        if neg is not None:
+            expires, err = neg
+            if self.clock() < expires:
+                raise err
+            self._negative.pop(req.key)
+
+    def _remember_missing(self, req: ModRequest, err: NotFound) -> None:
+        if self.settings.negative_ttl > 0:
+            self._negative.put(req.key, (self.clock() + self.settings.negative_ttl, err))
+
+    async def _download(self, dl: Download) -> None:
+        req = dl.req
+        try:
+            dl.writer = self.store.writer()
+            consume = self._consume_zip if req.kind == "zip" else self._consume_small
+            h1, up = await self.chain.fetch(
+                req.upstream_path,
+                lambda up, resp: consume(dl, up, resp),
+                small=req.kind != "zip",
+                may_fall_through=lambda: not dl.committed,
+            )
+            blob = await asyncio.to_thread(dl.writer.commit)
+            entry = await self.index.put(
+                Entry(req.module, req.version, req.kind, blob.sha256, blob.size, h1, up.name, self.clock())
+            )
+            self._entries.put(req.key, entry)
+            dl.source = up.name
+            dl.result.set_result(entry)
+            self.hooks.stored(entry)
+        except NotFound as e:
+            self._remember_missing(req, e)
+            dl.result.set_exception(e)
+        except ModmeshError as e:
+            if isinstance(e, IntegrityError):
+                self.metrics.rejected.labels(req.kind).inc()
+                log.warning("refused %s: %s", req.key, e)
+            dl.result.set_exception(e)
+        except asyncio.CancelledError:
+            dl.result.set_exception(UpstreamError("node is shutting down"))
+            raise
+        except Exception as e:  # a bug: fail the waiters, do not wedge the key
+            log.exception("download of %s failed", req.key)
+            dl.result.set_exception(ModmeshError(f"internal error fetching {req.key}: {type(e).__name__}"))
+        finally:
+            if dl.writer is not None:
+                dl.writer.abort()
+            self._flights.pop(req.key, None)
+            dl._notify()
+            # Waiters retrieve the exception; mark it seen so asyncio does not warn.
+            if dl.result.done() and not dl.result.cancelled():
+                dl.result.exception()
+
+    async def _consume_small(self, dl: Download, up: Upstream, resp: aiohttp.ClientResponse) -> str | None:
+        req = dl.req
+        limit = verify.MAX_INFO if req.kind == "info" else verify.MAX_MOD
+        body = await _read_bounded(resp, limit, req)
+        self.metrics.upstream_bytes.labels(up.name).inc(len(body))
+        if req.kind == "info":
+            verify.check_info(req, body)
+            h1 = None
+        else:
+            verify.check_mod(req, body)
+            h1 = modzip.h1_gomod(body)
+        assert dl.writer is not None
+        dl.restart()
+        dl.writer.write(body)
+        if len(body) <= SMALL_BLOB:
+            self._small.put(dl.writer.sha256, body)
+        dl.advance(len(body))
+        return h1
+
+    async def _consume_zip(self, dl: Download, up: Upstream, resp: aiohttp.ClientResponse) -> str:
+        req = dl.req
+        writer = dl.writer
+        assert writer is not None
+        dl.restart()
+        encoded = resp.headers.get("Content-Encoding", "identity") != "identity"
+        dl.expected = None if encoded else resp.content_length
+        if dl.expected is not None and dl.expected > modzip.MAX_ZIP_FILE:
+            raise IntegrityError(f"upstream zip for {req.module}@{req.version} is larger than 500 MiB")
+        dl._notify()
+        hasher = modzip.ZipStreamHasher()
+        received = self.metrics.upstream_bytes.labels(up.name)
+        async for chunk in resp.content.iter_chunked(CHUNK):
+            writer.write(chunk)
+            hasher.feed(chunk)
+            received.inc(len(chunk))
+            dl.advance(len(chunk))
+            if dl.written > modzip.MAX_ZIP_FILE:
+                raise IntegrityError(f"upstream zip for {req.module}@{req.version} is larger than 500 MiB")
+        if dl.written == 0:
+            raise IntegrityError(f"upstream sent an empty zip for {req.module}@{req.version}")
+        if dl.expected is not None and dl.written != dl.expected:
+            raise UpstreamError(
+                f"upstream {up.name} sent {dl.written} of {dl.expected} bytes of {req.module}@{req.version}.zip"
+            )
+        try:
+            checked = await asyncio.to_thread(
+                modzip.check_zip, writer.tmp_path, req.module, req.version, hasher.digests()
+            )
+        except ValueError as e:
+            raise IntegrityError(f"upstream zip for {req.module}@{req.version} is unsound: {e}") from None
+        return checked.h1
+
+    # ---- list and latest -------------------------------------------------
+
+    async def meta(self, req: ModRequest) -> MetaAnswer:
+        key = (req.module, req.kind)
+        now = self.clock()
+        cached = self._meta.get(key)
+        if cached is None:
+            cached = await self.index.get_meta(req.module, req.kind)
+            if cached is not None:
+                self._meta.put(key, cached)
+        s = self.settings
+        if cached is not None:
+            age = max(0.0, now - cached.fetched_at)
+            if age < s.meta_ttl:
+                return MetaAnswer(cached.body, "hit", age, cached.source)
+            if age < s.meta_ttl + s.meta_stale_window:
+                self._meta_refresh(req)  # stale-while-revalidate
+                return MetaAnswer(cached.body, "stale", age, cached.source, "revalidating")
+        self._check_negative(req)
+        try:
+            fresh = await self._meta_refresh(req)
+        except NotFound as e:
+            self._remember_missing(req, e)
+            raise
+        except ModmeshError as e:
+            if cached is None:
+                raise
+            log.warning("serving stale %s: %s", req.key, e)
+            return MetaAnswer(cached.body, "stale", now - cached.fetched_at, cached.source, "upstream-failed")
+        return MetaAnswer(fresh.body, "miss" if cached is None else "revalidated", 0.0, fresh.source)
+
+    def _meta_refresh(self, req: ModRequest) -> asyncio.Task[MetaEntry]:
+        key = (req.module, req.kind)
+        task = self._meta_flights.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._fetch_meta(req))
+            self._meta_flights[key] = task
+            task.add_done_callback(lambda t: self._meta_flights.pop(key, None))
+            task.add_done_callback(_quiet)
+            self._tasks.add(task)  # type: ignore[arg-type]
+            task.add_done_callback(self._tasks.discard)
+        else:
+            self.metrics.coalesced.labels(req.kind).inc()
+        return task
+
+    async def _fetch_meta(self, req: ModRequest) -> MetaEntry:
+        async def consume(up: Upstream, resp: aiohttp.ClientResponse) -> bytes:
+            body = await _read_bounded(resp, verify.MAX_LIST, req)
+            self.metrics.upstream_bytes.labels(up.name).inc(len(body))
+            if req.kind == "list":
+                return verify.normalize_list(req, body)
+            return verify.check_latest(req, body)
+
+        body, up = await self.chain.fetch(req.upstream_path, consume, small=True)
+        m = MetaEntry(req.module, req.kind, body, up.name, self.clock())
+        await self.index.put_meta(m)
+        self._meta.put((req.module, req.kind), m)
+        self._negative.pop(req.key)
+        return m
+
+    # ---- lifecycle -------------------------------------------------------
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        """Cancel in-flight fetches; their temp files are removed as they unwind."""
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _quiet(task: asyncio.Task[MetaEntry]) -> None:
+    if not task.cancelled():
+        task.exception()  # background refresh failures are logged where they happen
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int, req: ModRequest) -> bytes:
+    if resp.content_length is not None and resp.content_length > limit:
+        raise IntegrityError(f"upstream {req.kind} answer for {req.key} is too large")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise IntegrityError(f"upstream {req.kind} answer for {req.key} is too large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+

@@ -1,0 +1,159 @@
+"""The composition root: build a node from a Config and run it.
+
+Everything with a lifetime (HTTP session, index, proxy tasks, the listening
+site) is created in `Node.start()` and released in `Node.aclose()`, in reverse
+order. Tests and the CLI use the same object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from .app import access_logger, build_app
+from .config import Config
+from .hooks import Hooks
+from .index import Index
+from .metrics import Metrics
+from .proxy import ModuleProxy, ProxySettings
+from .store import BlobStore
+from .upstream import Timeouts, UpstreamChain, build_chain
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+STATS_INTERVAL = 5.0
+
+
+class Node:
+    def __init__(self, config: Config, hooks: Hooks | None = None) -> None:
+        self.config = config
+        self.hooks = hooks or Hooks()
+        self.metrics = Metrics()
+        self.store = BlobStore(config.data)
+        self.index = Index(config.data / "index.sqlite")
+        self.started_at = time.time()
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self._stats_task: asyncio.Task[None] | None = None
+        self._ready = False
+        self.chain: UpstreamChain
+        self.proxy: ModuleProxy
+        self.app: web.Application
+        self.url = ""
+
+    async def start(self) -> None:
+        cfg = self.config
+        cfg.data.mkdir(parents=True, exist_ok=True)
+        self.store.open()
+        await self.index.open()
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=300),
+            headers={"User-Agent": f"modmesh/{VERSION} (+https://go.dev/ref/mod#goproxy-protocol)"},
+            trust_env=cfg.trust_env,
+        )
+        timeouts = Timeouts(cfg.connect_timeout, cfg.read_timeout, cfg.small_timeout)
+        self.chain = build_chain(
+            cfg.upstream, self._session, timeouts, self.metrics, cfg.breaker_threshold, cfg.breaker_reset
+        )
+        settings = ProxySettings(
+            meta_ttl=cfg.meta_ttl,
+            meta_stale_window=cfg.meta_stale_window,
+            negative_ttl=cfg.negative_ttl,
+            stream_threshold=cfg.stream_threshold,
+        )
+        self.proxy = ModuleProxy(self.store, self.index, self.chain, self.metrics, settings, self.hooks)
+        self.app = build_app(self.proxy, self.metrics, self.health, lambda: self._ready)
+        await self._update_stats()
+        self._stats_task = asyncio.create_task(self._stats_loop())
+        self._ready = True
+
+    async def listen(self, host: str | None = None, port: int | None = None) -> str:
+        """Start serving HTTP; returns the base URL (port 0 picks a free one)."""
+        h, p = self.config.host_port
+        host = h if host is None else host
+        port = p if port is None else port
+        self._runner = web.AppRunner(
+            self.app, access_log_class=access_logger(self.metrics), access_log=logging.getLogger("modmesh.access"),
+            handler_cancellation=True, shutdown_timeout=5.0,
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        await site.start()
+        server = site._server
+        assert server is not None
+        sock_port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://{host}:{sock_port}"
+        log.info("modmesh node listening on %s, upstream %s, data %s", self.url,
+                 ",".join(u.name for u in self.chain.upstreams) or "off", self.config.data)
+        return self.url
+
+    async def aclose(self) -> None:
+        self._ready = False
+        if self._runner is not None:
+            await self._runner.cleanup()  # stop accepting, let in-flight requests finish
+            self._runner = None
+        if self._stats_task is not None:
+            self._stats_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._stats_task
+        if hasattr(self, "proxy"):
+            await self.proxy.aclose()
+        if self._session is not None:
+            await self._session.close()
+        await self.index.aclose()
+
+    async def __aenter__(self) -> Node:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def health(self) -> dict[str, Any]:
+        ups = [
+            {"name": u.name, "breaker": u.breaker.state, "consecutive_failures": u.breaker.failures}
+            for u in self.chain.upstreams
+        ]
+        degraded = bool(ups) and all(u["breaker"] != "closed" for u in ups)
+        disk = shutil.disk_usage(self.config.data)
+        return {
+            "status": "degraded" if degraded else "ok",
+            "version": VERSION,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "upstreams": ups,
+            "store": {"epoch": self.index.epoch, "disk_free_bytes": disk.free},
+        }
+
+    async def _update_stats(self) -> None:
+        count, size = await self.index.totals()
+        self.metrics.store_blobs.set(count)
+        self.metrics.store_bytes.set(size)
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await asyncio.sleep(STATS_INTERVAL)
+            try:
+                await self.index.flush_access()
+                await self._update_stats()
+            except Exception:
+                log.exception("periodic index maintenance failed")
+
+
+@contextlib.asynccontextmanager
+async def running_node(config: Config, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[Node]:
+    node = Node(config)
+    await node.start()
+    try:
+        await node.listen(host, port)
+        yield node
+    finally:
+        await node.aclose()

@@ -1,0 +1,155 @@
+"""Content-addressed blob store on disk.
+
+Layout under the data directory:
+
+    blobs/ab/abcdef...   one file per sha256, immutable once renamed into place
+    tmp/                 in-progress writes; anything here at start-up is an orphan
+
+A blob becomes visible only by `os.replace` of a fully written, fsynced temp file
+in the same file system, so a crash at any moment leaves either no blob or a
+whole one. The sha256 is computed while the bytes are written, never after.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import StorageFull
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBlob:
+    sha256: str
+    size: int
+    path: Path
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blob_dir = root / "blobs"
+        self.tmp_dir = root / "tmp"
+
+    def open(self) -> int:
+        """Create the directories and delete orphan temp files; returns how many."""
+        self.blob_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        removed = 0
+        for p in self.tmp_dir.iterdir():
+            try:
+                p.unlink()
+                removed += 1
+            except OSError as e:
+                log.warning("cannot remove orphan temp file %s: %s", p, e)
+        if removed:
+            log.info("removed %d orphan temp files from %s", removed, self.tmp_dir)
+        return removed
+
+    def path_for(self, sha256: str) -> Path:
+        return self.blob_dir / sha256[:2] / sha256
+
+    def has(self, sha256: str) -> bool:
+        return self.path_for(sha256).is_file()
+
+    def writer(self) -> BlobWriter:
+        return BlobWriter(self)
+
+    def put_bytes(self, data: bytes) -> StoredBlob:
+        """Store a small blob in one go (info, mod): same atomic path as streams."""
+        w = self.writer()
+        try:
+            w.write(data)
+            return w.commit()
+        finally:
+            w.abort()
+
+    def remove(self, sha256: str) -> None:
+        try:
+            self.path_for(sha256).unlink()
+        except FileNotFoundError:
+            pass
+
+
+class BlobWriter:
+    """Writes one blob to a temp file, hashing as it goes.
+
+    `commit()` fsyncs and renames into place (call it in a thread for big blobs:
+    fsync can take a while); `abort()` is idempotent and safe after commit.
+    """
+
+    def __init__(self, store: BlobStore) -> None:
+        self.store = store
+        self.tmp_path = store.tmp_dir / f"{secrets.token_hex(8)}.part"
+        self._fd: int | None = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        assert self._fd is not None, "write after commit/abort"
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError as e:
+            raise _storage_error(e) from e
+        self._hash.update(data)
+        self.size += len(data)
+
+    def truncate(self) -> None:
+        """Start over (an upstream failed mid-body and the next one is tried)."""
+        assert self._fd is not None
+        os.ftruncate(self._fd, 0)
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def commit(self) -> StoredBlob:
+        assert self._fd is not None, "commit after commit/abort"
+        digest = self.sha256
+        final = self.store.path_for(digest)
+        try:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            final.parent.mkdir(exist_ok=True)
+            os.replace(self.tmp_path, final)
+            _fsync_dir(final.parent)
+        except OSError as e:
+            raise _storage_error(e) from e
+        return StoredBlob(digest, self.size, final)
+
+    def abort(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        try:
+            self.tmp_path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _storage_error(e: OSError) -> Exception:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull("node storage is full; the file was not cached")
+    return e

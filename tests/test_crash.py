@@ -1,0 +1,99 @@
+"""`kill -9` of a real `modmesh serve` process during downloads, then a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.modules import big_module, module_set
+from tests.upstream_fixture import Fault
+
+N = 20
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def serve_process(data: Path, upstream: str, port: int) -> AsyncIterator[asyncio.subprocess.Process]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "node.cli", "serve", "--listen", f"127.0.0.1:{port}",
+        "--data", str(data), "--upstream", upstream, "--log-format", "text", "--log-level", "warning",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(200):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
+                        if r.status == 200:
+                            break
+                if proc.returncode is not None:
+                    err = await proc.stderr.read() if proc.stderr else b""
+                    pytest.fail(f"modmesh serve exited {proc.returncode}: {err.decode()[-2000:]}")
+                await asyncio.sleep(0.05)
+            else:
+                pytest.fail("modmesh serve did not become ready")
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+async def test_kill_9_mid_download_then_restart(fake_proxy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    mods = [(f"example.com/crash{i}", "v1.0.0", big_module(f"example.com/crash{i}", "v1.0.0", 1 << 20))
+            for i in range(N)]
+    up = await fake_proxy(module_set(*mods))
+    up.inject(r"\.zip$", Fault.slow_body(256 << 10))  # ~4 s per zip: all 20 are in flight
+    data = tmp_path / "data"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+
+    async with aiohttp.ClientSession() as s:
+        async def fetch(path: str) -> bytes:
+            async with s.get(url + path) as r:
+                return await r.read()
+
+        async with serve_process(data, up.url, port) as proc:
+            tasks = [asyncio.ensure_future(fetch(f"/{m}/@v/{v}.zip")) for m, v, _ in mods]
+            for _ in range(200):  # until every download has a temp file with bytes in it
+                parts = [p for p in (data / "tmp").iterdir() if p.stat().st_size > 0]
+                if len(parts) >= N:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(parts) >= N, "downloads did not start"
+            os.kill(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            assert all(isinstance(r, Exception) for r in results)  # nothing completed
+        assert list((data / "tmp").iterdir())  # the crash left orphans behind...
+
+        up.clear_faults()
+        async with serve_process(data, up.url, port):
+            assert list((data / "tmp").iterdir()) == []  # ...and start-up removed them
+            for m, v, (info, mod, zip_) in mods:
+                assert await fetch(f"/{m}/@v/{v}.zip") == zip_
+                assert await fetch(f"/{m}/@v/{v}.mod") == mod
+                assert await fetch(f"/{m}/@v/{v}.info") == info
+            # Every blob on disk is whole: its name is the sha256 of its bytes.
+            for blob in (data / "blobs").rglob("*"):
+                if blob.is_file():
+                    assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
