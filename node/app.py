@@ -233,6 +233,8 @@ class AccessLogger(AbstractAccessLogger):
         if metrics is not None:
             metrics.requests.labels(kind, str(response.status), cache or "none").inc()
             metrics.bytes_served.labels(kind).inc(sent)
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
         fields = {
             "method": request.method,
             "path": request.path,
@@ -254,7 +256,7 @@ class AccessLogger(AbstractAccessLogger):
 def _body_bytes(request: BaseRequest, response: StreamResponse) -> int:
     if request.method == "HEAD":
         return 0
-    streamed = request.get(SENT)
+    streamed: int | None = request.get(SENT)
     if streamed is not None:
         return streamed
     # body_length counts the header bytes too; Content-Length is the body.

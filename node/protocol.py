@@ -7,6 +7,7 @@ by Go's own rules, so nothing malformed ever reaches the store or an upstream.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -55,6 +56,7 @@ class ModRequest:
         return f"{mod}/@v/{modpath.escape_version(self.version)}.{self.kind}"
 
 
+@functools.lru_cache(maxsize=16384)  # hot paths repeat; errors are not cached
 def parse_request(path: str) -> ModRequest:
     """Parse a decoded request path such as `/rsc.io/!quote/@v/v1.5.2.zip`.
 

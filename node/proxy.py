@@ -20,10 +20,10 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import aiohttp
 
@@ -167,7 +167,7 @@ class ModuleProxy:
         self._negative: LRU[str, tuple[float, NotFound]] = LRU(50_000)
         self._flights: dict[str, Download] = {}
         self._meta_flights: dict[tuple[str, str], asyncio.Task[MetaEntry]] = {}
-        self._tasks: set[asyncio.Task[object]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     # ---- versioned files -------------------------------------------------
 
@@ -362,7 +362,7 @@ class ModuleProxy:
             self._meta_flights[key] = task
             task.add_done_callback(lambda t: self._meta_flights.pop(key, None))
             task.add_done_callback(_quiet)
-            self._tasks.add(task)  # type: ignore[arg-type]
+            self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         else:
             self.metrics.coalesced.labels(req.kind).inc()
@@ -385,8 +385,8 @@ class ModuleProxy:
 
     # ---- lifecycle -------------------------------------------------------
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -88,9 +88,7 @@ class Node:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
         await site.start()
-        server = site._server
-        assert server is not None
-        sock_port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        sock_port = self._runner.addresses[0][1]
         self.url = f"http://{host}:{sock_port}"
         log.info("modmesh node listening on %s, upstream %s, data %s", self.url,
                  ",".join(u.name for u in self.chain.upstreams) or "off", self.config.data)

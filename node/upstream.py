@@ -10,6 +10,7 @@ a timeout, a truncated body, or a body the caller's `consume` refuses.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -215,7 +216,7 @@ class Upstream:
             self._failed(type(e).__name__, e)
             raise
         except asyncio.TimeoutError:
-            err = UpstreamTimeout(f"upstream {self.name} did not answer {path} in time")
+            err: UpstreamError = UpstreamTimeout(f"upstream {self.name} did not answer {path} in time")
             self._failed("timeout", err)
             raise err from None
         except aiohttp.ClientPayloadError as e:
@@ -307,7 +308,7 @@ class UpstreamChain:
                 off = LookupDisabled("module lookup disabled by GOPROXY=off")
                 raise best if best_rank >= 1 and best is not None else off
             try:
-                return await entry.fetch(path, lambda r, e=entry: consume(e, r), small=small), entry
+                return await entry.fetch(path, functools.partial(consume, entry), small=small), entry
             except NotFound as e:
                 if best_rank <= 0:
                     best, best_rank = e, 0

@@ -97,3 +97,28 @@ async def test_kill_9_mid_download_then_restart(fake_proxy, tmp_path: Path) -> N
             for blob in (data / "blobs").rglob("*"):
                 if blob.is_file():
                     assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
+
+
+async def test_sigterm_mid_download_leaves_no_partials(fake_proxy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    mods = [(f"example.com/term{i}", "v1.0.0", big_module(f"example.com/term{i}", "v1.0.0", 1 << 20))
+            for i in range(5)]
+    up = await fake_proxy(module_set(*mods))
+    up.inject(r"\.zip$", Fault.slow_body(64 << 10))  # ~16 s per zip: outlives the 5 s grace period
+    data = tmp_path / "data"
+    port = free_port()
+    async with aiohttp.ClientSession() as s:
+        async def fetch(path: str) -> bytes:
+            async with s.get(f"http://127.0.0.1:{port}{path}") as r:
+                return await r.read()
+
+        async with serve_process(data, up.url, port) as proc:
+            tasks = [asyncio.ensure_future(fetch(f"/{m}/@v/{v}.zip")) for m, v, _ in mods]
+            for _ in range(200):
+                if len([p for p in (data / "tmp").iterdir() if p.stat().st_size > 0]) >= len(mods):
+                    break
+                await asyncio.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 20) == 0
+            await asyncio.gather(*tasks, return_exceptions=True)
+    assert list((data / "tmp").iterdir()) == []  # removed on the way out, not at the next start
+    assert not any(p.is_file() for p in (data / "blobs").rglob("*"))

@@ -15,6 +15,7 @@ from node.errors import IntegrityError
 from node.protocol import ModRequest
 from tests.corpus import CorpusVersion, broken, servable
 from tests.goenv import go_env, remove_modcache, run_go
+from tests.upstream_fixture import Fault
 
 pytestmark = pytest.mark.e2e
 
@@ -149,3 +150,30 @@ async def test_build_list_get_then_offline(  # type: ignore[no-untyped-def]
                 assert r.status == 200
                 assert r.headers["X-Modmesh-Cache"] == "stale"
                 assert r.headers["X-Modmesh-Stale"] == "upstream-failed"
+
+
+async def test_go_prints_the_nodes_reason_and_pipe_falls_through(  # type: ignore[no-untyped-def]
+    corpus_modules, fake_proxy, make_node, tmp_path: Path
+) -> None:
+    a, b = await fake_proxy(corpus_modules), await fake_proxy(corpus_modules)
+    a.inject("/rsc.io/quote/@v/v1.5.2.zip", Fault.status(500, b"disk on fire"))
+    a.inject("/rsc.io/quote/@v/v1.5.1.zip", Fault.wrong_body(corpus_modules["rsc.io/quote"]["v1.5.2"][2]))
+    strict = await make_node(a.url)
+    env = go_env(tmp_path / "g1", strict.url)
+    res = await run_go(["mod", "download", "-json", "rsc.io/quote@v1.5.2"], env, cwd=tmp_path)
+    assert not res.ok
+    err = json.loads(res.stdout)["Error"]
+    assert "502 Bad Gateway" in err and "answered 500" in err and "disk on fire" in err
+    res = await run_go(["mod", "download", "-json", "rsc.io/quote@v1.5.1"], env, cwd=tmp_path)
+    err = json.loads(res.stdout)["Error"]
+    assert "unsound" in err and "unexpected file" in err, err
+
+    # With `|` the same failures fall through to b, and go gets sound bytes.
+    tolerant = await make_node(f"{a.url}|{b.url}")
+    env = go_env(tmp_path / "g2", tolerant.url)
+    res = (await run_go(["mod", "download", "-json", "rsc.io/quote@v1.5.2", "rsc.io/quote@v1.5.1"],
+                        env, cwd=tmp_path)).check()
+    sums = {o["Version"]: o["Sum"] for o in decode_stream(res.stdout)}
+    for v in ("v1.5.2", "v1.5.1"):
+        entry = await tolerant.index.get("rsc.io/quote", v, "zip")
+        assert entry is not None and entry.source == b.url and sums[v] == entry.h1
