@@ -20,6 +20,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 DEFAULT_UPSTREAM = "https://proxy.golang.org"
+#: What the go command uses when GOSUMDB is unset (its built-in key).
+DEFAULT_SUMDB = "sum.golang.org+033de0ae+Ac4zctda0e5eza+HJyk9SxEdh+s3Ux18htTTAD8OuAn8"
 
 
 def default_data_dir(env: Mapping[str, str] = os.environ) -> Path:
@@ -54,6 +56,19 @@ class Config:
     negative_ttl: float = 60.0
     #: Zips larger than this stream to clients while they download (bytes).
     stream_threshold: int = 4 << 20
+    #: Checksum databases, GOSUMDB syntax each: "NAME+HASH+KEY [URL]". Without a URL the
+    #: node finds the database through its upstreams' /sumdb/ endpoints, else at https://NAME.
+    sumdb: tuple[str, ...] = (DEFAULT_SUMDB,)
+    #: "sumdb": every public .zip/.mod must match the database before it is cached;
+    #: "off": no checks against a database (the node still proxies it for clients).
+    sumdb_verify: str = "sumdb"
+    #: GOPRIVATE-syntax patterns of private modules: never checked against or sent to a
+    #: checksum database.
+    private: str = ""
+    #: GONOSUMDB-syntax patterns skipping the database, in addition to `private`.
+    nosumdb: str = ""
+    #: Seconds a cached database `latest` tree head is fresh.
+    sumdb_latest_ttl: float = 60.0
     #: Honour HTTP_PROXY/HTTPS_PROXY/NO_PROXY for upstream requests.
     trust_env: bool = False
     log_level: str = "info"
@@ -116,6 +131,9 @@ def _coerce(key: str, value: object) -> Any:
             if isinstance(value, bool):
                 return value
             return str(value).strip().lower() in ("1", "true", "yes", "on")
+        if typ == "tuple[str, ...]":
+            items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+            return tuple(str(v).strip() for v in items if str(v).strip())
         if typ == "Path":
             return Path(str(value)).expanduser()
         return str(value)
@@ -153,6 +171,8 @@ def load_config(
             values[key] = _coerce(key, value)
     cfg = Config(**values)
     parse_listen(cfg.listen)
+    if cfg.sumdb_verify not in ("sumdb", "off"):
+        raise ConfigError(f"sumdb_verify must be 'sumdb' or 'off', not {cfg.sumdb_verify!r}")
     if cfg.log_format not in ("json", "text"):
         raise ConfigError(f"log_format must be 'json' or 'text', not {cfg.log_format!r}")
     return cfg

@@ -72,8 +72,9 @@ _SPACE = re.compile(r"[ \t\r]*")
 # Candidate identifier runs; characters that are not printable are cut off after matching.
 _IDENT_RUN = re.compile(r"[^ \t\r\n()\[\]{},]+")
 # A backslash escapes any next character, a newline included (the lexer only
-# refuses a newline it meets unescaped).
-_STRING_RE = {'"': re.compile(r'"(?:[^"\\\n]|\\.)*"', re.S), "`": re.compile(r"`[^`\n]*`")}
+# refuses a newline it meets unescaped). Without the closing quote: how far a
+# string gets before an unescaped newline or the end of the input.
+_STRING_BODY = {'"': re.compile(r'"(?:[^"\\\n]|\\.)*', re.S), "`": re.compile(r"`[^`\n]*")}
 
 
 class _Lexer:
@@ -105,7 +106,8 @@ class _Lexer:
 
     def _read(self) -> _Token:
         text = self._text
-        self._skip(_SPACE.match(text, self._pos).end() - self._pos)  # type: ignore[union-attr]
+        if (space := _SPACE.match(text, self._pos)) is not None:
+            self._skip(space.end() - self._pos)
         start, line, col = self._pos, self._line, self._pos - self._bol + 1
         if start >= len(text):
             return _Token(_EOF, "", line, col)
@@ -124,19 +126,16 @@ class _Lexer:
         if c in _PUNCT:
             self._skip(1)
             return _Token(c, c, line, col)
-        if c in _STRING_RE:
-            m = _STRING_RE[c].match(text, start)
-            if m is None:
-                # Find where the lexer would stop: an unescaped newline or EOF.
-                i = start + 1
-                while i < len(text) and text[i] != "\n":
-                    i += 2 if text[i] == "\\" and c == '"' else 1
-                if i >= len(text):
-                    raise self.error("unexpected EOF in string", line, col)
-                self._skip(i - start)
-                raise self.error("unexpected newline in string")
-            self._skip(m.end() - start)
-            return _Token(_STRING, m[0], line, col)
+        if c in _STRING_BODY:
+            body = _STRING_BODY[c].match(text, start)
+            stop = start + 1 if body is None else body.end()
+            if stop < len(text) and text[stop] == c:
+                self._skip(stop + 1 - start)
+                return _Token(_STRING, text[start : stop + 1], line, col)
+            if stop >= len(text) or text[stop] == "\\":  # a backslash can only stop us at EOF
+                raise self.error("unexpected EOF in string", line, col)
+            self._skip(stop - start)
+            raise self.error("unexpected newline in string")
         run = m[0] if (m := _IDENT_RUN.match(text, start)) else ""
         if not (run.isascii() and run.isprintable()):
             for i, d in enumerate(run):

@@ -3,10 +3,9 @@
 A caching proxy stores upstream zips byte for byte, so the one thing it must get
 right is what it lets in. `check_zip` applies, before caching, every rule the go
 command applies on download and extraction, and computes the h1 in the same
-pass; `ZipStreamHasher` computes per-entry digests while the bytes arrive so the
-check does not have to read a 500 MB zip twice. `create_zip` and
-`create_zip_from_files` build zips the way Go's CreateFromDir/Create do (tests
-and fixtures; a proxy never re-zips).
+pass; `zipstream.ZipStreamHasher` computes per-entry digests while the bytes
+arrive so the check does not have to read a 500 MB zip twice. `zipwriter`
+builds zips the way Go's CreateFromDir/Create do.
 
 The zip reader is our own rather than `zipfile`: Go hashes raw name bytes
 (zipfile decodes names as cp437), Go ignores the local header's name (zipfile
@@ -16,45 +15,42 @@ the end record must end the file, the central directory must sit directly
 before it with no prepended data, and local names must equal central names.
 Go's own writer (and Python's, and Java's) always produce that layout.
 
-Memory is bounded by the central directory (one small record per entry), never
-by entry contents: entries are inflated in slices with a cap at the declared
-size, and nothing is ever written to disk.
+Memory is bounded by the central directory (one small record per entry, at
+most MAX_ENTRIES), never by entry contents: entries are inflated in slices with
+a cap at the declared size, and nothing is ever written to disk. Everything
+here blocks on file I/O and CPU: run it in a worker thread for large zips.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import logging
 import os
 import re
-import stat
 import struct
-import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache, partial
-from pathlib import Path
-from typing import IO, BinaryIO
+from functools import lru_cache
+from typing import IO, Any
 
-from node import gomod
 from node.modpath import check_file_path
 
 __all__ = [
+    "MAX_ENTRIES",
     "MAX_GO_MOD",
     "MAX_LICENSE",
     "MAX_ZIP_FILE",
     "CheckedZip",
     "ZipError",
-    "ZipStreamHasher",
     "check_zip",
-    "create_zip",
-    "create_zip_from_files",
     "h1_from_digests",
     "h1_gomod",
     "h1_zip",
+    "ZipStreamHasher",
+    "create_zip",
+    "create_zip_from_files",
 ]
 
 _log = logging.getLogger(__name__)
@@ -62,6 +58,11 @@ _log = logging.getLogger(__name__)
 MAX_ZIP_FILE = 500 << 20
 MAX_GO_MOD = 16 << 20
 MAX_LICENSE = 16 << 20
+
+# Not a Go rule: a cap on entries so a hostile central directory (up to ~10M
+# tiny records in 500 MiB) cannot cost gigabytes; ~300 bytes of state per entry.
+# The largest real module zips hold tens of thousands of files.
+MAX_ENTRIES = 1 << 20
 
 _IO_BLOCK = 1 << 20  # compressed bytes read at a time
 _OUT_BLOCK = 4 << 20  # most bytes one inflate call may produce
@@ -72,12 +73,16 @@ class ZipError(ValueError):
     """A zip the go command would refuse (or that we refuse as ambiguous)."""
 
     def __init__(self, message: str) -> None:
-        # Names keep undecodable bytes as surrogate escapes; show them as \xNN.
+        # Hostile names must not break the one-line error an HTTP body carries:
+        # undecodable bytes (kept as surrogate escapes) and controls become \xNN.
         try:
             message = message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         except UnicodeEncodeError:
             message = message.encode("utf-8", "backslashreplace").decode()
-        super().__init__(message)
+        super().__init__(message.translate(_CONTROLS))
+
+
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
 
 
 # --- h1 (dirhash.Hash1) --------------------------------------------------------
@@ -154,7 +159,8 @@ _FOLD_EXTRA = _fold_ranges(
     (0x1C89, 0x1C89, 0x1C8A), (0x1C8A, 0x1C8A, 0x1C8A),
     (0x10D50, 0x10D65, 0x10D70), (0x10D70, 0x10D85, 0x10D70),
     (0x16EA0, 0x16EB8, 0x16EBB), (0x16EBB, 0x16ED3, 0x16EBB),
-    (0xFB05, 0xFB06, 0xFB05), (0x1FD3, 0x1FD3, 0x0390), (0x1FE3, 0x1FE3, 0x03B0),
+    (0xFB05, 0xFB05, 0xFB05), (0xFB06, 0xFB06, 0xFB05),
+    (0x1FD3, 0x1FD3, 0x0390), (0x1FE3, 0x1FE3, 0x03B0),
 )
 
 
@@ -298,9 +304,11 @@ def _read_directory(f: IO[bytes], size: int) -> tuple[list[_Entry], int]:
     if cd_off + cd_size != dir_end:
         raise _bad("central directory is not where the end record says")
 
+    if n > MAX_ENTRIES:
+        raise ZipError(f"zip has too many entries ({n}; modmesh's limit is {MAX_ENTRIES})")
     entries: list[_Entry] = []
     blocks = _Blocks(f, cd_off, cd_size)
-    while not blocks.exhausted:
+    while not blocks.exhausted and len(entries) <= n:
         (sig, _, _, flags, method, _, _, crc, csize, usize, name_len, extra_len, comment_len,
          disk_start, _, _, offset) = _CENTRAL.unpack(blocks.take(_CENTRAL.size))
         if sig != _SIG_CENTRAL:
@@ -404,18 +412,26 @@ def _entry_sha256(f: IO[bytes], e: _Entry, dir_end: int) -> str:
     return sha.hexdigest()
 
 
-def _open_zip(path: str | os.PathLike[str]) -> BinaryIO:
-    try:
-        return open(path, "rb")
-    except OSError as err:
-        raise ZipError(f"cannot open zip: {err.strerror or err}") from None
+_TOTAL_TOO_LARGE = f"total uncompressed size of module contents too large (max size is {MAX_ZIP_FILE} bytes)"
+
+
+def _check_zip_size(size: int) -> None:
+    if size > MAX_ZIP_FILE:
+        raise ZipError(f"module zip file is too large ({size} bytes; limit is {MAX_ZIP_FILE} bytes)")
 
 
 def h1_zip(path: str | os.PathLike[str]) -> str:
-    """The h1 of a zip file: every entry, directories included, as dirhash.HashZip."""
-    with _open_zip(path) as f:
+    """The h1 of a zip file: every entry, directories included, as dirhash.HashZip.
+
+    Refuses (where Go would hash, then fail to extract) zips beyond the
+    MAX_ZIP_FILE limits, so overlapping entries cannot make the work unbounded.
+    """
+    with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
+        _check_zip_size(size)
         entries, dir_end = _read_directory(f, size)
+        if sum(e.usize for e in entries) > MAX_ZIP_FILE:
+            raise ZipError(_TOTAL_TOO_LARGE)
         last = {e.name: e for e in entries}  # Go looks names up in a map: the last one wins
         digest = {name: _entry_sha256(f, e, dir_end) for name, e in last.items()}
     return h1_from_digests((e.name, digest[e.name]) for e in entries)
@@ -455,10 +471,7 @@ def _check_layout(entries: list[_Entry], module: str, version: str) -> None:
                 if total + e.usize <= MAX_ZIP_FILE:
                     total += e.usize
                 elif size_error is None:
-                    size_error = (
-                        "total uncompressed size of module contents too large "
-                        f"(max size is {MAX_ZIP_FILE} bytes)"
-                    )
+                    size_error = _TOTAL_TOO_LARGE
                 if name == "go.mod" and e.usize > MAX_GO_MOD:
                     problem = f"go.mod file too large (max size is {MAX_GO_MOD} bytes)"
                 elif name == "LICENSE" and e.usize > MAX_LICENSE:
@@ -504,12 +517,11 @@ def check_zip(
     ZipStreamHasher over the same bytes, entry contents are not read again;
     digests that do not cover every entry with the central directory's size
     are ignored. Module path and version must already be valid (the request
-    router checks them).
+    router checks them). I/O errors on `path` itself propagate as OSError.
     """
-    with _open_zip(path) as f:
+    with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        if size > MAX_ZIP_FILE:
-            raise ZipError(f"module zip file is too large ({size} bytes; limit is {MAX_ZIP_FILE} bytes)")
+        _check_zip_size(size)
         entries, dir_end = _read_directory(f, size)
         _check_layout(entries, module, version)
         if digests is not None and all(digests.get(e.name, ("", -1))[1] == e.usize for e in entries):
@@ -517,447 +529,20 @@ def check_zip(
         else:
             shas = {e.name: _entry_sha256(f, e, dir_end) for e in entries}
     files = [e for e in entries if not e.is_dir]
-    return CheckedZip(
-        h1=h1_from_digests(shas.items()), files=len(files), size=sum(e.usize for e in files)
-    )
+    # One line per entry: a repeated directory entry is legal and hashed twice.
+    h1 = h1_from_digests((e.name, shas[e.name]) for e in entries)
+    return CheckedZip(h1=h1, files=len(files), size=sum(e.usize for e in files))
 
 
-# --- hashing while downloading ------------------------------------------------------
+def __getattr__(name: str) -> Any:
+    """`modzip.ZipStreamHasher` and `modzip.create_zip*` live in their own modules
+    (zipstream, zipwriter), which import this one; resolve them lazily."""
+    if name == "ZipStreamHasher":
+        from .zipstream import ZipStreamHasher
 
-@dataclass(slots=True)
-class _Seen:
-    """A local entry as the stream showed it: header fields and what we computed."""
+        return ZipStreamHasher
+    if name in ("create_zip", "create_zip_from_files"):
+        from . import zipwriter
 
-    name: bytes
-    flags: int
-    method: int
-    sha256: str = ""
-    crc: int = 0
-    csize: int = 0
-    usize: int = 0
-
-
-class ZipStreamHasher:
-    """Per-entry SHA-256 of a zip computed chunk by chunk while it downloads.
-
-    Feed every chunk in order, then call digests(): name -> (hex sha256, size),
-    or None if the stream was not a zip this parser can vouch for (stored
-    entries with data descriptors, zip64, encryption, other methods, trailing or
-    prepended data, a central directory that disagrees with the local headers,
-    anything malformed). None is not a verdict: check_zip then reads the file.
-    Never raises; buffers at most a header plus one chunk.
-    """
-
-    _SIG, _DATA, _DESCRIPTOR, _CENTRAL, _END, _FAILED = range(6)
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self._pos = 0  # stream offset of _buf[0]
-        self._state = self._SIG
-        self._fed = 0
-        self._produced = 0  # uncompressed bytes over all entries
-        self._locals: dict[int, _Seen] = {}  # by header offset, until the central directory claims them
-        self._cur = _Seen(b"", 0, 0)
-        self._limit = 0  # declared compressed size left (no descriptor) / uncompressed cap
-        self._hdr: tuple[int, int, int] = (0, 0, 0)  # crc, csize, usize from the local header
-        self._sha = hashlib.sha256()
-        self._inflater: zlib._Decompress | None = None
-        self._central_at = 0
-        self._result: dict[str, tuple[str, int]] = {}
-
-    def feed(self, data: bytes) -> None:
-        if self._state == self._FAILED or not data:
-            return
-        self._fed += len(data)
-        if self._fed > MAX_ZIP_FILE or self._state == self._END:
-            self._state = self._FAILED
-            return
-        self._buf += data
-        try:
-            while self._state != self._FAILED and self._step():
-                pass
-        except zlib.error:
-            self._give_up()
-        except Exception:  # a parser bug must not fail the download; check_zip reads instead
-            _log.warning("zip stream hasher failed; falling back to reading the zip", exc_info=True)
-            self._give_up()
-
-    def digests(self) -> dict[str, tuple[str, int]] | None:
-        return dict(self._result) if self._state == self._END else None
-
-    # Each step consumes input or changes state and returns True, or returns False for more input.
-
-    def _give_up(self) -> bool:
-        self._state = self._FAILED
-        self._buf = bytearray()
-        self._inflater = None
-        return False
-
-    def _consume(self, n: int) -> None:
-        del self._buf[:n]
-        self._pos += n
-
-    def _step(self) -> bool:
-        if self._state == self._DATA:
-            return self._data()
-        if self._state == self._DESCRIPTOR:
-            return self._descriptor()
-        if len(self._buf) < 4:
-            return False
-        sig = bytes(self._buf[:4])
-        if self._state == self._SIG:
-            if sig == _SIG_LOCAL:
-                return self._local_header()
-            if sig in (_SIG_CENTRAL, _SIG_EOCD):
-                self._state, self._central_at = self._CENTRAL, self._pos
-                return True
-        elif self._state == self._CENTRAL:
-            if sig == _SIG_CENTRAL:
-                return self._central_header()
-            if sig == _SIG_EOCD:
-                return self._end_record()
-        return self._give_up()
-
-    def _local_header(self) -> bool:
-        if len(self._buf) < _LOCAL.size:
-            return False
-        _, _, flags, method, _, _, crc, csize, usize, name_len, extra_len = _LOCAL.unpack_from(self._buf)
-        end = _LOCAL.size + name_len + extra_len
-        if len(self._buf) < end:
-            return False
-        extra = bytes(self._buf[_LOCAL.size + name_len : end])
-        if (
-            flags & _FLAG_ENCRYPTED
-            or method not in (_STORED, _DEFLATED)
-            or (method == _STORED and flags & _FLAG_DESCRIPTOR)
-            or _U32 in (csize, usize)
-            or _has_zip64_extra(extra)
-        ):
-            return self._give_up()
-        self._cur = _Seen(bytes(self._buf[_LOCAL.size : _LOCAL.size + name_len]), flags, method)
-        self._locals[self._pos] = self._cur
-        self._hdr = (crc, csize, usize)
-        self._consume(end)
-        self._sha = hashlib.sha256()
-        self._inflater = zlib.decompressobj(-15) if method == _DEFLATED else None
-        self._limit = -1 if flags & _FLAG_DESCRIPTOR else csize
-        self._state = self._DATA
-        return True
-
-    def _emit(self, out: bytes | memoryview) -> bool:
-        cur = self._cur
-        cur.usize += len(out)
-        self._produced += len(out)
-        cap = MAX_ZIP_FILE if self._limit < 0 else self._hdr[2]
-        if cur.usize > cap or self._produced > MAX_ZIP_FILE:
-            return False
-        self._sha.update(out)
-        cur.crc = zlib.crc32(out, cur.crc)
-        return True
-
-    def _data(self) -> bool:
-        cur, inflater = self._cur, self._inflater
-        known = self._limit >= 0
-        if known and self._limit == 0 and inflater is None:
-            return self._finish_entry()
-        avail = min(len(self._buf), self._limit) if known else len(self._buf)
-        if avail == 0 and (not known or self._limit > 0):
-            return False
-        with memoryview(self._buf) as mv, mv[:avail] as chunk:
-            ok = self._emit(chunk) if inflater is None else self._inflate(inflater, chunk)
-        if not ok:
-            return self._give_up()
-        self._consume(avail)
-        cur.csize += avail
-        if known:
-            self._limit -= avail
-        if inflater is None:
-            return self._limit > 0 or self._finish_entry()
-        if not inflater.eof:
-            if known and self._limit == 0:
-                return self._give_up()  # the declared compressed data ended mid-stream
-            return avail > 0
-        unused = inflater.unused_data
-        if unused:
-            if known:
-                return self._give_up()  # junk after the deflate stream inside the entry
-            self._buf[:0] = unused
-            self._pos -= len(unused)
-            cur.csize -= len(unused)
-        if known:
-            return self._finish_entry() if self._limit == 0 else self._give_up()
-        self._state = self._DESCRIPTOR
-        return True
-
-    def _inflate(self, inflater: zlib._Decompress, data: bytes | memoryview) -> bool:
-        while True:
-            out = inflater.decompress(data, _OUT_BLOCK)
-            if not self._emit(out):
-                return False
-            data = inflater.unconsumed_tail
-            if inflater.eof or (not data and len(out) < _OUT_BLOCK):
-                return True
-
-    def _finish_entry(self) -> bool:
-        cur = self._cur
-        if (cur.crc, cur.csize, cur.usize) != self._hdr:
-            return self._give_up()
-        return self._close_entry()
-
-    def _close_entry(self) -> bool:
-        self._cur.sha256 = self._sha.hexdigest()
-        self._inflater = None
-        self._state = self._SIG
-        return True
-
-    def _descriptor(self) -> bool:
-        # [signature] crc32, then 32- or 64-bit sizes; the next record's signature
-        # must follow. Every field is matched against what we computed.
-        if len(self._buf) < 28:
-            return False
-        cur = self._cur
-        buf = bytes(self._buf[:28])
-        for skip, fmt in ((4, "<IQQ"), (4, "<III"), (0, "<IQQ"), (0, "<III")):
-            if skip and buf[:4] != _SIG_DESCRIPTOR:
-                continue
-            end = skip + struct.calcsize(fmt)
-            if struct.unpack_from(fmt, buf, skip) == (cur.crc, cur.csize, cur.usize) and buf[
-                end : end + 4
-            ] in (_SIG_LOCAL, _SIG_CENTRAL):
-                self._consume(end)
-                return self._close_entry()
-        return self._give_up()
-
-    def _central_header(self) -> bool:
-        if len(self._buf) < _CENTRAL.size:
-            return False
-        (_, _, _, flags, method, _, _, crc, csize, usize, name_len, extra_len, comment_len,
-         disk_start, _, _, offset) = _CENTRAL.unpack_from(self._buf)
-        end = _CENTRAL.size + name_len + extra_len + comment_len
-        if len(self._buf) < end:
-            return False
-        name = bytes(self._buf[_CENTRAL.size : _CENTRAL.size + name_len])
-        seen = self._locals.pop(offset, None)
-        if (
-            seen is None
-            or disk_start != 0
-            or (name, flags, method, crc, csize, usize)
-            != (seen.name, seen.flags, seen.method, seen.crc, seen.csize, seen.usize)
-        ):
-            return self._give_up()
-        key = name.decode("utf-8", "surrogateescape")
-        if key in self._result or (key.endswith("/") and usize != 0):
-            return self._give_up()
-        self._result[key] = (seen.sha256, usize)
-        self._consume(end)
-        return True
-
-    def _end_record(self) -> bool:
-        if len(self._buf) < _EOCD.size:
-            return False
-        _, disk, cd_disk, n_disk, n, cd_size, cd_off, comment_len = _EOCD.unpack_from(self._buf)
-        end = _EOCD.size + comment_len
-        if len(self._buf) < end:
-            return False
-        if (
-            self._locals
-            or (disk, cd_disk) != (0, 0)
-            or n_disk != n
-            or n != len(self._result)
-            or n == 0xFFFF
-            or (cd_off, cd_size) != (self._central_at, self._pos - self._central_at)
-            or len(self._buf) != end
-            or _SIG_EOCD in self._buf[1:end]  # Go takes the last signature it finds
-        ):
-            return self._give_up()
-        self._consume(end)
-        self._state = self._END
-        return False
-
-
-def _has_zip64_extra(extra: bytes) -> bool:
-    while len(extra) >= 4:
-        tag, n = struct.unpack_from("<HH", extra)
-        if tag == 1:
-            return True
-        extra = extra[4 + n :]
-    return False
-
-
-# --- creating zips -----------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class _Source:
-    path: str  # slash-separated, relative to the module root
-    size: int
-    open: Callable[[], IO[bytes]]
-
-
-_VCS_DIRS = frozenset({".bzr", ".git", ".hg", ".svn"})
-_GO_LANG = re.compile(r"(0|[1-9]\d*)(?:\.(0|[1-9]\d*)(?:\.(?:0|[1-9]\d*)|[a-z]+(?:0|[1-9]\d*)?)?)?")
-
-
-def _go_at_least_1_24(go_directive: str | None) -> bool:
-    """go/version.Compare(version.Lang("go"+v), "go1.24") >= 0."""
-    m = _GO_LANG.fullmatch(go_directive or "")
-    return m is not None and (int(m[1]), int(m[2] or 0)) >= (1, 24)
-
-
-def _is_vendored(name: str, go124: bool) -> bool:
-    """x/mod/zip's isVendoredPackage, including the pre-1.24 offset bug it keeps for old modules."""
-    if go124 and name == "vendor/modules.txt":
-        return True
-    if name.startswith("vendor/"):
-        i = len("vendor/")
-    elif (j := name.find("/vendor/")) >= 0:
-        i = j + len("/vendor/") if go124 else len("/vendor/")
-    else:
-        return False
-    return "/" in name[i:]
-
-
-def _root_go_version(sources: Iterable[_Source]) -> str | None:
-    for src in sources:
-        if src.path == "go.mod" and src.size <= MAX_GO_MOD:
-            with src.open() as fh:
-                return gomod.go_version(fh.read(MAX_GO_MOD + 1))
-    return None
-
-
-def _select(sources: list[_Source]) -> list[_Source]:
-    """x/mod/zip's checkFiles: the files that belong in the zip, or ZipError."""
-    go124 = _go_at_least_1_24(_root_go_version(sources))
-    module_dirs = set()
-    for src in sources:
-        head, _, base = src.path.rpartition("/")
-        if _fold(base) == "go.mod":
-            module_dirs.add(head)
-
-    def in_submodule(p: str) -> bool:
-        while "/" in p:
-            p = p.rpartition("/")[0]
-            if p in module_dirs:
-                return True
-        return False
-
-    collisions = _Collisions()
-    budget = MAX_ZIP_FILE
-    size_error: str | None = None
-    first_error: str | None = None
-    chosen = []
-    for src in sorted(sources, key=lambda s: _name_bytes(s.path)):
-        p = src.path
-        problem: str | None = None
-        if _clean(p) != p:
-            problem = "file path is not clean"
-        elif p.startswith("/"):
-            problem = "file path is not relative"
-        elif _is_vendored(p, go124) or in_submodule(p) or p == ".hg_archival.txt":
-            continue
-        else:
-            try:
-                check_file_path(p)
-            except ValueError as err:
-                problem = str(err)
-        if problem is None and p.lower() == "go.mod" and p != "go.mod":
-            problem = "go.mod files must have lowercase names"
-        problem = problem or collisions.check(p, False)
-        if problem is None:
-            if src.size <= budget:
-                budget -= src.size
-            elif size_error is None:
-                size_error = f"module source tree too large (max size is {MAX_ZIP_FILE} bytes)"
-            if p == "go.mod" and src.size > MAX_GO_MOD:
-                problem = f"go.mod file too large (max size is {MAX_GO_MOD} bytes)"
-            elif p == "LICENSE" and src.size > MAX_LICENSE:
-                problem = f"LICENSE file too large (max size is {MAX_LICENSE} bytes)"
-        if problem is None:
-            chosen.append(src)
-        elif first_error is None:
-            first_error = f"{p}: {problem}"
-    if size_error is not None:
-        raise ZipError(size_error)
-    if first_error is not None:
-        raise ZipError(first_error)
-    return chosen
-
-
-class _WriteOnly:
-    """Hide seek/tell so zipfile always streams with data descriptors: the output
-    bytes then depend only on the files, not on what kind of stream `out` is."""
-
-    def __init__(self, out: IO[bytes]) -> None:
-        self._out = out
-
-    def write(self, data: bytes) -> int:
-        self._out.write(data)
-        return len(data)
-
-    def flush(self) -> None:
-        self._out.flush()
-
-
-def _write(sources: list[_Source], module: str, version: str, out: IO[bytes]) -> None:
-    chosen = _select(sources)
-    prefix = f"{module}@{version}/"
-    with zipfile.ZipFile(_WriteOnly(out), "w", zipfile.ZIP_DEFLATED) as zf:  # type: ignore[arg-type]
-        for src in chosen:
-            info = zipfile.ZipInfo(prefix + src.path, date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.create_system = 3
-            info.external_attr = 0o644 << 16
-            left = src.size + 1  # like Go: notice a file that grew since it was listed
-            with src.open() as fh, zf.open(info, "w") as dst:
-                while left > 0 and (block := fh.read(min(left, _IO_BLOCK))):
-                    dst.write(block)
-                    left -= len(block)
-            if left <= 0:
-                raise ZipError(f"file {src.path!r} is larger than declared size")
-
-
-def create_zip_from_files(
-    files: Iterable[tuple[str, bytes]], module: str, version: str, out: BinaryIO
-) -> None:
-    """x/mod/zip.Create over (slash-separated relative name, content) pairs."""
-    _write([_Source(name, len(data), partial(io.BytesIO, data)) for name, data in files], module, version, out)
-
-
-def _walk(root: Path) -> list[_Source]:
-    """x/mod/zip's listFilesInDir: regular files, minus VCS dirs, nested modules, vendored packages."""
-    go_mod = root / "go.mod"
-    go124 = False
-    if go_mod.is_file() and go_mod.stat().st_size <= MAX_GO_MOD:
-        go124 = _go_at_least_1_24(gomod.go_version(go_mod.read_bytes()))
-    out: list[_Source] = []
-
-    def visit(directory: Path, rel: str) -> None:
-        with os.scandir(directory) as it:
-            children = sorted(it, key=lambda d: os.fsencode(d.name))
-        for child in children:
-            slash = f"{rel}{child.name}"
-            if _is_vendored(slash, go124):
-                continue  # everything below a vendored path is vendored too
-            if child.is_dir(follow_symlinks=False):
-                if child.name in _VCS_DIRS:
-                    continue
-                try:
-                    if not stat.S_ISDIR(os.lstat(os.path.join(child.path, "go.mod")).st_mode):
-                        continue  # another module
-                except FileNotFoundError:
-                    pass
-                visit(Path(child.path), slash + "/")
-            elif child.is_file(follow_symlinks=False):
-                size = child.stat(follow_symlinks=False).st_size
-                out.append(_Source(slash, size, partial(open, child.path, "rb")))
-            # symlinks and other irregular files are left out
-
-    visit(root, "")
-    return out
-
-
-def create_zip(src_dir: str | os.PathLike[str], module: str, version: str, out: BinaryIO) -> None:
-    """x/mod/zip.CreateFromDir: the canonical zip of a module tree, written to `out`.
-
-    Deterministic: entries sorted by name, fixed timestamps and modes, deflate.
-    """
-    _write(_walk(Path(src_dir)), module, version, out)
+        return getattr(zipwriter, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

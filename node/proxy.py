@@ -35,6 +35,7 @@ from .metrics import Metrics
 from .protocol import ModRequest
 from .store import BlobStore, BlobWriter
 from .upstream import Upstream, UpstreamChain
+from .zipstream import ZipStreamHasher
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +301,7 @@ class ModuleProxy:
         if dl.expected is not None and dl.expected > modzip.MAX_ZIP_FILE:
             raise IntegrityError(f"upstream zip for {req.module}@{req.version} is larger than 500 MiB")
         dl._notify()
-        hasher = modzip.ZipStreamHasher()
+        hasher = ZipStreamHasher()
         received = self.metrics.upstream_bytes.labels(up.name)
         async for chunk in resp.content.iter_chunked(CHUNK):
             writer.write(chunk)

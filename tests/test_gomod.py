@@ -56,6 +56,8 @@ def test_parse_module_path(body: bytes, path: str) -> None:
     [
         (b'module "example.com/m\n', "go.mod:1:22: unexpected newline in string"),
         (b'module "example.com/m', "go.mod:1:8: unexpected EOF in string"),
+        (b'module "example.com/m\\', "go.mod:1:8: unexpected EOF in string"),
+        (b'module "a\\\nb"\n', "go.mod:1: invalid quoted string: invalid syntax"),  # escaped newline
         (b"module `example.com/m\n", "unexpected newline in string"),
         (b"module (\n\texample.com/m\n", "syntax error (unterminated block started at go.mod:1:1)"),
         (b"module (\n\texample.com/m\n) x\n", "syntax error (expected newline after closing paren)"),
