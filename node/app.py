@@ -19,10 +19,12 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
-from .errors import ModmeshError, error_body
+from . import modpath, tlog
+from .errors import InvalidRequest, ModmeshError, NotFound, error_body
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .protocol import ModRequest, parse_request
 from .proxy import CHUNK, HOLDBACK, Download, MetaAnswer, ModuleProxy, Served
+from .sumdb import ChecksumDatabases
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("modmesh.access")
@@ -44,11 +46,18 @@ Handler = Callable[[web.Request], Awaitable[StreamResponse]]
 REQ = web.RequestKey("req", ModRequest)
 CACHE = web.RequestKey("cache", str)
 UPSTREAM = web.RequestKey("upstream", str)
+KIND = web.RequestKey("kind", str)  # for requests that are not a ModRequest (sumdb)
 SENT = web.RequestKey("sent", int)  # body bytes of a streamed answer
 Health = Callable[[], dict[str, Any]]
 
 
-def build_app(proxy: ModuleProxy, metrics: Metrics, health: Health, ready: Callable[[], bool]) -> web.Application:
+def build_app(
+    proxy: ModuleProxy,
+    metrics: Metrics,
+    health: Health,
+    ready: Callable[[], bool],
+    sumdbs: ChecksumDatabases | None = None,
+) -> web.Application:
     app = web.Application(middlewares=[errors_middleware])
 
     async def healthz(request: web.Request) -> web.Response:
@@ -76,6 +85,10 @@ def build_app(proxy: ModuleProxy, metrics: Metrics, health: Health, ready: Calla
             return served_response(req, res, request)
         return meta_response(req, await proxy.meta(req), proxy.settings.meta_ttl, request)
 
+    async def sumdb(request: web.Request) -> web.Response:
+        return await sumdb_response(request, request.path[len("/sumdb/") :], sumdbs, metrics)
+
+    app.router.add_get(r"/sumdb/{tail:[\s\S]*}", sumdb)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
@@ -218,6 +231,68 @@ def access_logger(metrics: Metrics) -> type[AbstractAccessLogger]:
     return Logger
 
 
+async def sumdb_response(
+    request: web.Request, rest: str, sumdbs: ChecksumDatabases | None, metrics: Metrics
+) -> web.Response:
+    """`/sumdb/<db>/{supported,latest,lookup/<m>@<v>,tile/...}`: verified and cached."""
+    routed = sumdbs.route(rest) if sumdbs is not None else None
+    if routed is None:
+        raise NotFound("this node does not proxy that checksum database")
+    db, endpoint = routed
+    text = "text/plain; charset=utf-8"
+    if endpoint == "supported":
+        request[KIND] = "sumdb-supported"
+        return web.Response(body=b"", headers={"Cache-Control": "public, max-age=3600"})
+    if endpoint == "latest":
+        request[KIND] = "sumdb-latest"
+        body, cache = await db.latest_signed()
+        headers = {"Cache-Control": f"public, max-age={int(db.latest_ttl)}", CACHE_HEADER: cache}
+        if cache == "stale":
+            headers[STALE_HEADER] = "upstream-failed"
+            headers["Cache-Control"] = "public, max-age=0"
+    elif endpoint.startswith("lookup/"):
+        request[KIND] = "sumdb-lookup"
+        module, version = _lookup_target(endpoint[len("lookup/") :])
+        assert sumdbs is not None
+        if sumdbs.is_private(module):
+            raise NotFound(
+                f"{module} matches this node's private patterns; it is not sent to a checksum database"
+            )
+        body, cache = await db.lookup(module, version)
+        headers = {"Cache-Control": "public, max-age=86400", CACHE_HEADER: cache}
+    elif endpoint.startswith("tile/"):
+        request[KIND] = "sumdb-tile"
+        try:
+            tile = tlog.parse_tile_path(endpoint)
+        except tlog.TlogError as e:
+            raise NotFound(f"malformed tile path: {e}") from None
+        body, cache = await db.tile(tile)
+        headers = {
+            "Cache-Control": IMMUTABLE if tile.full else "public, max-age=60",
+            CACHE_HEADER: cache,
+        }
+        text = "application/octet-stream"
+    else:
+        raise NotFound(f"unknown checksum database endpoint {endpoint[:60]!r}")
+    request[CACHE] = cache
+    metrics.sumdb_requests.labels(db.name, request[KIND], cache).inc()
+    return web.Response(body=body, headers={**headers, "Content-Type": text})
+
+
+def _lookup_target(target: str) -> tuple[str, str]:
+    esc_m, at, esc_v = target.rpartition("@")
+    if not at:
+        raise NotFound("lookup path must be <module>@<version>")
+    try:
+        module, version = modpath.unescape_path(esc_m), modpath.unescape_version(esc_v)
+        modpath.check(module, version)
+    except ValueError as e:
+        raise InvalidRequest(f"invalid lookup: {e}") from None
+    if modpath.canonical_version(version) != version:
+        raise NotFound(f"{module}@{version}: not a canonical version")
+    return module, version
+
+
 class AccessLogger(AbstractAccessLogger):
     """One structured line per request, after the response went out (so the
     byte count is real), and the request metrics from the same place."""
@@ -226,7 +301,7 @@ class AccessLogger(AbstractAccessLogger):
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         req: ModRequest | None = request.get(REQ)
-        kind = req.kind if req else _endpoint_kind(request.path)
+        kind = req.kind if req else request.get(KIND) or _endpoint_kind(request.path)
         cache = request.get(CACHE, "")
         sent = _body_bytes(request, response)
         metrics = self.metrics

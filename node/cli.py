@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .config import Config, ConfigError, load_config
 from .logs import setup_logging
+from .sumdb import SumDBConfigError, parse_sumdb_spec
 from .upstream import GoproxyError, parse_goproxy
 
 log = logging.getLogger("modmesh")
@@ -27,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--upstream", metavar="GOPROXY-STRING",
                    help="upstream chain in GOPROXY syntax, e.g. 'https://a,https://b|https://c'")
     s.add_argument("--config", metavar="FILE", type=Path, help="TOML configuration file")
+    s.add_argument("--sumdb", metavar="'NAME+KEY URL'", action="append",
+                   help="checksum database in GOSUMDB syntax (repeatable; default sum.golang.org)")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     s.add_argument("--log-format", choices=["json", "text"])
     return p
@@ -42,12 +45,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def serve(args: argparse.Namespace) -> int:
     flags = {
         "listen": args.listen, "data": args.data, "upstream": args.upstream,
-        "log_level": args.log_level, "log_format": args.log_format,
+        "log_level": args.log_level, "log_format": args.log_format, "sumdb": args.sumdb,
     }
     try:
         cfg = load_config(args.config, flags=flags)
         parse_goproxy(cfg.upstream)
-    except (ConfigError, GoproxyError) as e:
+        for spec in cfg.sumdb:
+            parse_sumdb_spec(spec)
+    except (ConfigError, GoproxyError, SumDBConfigError) as e:
         print(f"modmesh: {e}", file=sys.stderr)
         return 2
     setup_logging(cfg.log_level, cfg.log_format)

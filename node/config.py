@@ -169,6 +169,8 @@ def load_config(
     for key, value in (flags or {}).items():
         if value is not None:
             values[key] = _coerce(key, value)
+    if values.get("sumdb") in (("off",), ("",)):
+        values["sumdb"] = ()  # GOSUMDB=off: no checksum database at all
     cfg = Config(**values)
     parse_listen(cfg.listen)
     if cfg.sumdb_verify not in ("sumdb", "off"):

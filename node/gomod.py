@@ -127,8 +127,8 @@ class _Lexer:
             self._skip(1)
             return _Token(c, c, line, col)
         if c in _STRING_BODY:
-            body = _STRING_BODY[c].match(text, start)
-            stop = start + 1 if body is None else body.end()
+            quoted = _STRING_BODY[c].match(text, start)
+            stop = start + 1 if quoted is None else quoted.end()
             if stop < len(text) and text[stop] == c:
                 self._skip(stop + 1 - start)
                 return _Token(_STRING, text[start : stop + 1], line, col)

@@ -42,6 +42,24 @@ class Metrics:
         self.rejected = Counter(
             "modmesh_rejected_blobs", "Upstream answers refused by integrity checks", ["kind"], registry=r
         )
+        self.sumdb_requests = Counter(
+            "modmesh_sumdb_requests", "Checksum database requests answered for clients",
+            ["db", "endpoint", "cache"], registry=r,
+        )
+        self.sumdb_tree_size = Gauge(
+            "modmesh_sumdb_tree_size", "Size of the newest verified tree", ["db"], registry=r
+        )
+        self.sumdb_fork = Gauge(
+            "modmesh_sumdb_fork_detected", "1 once a database presented a forked tree", ["db"], registry=r
+        )
+        self.sumdb_mismatches = Counter(
+            "modmesh_sumdb_mismatches", "Blobs refused because their h1 differs from the database",
+            ["db"], registry=r,
+        )
+        self.sumdb_errors = Counter(
+            "modmesh_sumdb_verify_errors", "Database answers that failed verification", ["db", "reason"],
+            registry=r,
+        )
         self.store_bytes = Gauge("modmesh_store_bytes", "Bytes of blobs in the store", registry=r)
         self.store_blobs = Gauge("modmesh_store_blobs", "Index entries for versioned files", registry=r)
 

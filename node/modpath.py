@@ -492,7 +492,8 @@ def pseudo_version_time(v: str) -> datetime:
     try:
         # datetime validates ranges as Go's time.Parse does (month length, leap years,
         # hour < 24, second < 60).
-        return datetime(*map(int, fields), tzinfo=timezone.utc)
+        year, month, day, hour, minute, second = map(int, fields)
+        return datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc)
     except ValueError:
         raise InvalidVersionError(v, f"malformed time {_quote(stamp)}", pseudo=True) from None
 

@@ -12,10 +12,7 @@ unverified, at least one known key must have signed, and a bad signature by a
 known key is an error. Notes over MAX_NOTE_SIZE bytes are refused (Go has no
 cap; real tree heads are ~200 bytes).
 
-Signatures use `cryptography` when it is installed. Without it a small
-RFC 8032 implementation below takes over: correct and fine for verifying,
-but variable-time, so a server holding a real signing key must install
-`cryptography`.
+Ed25519 itself comes from the `cryptography` package.
 """
 
 from __future__ import annotations
@@ -27,6 +24,10 @@ import re
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 __all__ = [
     "MAX_NOTE_SIZE",
@@ -83,151 +84,26 @@ class InvalidSignatureError(NoteError):
         self.key_hash = key_hash
 
 
-# --- Ed25519 ---------------------------------------------------------------------------
-
-try:
-    # (the ignores cover type-checking in an environment without cryptography)
-    from cryptography.exceptions import InvalidSignature  # type: ignore[import-not-found, unused-ignore]
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # type: ignore[import-not-found, unused-ignore]
-        Ed25519PrivateKey,
-        Ed25519PublicKey,
-    )
-    from cryptography.hazmat.primitives.serialization import (  # type: ignore[import-not-found, unused-ignore]
-        Encoding,
-        PublicFormat,
-    )
-
-    _HAVE_CRYPTOGRAPHY = True
-except ImportError:  # pragma: no cover - depends on the environment
-    _HAVE_CRYPTOGRAPHY = False
-
-# Curve constants (RFC 8032 5.1) for the fallback.
-_P = 2**255 - 19
-_L = 2**252 + 27742317777372353535851937790883648493
-_D = -121665 * pow(121666, -1, _P) % _P
-_SQRT_M1 = pow(2, (_P - 1) // 4, _P)
-
-_Point = tuple[int, int, int, int]  # extended coordinates (X, Y, Z, T), x = X/Z, y = Y/Z, xy = T/Z
-
-
-def _add(a: _Point, b: _Point) -> _Point:
-    """Unified addition on the twisted Edwards curve (RFC 8032 5.1.4); also doubles."""
-    x1, y1, z1, t1 = a
-    x2, y2, z2, t2 = b
-    pa = (y1 - x1) * (y2 - x2) % _P
-    pb = (y1 + x1) * (y2 + x2) % _P
-    pc = 2 * _D * t1 * t2 % _P
-    pd = 2 * z1 * z2 % _P
-    e, f, g, h = pb - pa, pd - pc, pd + pc, pb + pa
-    return e * f % _P, g * h % _P, f * g % _P, e * h % _P
-
-
-def _mul(s: int, p: _Point) -> _Point:
-    q: _Point = (0, 1, 1, 0)
-    while s:
-        if s & 1:
-            q = _add(q, p)
-        p = _add(p, p)
-        s >>= 1
-    return q
-
-
-def _x_from_y(y: int, sign: int) -> int | None:
-    if y >= _P:
-        return None
-    u, v = (y * y - 1) % _P, (_D * y * y + 1) % _P
-    x = u * pow(v, 3, _P) * pow(u * pow(v, 7, _P), (_P - 5) // 8, _P) % _P
-    if (v * x * x - u) % _P:
-        x = x * _SQRT_M1 % _P
-        if (v * x * x - u) % _P:
-            return None
-    if x == 0 and sign:
-        return None
-    return _P - x if x & 1 != sign else x
-
-
-def _decode_point(data: bytes) -> _Point | None:
-    y = int.from_bytes(data, "little")
-    x = _x_from_y(y & ((1 << 255) - 1), y >> 255)
-    if x is None:
-        return None
-    y &= (1 << 255) - 1
-    return x, y, 1, x * y % _P
-
-
-def _encode_point(p: _Point) -> bytes:
-    zi = pow(p[2], -1, _P)
-    x, y = p[0] * zi % _P, p[1] * zi % _P
-    return (y | (x & 1) << 255).to_bytes(32, "little")
-
-
-_BY = 4 * pow(5, -1, _P) % _P
-_BASE = _decode_point(_BY.to_bytes(32, "little"))
-
-
-def _h512(*parts: bytes) -> int:
-    return int.from_bytes(hashlib.sha512(b"".join(parts)).digest(), "little")
-
-
-def _expand(seed: bytes) -> tuple[int, bytes]:
-    digest = hashlib.sha512(seed).digest()
-    a = int.from_bytes(digest[:32], "little")
-    a = (a & ((1 << 254) - 8)) | (1 << 254)
-    return a, digest[32:]
-
-
-def _pure_public(seed: bytes) -> bytes:
-    assert _BASE is not None
-    return _encode_point(_mul(_expand(seed)[0], _BASE))
-
-
-def _pure_sign(seed: bytes, msg: bytes) -> bytes:
-    assert _BASE is not None
-    a, prefix = _expand(seed)
-    pub = _encode_point(_mul(a, _BASE))
-    r = _h512(prefix, msg) % _L
-    big_r = _encode_point(_mul(r, _BASE))
-    s = (r + _h512(big_r, pub, msg) % _L * a) % _L
-    return big_r + s.to_bytes(32, "little")
-
-
-def _pure_verify(pub: bytes, msg: bytes, sig: bytes) -> bool:
-    """Cofactorless verification with canonical S, comparing R as bytes (as Go does)."""
-    assert _BASE is not None
-    if len(pub) != 32 or len(sig) != 64:
-        return False
-    a = _decode_point(pub)
-    s = int.from_bytes(sig[32:], "little")
-    if a is None or s >= _L:
-        return False
-    k = _h512(sig[:32], pub, msg) % _L
-    minus_a: _Point = (-a[0] % _P, a[1], a[2], -a[3] % _P)
-    return _encode_point(_add(_mul(s, _BASE), _mul(k, minus_a))) == sig[:32]
+# --- Ed25519 (the `cryptography` package) ------------------------------------------------
 
 
 def _ed25519_public(seed: bytes) -> bytes:
-    if _HAVE_CRYPTOGRAPHY:
-        key = Ed25519PrivateKey.from_private_bytes(seed).public_key()
-        return bytes(key.public_bytes(Encoding.Raw, PublicFormat.Raw))
-    return _pure_public(seed)  # pragma: no cover - depends on the environment
+    key = Ed25519PrivateKey.from_private_bytes(seed).public_key()
+    return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
 def _ed25519_sign(seed: bytes, msg: bytes) -> bytes:
-    if _HAVE_CRYPTOGRAPHY:
-        return bytes(Ed25519PrivateKey.from_private_bytes(seed).sign(msg))
-    return _pure_sign(seed, msg)  # pragma: no cover - depends on the environment
+    return Ed25519PrivateKey.from_private_bytes(seed).sign(msg)
 
 
 def _ed25519_verify(pub: bytes, msg: bytes, sig: bytes) -> bool:
     if len(sig) != 64:
         return False
-    if _HAVE_CRYPTOGRAPHY:
-        try:
-            Ed25519PublicKey.from_public_bytes(pub).verify(sig, msg)
-        except (InvalidSignature, ValueError):
-            return False
-        return True
-    return _pure_verify(pub, msg, sig)  # pragma: no cover - depends on the environment
+    try:
+        Ed25519PublicKey.from_public_bytes(pub).verify(sig, msg)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 # --- keys -------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import aiohttp
 
@@ -70,6 +70,14 @@ class LRU(Generic[K, V]):
 
     def pop(self, key: K) -> None:
         self._d.pop(key, None)
+
+
+class BlobVerifier(Protocol):
+    """Checks a verified-sound blob against an outside authority (the checksum database)."""
+
+    def start_lookup(self, module: str, version: str) -> None: ...
+
+    async def verify(self, module: str, version: str, kind: str, h1: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -153,6 +161,7 @@ class ModuleProxy:
         metrics: Metrics,
         settings: ProxySettings,
         hooks: Hooks | None = None,
+        verifier: BlobVerifier | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -161,6 +170,7 @@ class ModuleProxy:
         self.metrics = metrics
         self.settings = settings
         self.hooks = hooks or Hooks()
+        self.verifier = verifier
         self.clock = clock
         self._entries: LRU[str, Entry] = LRU(100_000)
         self._small: LRU[str, bytes] = LRU(4096)
@@ -233,6 +243,8 @@ class ModuleProxy:
     async def _download(self, dl: Download) -> None:
         req = dl.req
         try:
+            if self.verifier is not None and req.kind != "info":
+                self.verifier.start_lookup(req.module, req.version)  # overlaps the download
             dl.writer = self.store.writer()
             consume = self._consume_zip if req.kind == "zip" else self._consume_small
             h1, up = await self.chain.fetch(
@@ -241,6 +253,8 @@ class ModuleProxy:
                 small=req.kind != "zip",
                 may_fall_through=lambda: not dl.committed,
             )
+            if self.verifier is not None and h1 is not None:
+                await self.verifier.verify(req.module, req.version, req.kind, h1)
             blob = await asyncio.to_thread(dl.writer.commit)
             entry = await self.index.put(
                 Entry(req.module, req.version, req.kind, blob.sha256, blob.size, h1, up.name, self.clock())

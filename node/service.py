@@ -25,7 +25,9 @@ from .index import Index
 from .metrics import Metrics
 from .proxy import ModuleProxy, ProxySettings
 from .store import BlobStore
-from .upstream import Timeouts, UpstreamChain, build_chain
+from .sumdb import ChecksumDatabases, SumDB, parse_sumdb_spec
+from .sumdb_store import SumDBStore
+from .upstream import CircuitBreaker, Timeouts, Upstream, UpstreamChain, build_chain
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +66,45 @@ class Node:
         self.chain = build_chain(
             cfg.upstream, self._session, timeouts, self.metrics, cfg.breaker_threshold, cfg.breaker_reset
         )
+        self.sumdbs = self._checksum_databases(timeouts)
+        self.sumdbs.open()
+        self.hooks.observers.append(self.sumdbs)
         settings = ProxySettings(
             meta_ttl=cfg.meta_ttl,
             meta_stale_window=cfg.meta_stale_window,
             negative_ttl=cfg.negative_ttl,
             stream_threshold=cfg.stream_threshold,
         )
-        self.proxy = ModuleProxy(self.store, self.index, self.chain, self.metrics, settings, self.hooks)
-        self.app = build_app(self.proxy, self.metrics, self.health, lambda: self._ready)
+        self.proxy = ModuleProxy(
+            self.store, self.index, self.chain, self.metrics, settings, self.hooks, self.sumdbs
+        )
+        self.app = build_app(self.proxy, self.metrics, self.health, lambda: self._ready, self.sumdbs)
         await self._update_stats()
         self._stats_task = asyncio.create_task(self._stats_loop())
         self._ready = True
+
+    def _checksum_databases(self, timeouts: Timeouts) -> ChecksumDatabases:
+        cfg = self.config
+        assert self._session is not None
+        session = self._session
+
+        def make_upstream(base: str) -> Upstream:
+            breaker = CircuitBreaker(cfg.breaker_threshold, cfg.breaker_reset)
+            return Upstream(base, session, timeouts, self.metrics, False, breaker)
+
+        dbs = [
+            SumDB(
+                spec,
+                SumDBStore(cfg.data / "sumdb" / spec.name, self.store.tmp_dir),
+                make_upstream,
+                self.chain.upstreams,
+                self.metrics,
+                cfg.sumdb_latest_ttl,
+            )
+            for spec in map(parse_sumdb_spec, cfg.sumdb)
+        ]
+        private = ",".join(p for p in (cfg.private, cfg.nosumdb) if p)
+        return ChecksumDatabases(dbs, cfg.sumdb_verify == "sumdb", private, self.metrics)
 
     async def listen(self, host: str | None = None, port: int | None = None) -> str:
         """Start serving HTTP; returns the base URL (port 0 picks a free one)."""
@@ -105,6 +135,8 @@ class Node:
                 await self._stats_task
         if hasattr(self, "proxy"):
             await self.proxy.aclose()
+        if hasattr(self, "sumdbs"):
+            await self.sumdbs.aclose()
         if self._session is not None:
             await self._session.close()
         await self.index.aclose()
@@ -122,12 +154,14 @@ class Node:
             for u in self.chain.upstreams
         ]
         degraded = bool(ups) and all(u["breaker"] != "closed" for u in ups)
+        degraded = degraded or self.sumdbs.forked
         disk = shutil.disk_usage(self.config.data)
         return {
             "status": "degraded" if degraded else "ok",
             "version": VERSION,
             "uptime_s": round(time.time() - self.started_at, 1),
             "upstreams": ups,
+            "sumdb": self.sumdbs.health(),
             "store": {"epoch": self.index.epoch, "disk_free_bytes": disk.free},
         }
 

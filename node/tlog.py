@@ -143,13 +143,13 @@ def stored_hash_index(level: int, n: int) -> int:
     """
     if not (isinstance(level, int) and isinstance(n, int)) or not 0 <= level <= _MAX_LEVEL or n < 0:
         raise TlogError(f"invalid hash coordinates ({level!r}, {n!r})")
-    if n << level > MAX_TREE_SIZE:
+    m = ((n + 1) << level) - 1  # the last leaf under this hash
+    if m > MAX_TREE_SIZE:
         raise TlogError(f"hash ({level}, {n}) is beyond any int64-sized tree")
-    m = ((n + 1) << level) - 1
     return 2 * m - m.bit_count() + level
 
 
-_MAX_STORED_INDEX = 2 * MAX_TREE_SIZE - MAX_TREE_SIZE.bit_count()  # stored_hash_index(0, MAX_TREE_SIZE)
+_MAX_STORED_INDEX = 2 * MAX_TREE_SIZE  # stored_hash_index(63, 0), the largest defined
 
 
 def split_stored_hash_index(index: int) -> tuple[int, int]:
@@ -619,7 +619,11 @@ def hash_from_tile(tile: Tile, data: bytes, index: int) -> bytes:
 
 
 def new_tiles(h: int, old_n: int, new_n: int) -> list[Tile]:
-    """The tiles to publish when the tree grows from old_n to new_n records."""
+    """The tiles to publish when the tree grows from old_n to new_n records.
+
+    The list is as long as the growth (about (new_n - old_n) / 2^h tiles), so
+    pass sizes you trust (your own log), never a size straight off the network.
+    """
     _check_height(h)
     _check_size(old_n, "old tree size")
     _check_size(new_n)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, BinaryIO, cast
 
 from . import gomod
 from .modpath import check_file_path
@@ -144,10 +144,14 @@ class _WriteOnly:
         self._out.flush()
 
 
+def _open_binary(path: str) -> IO[bytes]:
+    return open(path, "rb")
+
+
 def _write(sources: list[_Source], module: str, version: str, out: IO[bytes]) -> None:
     chosen = _select(sources)
     prefix = f"{module}@{version}/"
-    with zipfile.ZipFile(_WriteOnly(out), "w", zipfile.ZIP_DEFLATED) as zf:  # type: ignore[arg-type]
+    with zipfile.ZipFile(cast(IO[bytes], _WriteOnly(out)), "w", zipfile.ZIP_DEFLATED) as zf:
         for src in chosen:
             info = zipfile.ZipInfo(prefix + src.path, date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
@@ -195,7 +199,7 @@ def _walk(root: Path) -> list[_Source]:
                 visit(Path(child.path), slash + "/")
             elif child.is_file(follow_symlinks=False):
                 size = child.stat(follow_symlinks=False).st_size
-                out.append(_Source(slash, size, partial(open, child.path, "rb")))
+                out.append(_Source(slash, size, partial(_open_binary, child.path)))
             # symlinks and other irregular files are left out
 
     visit(root, "")

@@ -26,6 +26,8 @@ def node_config(data: Path, upstream: str, **overrides: Any) -> Config:
         small_timeout=5.0,
         breaker_reset=1.0,
         log_format="text",
+        sumdb=(),  # no checksum database unless a test configures one
+
     )
     return dataclasses.replace(base, **overrides)
 

@@ -13,7 +13,7 @@ both at the root and under `/sumdb/<name>/`:
 
 * `GOSUMDB="<vkey> <url>"` reaches it directly (go accepts an http:// URL there);
 * `GOPROXY=<proxy>,<url>` with `GOSUMDB=<vkey>` reaches it as a proxied
-  database: the real proxy 404s `sumdb/<name>/supported`, this one answers 200.
+  database: a FakeProxy 404s `sumdb/<name>/supported`, this one answers 200.
   Pass `modules=` to make one server a complete GOPROXY plus database.
 
 Misbehaviour for tests: `fork()` rewrites history, `sign_with()` signs with a
@@ -36,7 +36,6 @@ import signal
 import struct
 import sys
 import tempfile
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -426,7 +425,7 @@ class FakeSumDB(FakeProxy):
         return None if rid is None else self.records[rid]
 
     def _hashes(self) -> list[list[bytes]]:
-        if self._cache is None:
+        if self._cache is None or len(self._cache[0]) != len(self.records):  # records appended directly
             self._cache = _levels([record_hash(r) for r in self.records])
         return self._cache
 

@@ -31,7 +31,8 @@ def free_port() -> int:
 async def serve_process(data: Path, upstream: str, port: int) -> AsyncIterator[asyncio.subprocess.Process]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "node.cli", "serve", "--listen", f"127.0.0.1:{port}",
-        "--data", str(data), "--upstream", upstream, "--log-format", "text", "--log-level", "warning",
+        "--data", str(data), "--upstream", upstream, "--sumdb", "off",
+        "--log-format", "text", "--log-level", "warning",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )
     try:

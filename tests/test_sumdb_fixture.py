@@ -23,13 +23,14 @@ import json
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from node import modpath, modzip
+from node import modpath
 from tests.conftest import FakeProxyFactory
 from tests.corpus import CorpusVersion, servable
 from tests.goenv import go_env, run_go
@@ -44,8 +45,6 @@ from tests.sumdb_fixture import (
     tile_path,
 )
 from tests.upstream_fixture import Fault, ModuleSet
-
-pytestmark = pytest.mark.e2e
 
 NAME = "sum.example.test"
 HELLO = "example.com/hello"
@@ -83,7 +82,7 @@ async def _db(modules: ModuleSet, **kwargs: Any) -> FakeSumDB:
 
 
 @pytest.fixture
-async def sumdb(corpus_modules: ModuleSet) -> Any:
+async def sumdb(corpus_modules: ModuleSet) -> AsyncIterator[FakeSumDB]:
     """A started FakeSumDB logging the whole corpus (267 records: full and level-1 tiles)."""
     db = await _db(corpus_modules)
     try:
@@ -305,6 +304,7 @@ async def test_modules_mode_and_run(corpus_modules: ModuleSet) -> None:
 # --- (a) (b) the real go command accepts it ------------------------------------------
 
 
+@pytest.mark.e2e
 async def test_go_verifies_against_fixture(
     corpus: list[CorpusVersion],
     corpus_modules: ModuleSet,
@@ -357,6 +357,7 @@ async def test_go_verifies_against_fixture(
     assert out.decode().strip() == "Hello, world."
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("layout", ["proxy-then-db", "one-server"])
 async def test_go_reaches_db_through_goproxy(
     layout: str, corpus_modules: ModuleSet, fake_proxy: FakeProxyFactory, tmp_path: Path
@@ -392,6 +393,7 @@ async def test_go_reaches_db_through_goproxy(
 # --- (c) (d) (e) misbehaviour the go command must catch ------------------------------
 
 
+@pytest.mark.e2e
 async def test_go_catches_corrupt_record(
     corpus_modules: ModuleSet, sumdb: FakeSumDB, fake_proxy: FakeProxyFactory, tmp_path: Path
 ) -> None:
@@ -399,9 +401,10 @@ async def test_go_catches_corrupt_record(
     good = sumdb.record("rsc.io/quote", "v1.5.2")
     rid = sumdb.corrupt_record("rsc.io/quote", "v1.5.2")
     bad = sumdb.record("rsc.io/quote", "v1.5.2")
+    assert good is not None and bad is not None
     assert rid == 267 and bad == sumdb.records[rid] != good
     assert sumdb.records.index(good) < 267  # appended: the log stays append-only
-    assert bad is not None and good is not None and bad.split(b"\n")[1] == good.split(b"\n")[1]
+    assert bad.split(b"\n")[1] == good.split(b"\n")[1]
     with pytest.raises(KeyError):
         sumdb.corrupt_record("example.com/nope", "v1.0.0")
     env = go_env(tmp_path, fp.url, sumdb.gosumdb)
@@ -414,6 +417,7 @@ async def test_go_catches_corrupt_record(
     assert _json_stream(res.stdout)[0]["GoModSum"] == good.split()[5].decode()
 
 
+@pytest.mark.e2e
 async def test_go_refuses_wrong_signer(
     corpus_modules: ModuleSet, sumdb: FakeSumDB, fake_proxy: FakeProxyFactory, tmp_path: Path
 ) -> None:
@@ -427,6 +431,7 @@ async def test_go_refuses_wrong_signer(
     (await run_go(["mod", "download", "-json", "rsc.io/quote@v1.5.2"], env, cwd=tmp_path)).check()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("fork", "needle"),
     [
@@ -470,6 +475,7 @@ async def test_go_detects_fork(
     assert res.ok == (fork in ({}, {"keep_published_tiles": False})), res.stderr
 
 
+@pytest.mark.e2e
 async def test_go_reports_injected_fault(
     corpus_modules: ModuleSet, sumdb: FakeSumDB, fake_proxy: FakeProxyFactory, tmp_path: Path
 ) -> None:
