@@ -19,7 +19,7 @@ from bench import bigzip
 from bench.bigzip import BigModule
 from bench.load import download, run_wrk, stream_load
 from bench.mirror import Mirror
-from bench.procs import Foreign, Procs, QuietGate
+from bench.procs import NOISE_CORES, Foreign, Procs, QuietGate
 from bench.report import Row
 from bench.servers import Server, start_node
 
@@ -99,7 +99,7 @@ def _pair(ctx: Ctx, servers: dict[str, Server], measure: Measure) -> dict[str, d
                 r["client_cpu_util"] = r.pop("client_cpu") / r["seconds"]
                 ctx.log(f"    {name:7s}: {r['rps']:9,.0f} req/s {r['mb_s']:7,.0f} MB/s  p99 {r['p99_ms']:7.2f} ms  "
                         f"server CPU {r['server_cpu_util']:4.0%}  client CPU {r['client_cpu_util']:4.0%}  "
-                        f"other processes {other.cores:.2f} cores")
+                        f"other load {other.cores:.2f} cores")
                 return r, other.cores
 
             r, other_cores = ctx.gate.run(one_round)
@@ -119,8 +119,8 @@ def _notes(d: dict[str, dict[str, Any]]) -> str:
     if busy:
         notes.append(f"the client used >90% of its core against {' and '.join(busy)}: may be client-bound")
     other = max(d[n]["other_cores_max"] for n in d)
-    if other > 0.15:
-        notes.append(f"other processes used up to {other:.2f} cores meanwhile: figures are noisy")
+    if other > NOISE_CORES:
+        notes.append(f"other load (processes, steal) reached {other:.2f} cores meanwhile: figures are noisy")
     return "; ".join(notes)
 
 
@@ -243,7 +243,7 @@ def bench_corpus(ctx: Ctx) -> list[Row]:
         for name in order:
             def one_run() -> tuple[float, float]:
                 seconds, other = _go_download(ctx, servers[name].url, f"{name}-{i}")
-                ctx.log(f"    run {i + 1} {name:5s}: {seconds:.2f} s  (other processes {other:.2f} cores)")
+                ctx.log(f"    run {i + 1} {name:5s}: {seconds:.2f} s  (other load {other:.2f} cores)")
                 return seconds, other
 
             seconds, other = ctx.gate.run(one_run)
@@ -256,8 +256,8 @@ def bench_corpus(ctx: Ctx) -> list[Row]:
 
 
 def _noisy(other_cores: float) -> str:
-    if other_cores > 0.15:
-        return f"other processes used up to {other_cores:.2f} cores meanwhile: figures are noisy"
+    if other_cores > NOISE_CORES:
+        return f"other load (processes, steal) reached {other_cores:.2f} cores meanwhile: figures are noisy"
     return ""
 
 
@@ -310,7 +310,7 @@ def bench_cold(ctx: Ctx) -> list[Row]:
             def one_run() -> tuple[dict[str, Any], float]:
                 res = _direct_download(m, up) if side == "direct" else _fresh_node_download(ctx, f"cold{i}", m, up)
                 ctx.log(f"    run {i + 1} {side:6s}: {res['seconds']:.3f} s, first byte after "
-                        f"{res['ttfb'] * 1000:.0f} ms  (other processes {res['other_cores']:.2f} cores)")
+                        f"{res['ttfb'] * 1000:.0f} ms  (other load {res['other_cores']:.2f} cores)")
                 return res, res["other_cores"]
 
             runs[side].append(ctx.gate.run(one_run)[0])

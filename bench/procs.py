@@ -284,11 +284,13 @@ def ensure_packages(tools: dict[str, str]) -> None:
 # --- other load on the machine --------------------------------------------------------
 
 
-def _busy_seconds() -> float:
-    """CPU seconds spent in user, nice and system mode on all CPUs since boot."""
+def _cpu_seconds_all() -> tuple[float, float]:
+    """(user + nice + system, steal) CPU seconds over all CPUs since boot."""
     with open("/proc/stat") as f:
         fields = f.readline().split()
-    return (int(fields[1]) + int(fields[2]) + int(fields[3])) / CLK_TCK
+    busy = int(fields[1]) + int(fields[2]) + int(fields[3])
+    steal = int(fields[8]) if len(fields) > 8 else 0
+    return busy / CLK_TCK, steal / CLK_TCK
 
 
 def _our_seconds() -> float:
@@ -297,22 +299,31 @@ def _our_seconds() -> float:
 
 
 class Foreign:
-    """How busy everything else (not this script or its children) kept the CPUs.
+    """How much CPU everything else took while a block ran.
 
     Benches on a shared machine are noisy; this makes the noise visible:
-    `cores` is other processes' CPU seconds per second during the block.
+    `cores` is the CPU seconds per second that other processes (not this script
+    or its children) used plus what the hypervisor stole from our vCPUs.
     """
 
     cores: float = 0.0
+    steal: float = 0.0
 
     def __enter__(self) -> Foreign:
-        self._t, self._busy, self._ours = time.monotonic(), _busy_seconds(), _our_seconds()
+        self._t, self._ours = time.monotonic(), _our_seconds()
+        self._busy, self._steal = _cpu_seconds_all()
         return self
 
     def __exit__(self, *exc: object) -> None:
         wall = max(time.monotonic() - self._t, 1e-9)
-        other = (_busy_seconds() - self._busy) - (_our_seconds() - self._ours)
-        self.cores = max(0.0, other / wall)
+        busy, steal = _cpu_seconds_all()
+        other = (busy - self._busy) - (_our_seconds() - self._ours)
+        self.steal = max(0.0, (steal - self._steal) / wall)
+        self.cores = max(0.0, other / wall) + self.steal
+
+
+#: Other load (cores) above which a measurement counts as disturbed.
+NOISE_CORES = 0.10
 
 
 class QuietGate:
@@ -325,7 +336,7 @@ class QuietGate:
     its other_cores is reported with it.
     """
 
-    def __init__(self, log: Callable[[str], None], threshold: float = 0.15, retries: int = 2,
+    def __init__(self, log: Callable[[str], None], threshold: float = NOISE_CORES, retries: int = 3,
                  budget: float = 120.0) -> None:
         self.log = log
         self.threshold = threshold
@@ -340,7 +351,7 @@ class QuietGate:
             result, other = measure()
             if other <= self.threshold or attempt == self.retries or self.spent >= self.budget:
                 return result, other
-            self.log(f"      (other processes took {other:.2f} cores; waiting for quiet and measuring again)")
+            self.log(f"      (other load {other:.2f} cores: waiting for quiet, measuring again)")
             self._wait_quiet(min(15.0, self.budget - self.spent))
             self.spent += time.monotonic() - t0
             self.retried += 1

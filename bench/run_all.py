@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:
 from bench import cases  # noqa: E402
 from bench.cases import NAMES, Ctx, Settings  # noqa: E402
 from bench.mirror import verify_static, warm_and_mirror  # noqa: E402
-from bench.procs import Procs, QuietGate, ensure_packages, find_tool, isolate_network  # noqa: E402
+from bench.procs import NOISE_CORES, Procs, QuietGate, ensure_packages, find_tool, isolate_network  # noqa: E402
 from bench.report import Row, machine, table, write_json  # noqa: E402
 from bench.servers import (  # noqa: E402
     NODE_ENV, start_big_upstream, start_ceiling, start_corpus_upstream, start_nginx, start_node,
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any], bool]:
     procs = Procs()
     rows: list[Row] = []
     ok = True
-    gate = QuietGate(log, budget=30.0 if settings.quick else 150.0)
+    gate = QuietGate(log, threshold=NOISE_CORES, budget=30.0 if settings.quick else 150.0)
     ctx = Ctx(settings, workdir, OUT / "zips", procs, server_cpus, wrk, go, log, gate)
 
     def attempt(name: str, fn: Any, *fargs: Any) -> None:
@@ -208,6 +208,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any], bool]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     started = time.time()
     try:
         rows, info, ok = run(args)
@@ -226,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"method:  medians of {s['runs_per_median']} alternating runs per side ({s['corpus_runs_per_median']} for "
         f"go mod download); load rounds of "
         f"{s['round_seconds']:g} s after a {s['warmup_seconds']:g} s warm-up; {s['units']}")
-    log(f"load:    {s['load_at_start']}; {s.get('remeasured_for_noise', 0)} measurements repeated because "
-        f"other processes used > 0.15 cores")
+    log(f"load:    {s['load_at_start']}; {s.get('remeasured_for_noise', 0)} measurements repeated because other "
+        f"processes or CPU steal took > {NOISE_CORES:g} cores")
     log("")
     log(table(rows))
     payload = {**info, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),

@@ -38,6 +38,7 @@ CONTENT_TYPES = {
 }
 IMMUTABLE = "public, max-age=31536000, immutable"
 CACHE_HEADER = "X-Modmesh-Cache"
+HOP_HEADER = "X-Modmesh-Hop"
 STALE_HEADER = "X-Modmesh-Stale"
 
 Handler = Callable[[web.Request], Awaitable[StreamResponse]]
@@ -78,12 +79,14 @@ def build_app(
     async def goproxy(request: web.Request) -> StreamResponse:
         req = parse_request(request.path)
         request[REQ] = req
+        # A request another node forwards is answered from the cache only: no loops.
+        local_only = HOP_HEADER in request.headers
         if req.versioned:
-            res = await proxy.versioned(req)
+            res = await proxy.versioned(req, local_only)
             if isinstance(res, Download):
                 return await stream_download(request, res, proxy)
             return served_response(req, res, request)
-        return meta_response(req, await proxy.meta(req), proxy.settings.meta_ttl, request)
+        return meta_response(req, await proxy.meta(req, local_only), proxy.settings.meta_ttl, request)
 
     async def sumdb(request: web.Request) -> web.Response:
         return await sumdb_response(request, request.path[len("/sumdb/") :], sumdbs, metrics)

@@ -1,4 +1,9 @@
-"""`modmesh` command line. `serve` is the composition root's entry point."""
+"""`modmesh` command line. `serve` is the composition root's entry point.
+
+Subcommands other than `serve` live in their own modules, each with
+`register(subparsers)` that adds its parser and sets `func(args) -> int`;
+COMMAND_MODULES lists them. Plugins (the mesh) add theirs the same way.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +13,28 @@ import contextlib
 import logging
 import signal
 import sys
+import importlib
 from collections.abc import Sequence
 from pathlib import Path
 
 from .config import Config, ConfigError, load_config
 from .logs import setup_logging
+from .plugins import Plugin, load_plugins
 from .sumdb import SumDBConfigError, parse_sumdb_spec
 from .upstream import GoproxyError, parse_goproxy
 
 log = logging.getLogger("modmesh")
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: Modules providing `register(subparsers)` for their subcommands.
+COMMAND_MODULES: list[str] = []
+
+
+def build_parser(plugins: Sequence[Plugin] = ()) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="modmesh", description="A Go module proxy for the edge.")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="run a node", description="Run a modmesh node.")
+    s.set_defaults(func=None)
     s.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (default 127.0.0.1:3000)")
     s.add_argument("--data", metavar="DIR", type=Path, help="data directory (blobs and index)")
     s.add_argument("--upstream", metavar="GOPROXY-STRING",
@@ -32,20 +44,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checksum database in GOSUMDB syntax (repeatable; default sum.golang.org)")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     s.add_argument("--log-format", choices=["json", "text"])
+    s.add_argument("--offline", action="store_true", default=None,
+                   help="no upstream or checksum-database traffic at all: serve what is cached")
+    for plugin in plugins:
+        plugin.add_serve_arguments(s)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    for plugin in plugins:
+        plugin.add_commands(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    plugins = load_plugins()
+    args = build_parser(plugins).parse_args(argv)
     if args.command == "serve":
-        return serve(args)
-    return 2
+        return serve(args, plugins)
+    result: int = args.func(args)
+    return result
 
 
-def serve(args: argparse.Namespace) -> int:
+def serve(args: argparse.Namespace, plugins: Sequence[Plugin] = ()) -> int:
     flags = {
         "listen": args.listen, "data": args.data, "upstream": args.upstream,
         "log_level": args.log_level, "log_format": args.log_format, "sumdb": args.sumdb,
+        "offline": args.offline,
     }
     try:
         cfg = load_config(args.config, flags=flags)
@@ -59,11 +82,11 @@ def serve(args: argparse.Namespace) -> int:
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(_serve(cfg))
-    return uvloop.run(_serve(cfg))
+        return asyncio.run(_serve(cfg, args, plugins))
+    return uvloop.run(_serve(cfg, args, plugins))
 
 
-async def _serve(cfg: Config) -> int:
+async def _serve(cfg: Config, args: argparse.Namespace, plugins: Sequence[Plugin]) -> int:
     from .service import Node
 
     stop = asyncio.Event()
@@ -72,17 +95,33 @@ async def _serve(cfg: Config) -> int:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     node = Node(cfg)
+    started: list[Plugin] = []
     try:
         await node.start()
+        for plugin in plugins:
+            await plugin.start(node, args)
+            started.append(plugin)
         await node.listen()
-    except OSError as e:
+    except (OSError, ValueError) as e:
         print(f"modmesh: cannot start: {e}", file=sys.stderr)
-        await node.aclose()
+        await _close(node, started)
         return 1
     await stop.wait()
     log.info("shutting down")
-    await node.aclose()
+    await _close(node, started)
     return 0
+
+
+async def _close(node: object, plugins: Sequence[Plugin]) -> None:
+    from .service import Node
+
+    for plugin in reversed(plugins):
+        try:
+            await plugin.aclose()
+        except Exception:
+            log.exception("plugin %s failed to close", plugin.name)
+    assert isinstance(node, Node)
+    await node.aclose()
 
 
 if __name__ == "__main__":

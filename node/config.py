@@ -71,9 +71,13 @@ class Config:
     sumdb_latest_ttl: float = 60.0
     #: Honour HTTP_PROXY/HTTPS_PROXY/NO_PROXY for upstream requests.
     trust_env: bool = False
+    #: No upstream or checksum-database traffic at all: serve what is cached.
+    offline: bool = False
     log_level: str = "info"
     #: "json" (one object per line) or "text".
     log_format: str = "json"
+    #: TOML tables that belong to plugins (e.g. [mesh]), passed through unread.
+    sections: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -157,12 +161,16 @@ def load_config(
             raise ConfigError(f"cannot read config file {file}: {e.strerror}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {file}: {e}") from None
+        sections: dict[str, Any] = {}
         for key, value in raw.items():
-            if key in _FIELDS:
+            if isinstance(value, dict):
+                sections[key] = value
+            elif key in _FIELDS and key != "sections":
                 values[key] = _coerce(key, value)
             else:
                 log.warning("config file %s: unknown key %r ignored", file, key)
-    for key in _FIELDS:
+        values["sections"] = sections
+    for key in _FIELDS.keys() - {"sections"}:
         ev = env.get(f"MODMESH_{key.upper()}")
         if ev:
             values[key] = _coerce(key, ev)

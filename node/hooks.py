@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .index import Entry
+from .protocol import ModRequest
+from .upstream import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +23,20 @@ class StoreObserver(Protocol):
         """A versioned file was verified and committed. Must not block."""
 
 
+class PeerSource(Protocol):
+    """Other nodes to ask on a miss, before any upstream (the mesh)."""
+
+    def peers_for(self, req: ModRequest) -> list[Upstream]:
+        """Live peers likely to hold this file, best first; empty when none."""
+
+    def report(self, peer: Upstream, req: ModRequest, error: Exception | None) -> None:
+        """How asking `peer` went: None, or the error (IntegrityError: it lied)."""
+
+
 @dataclass
 class Hooks:
     observers: list[StoreObserver] = field(default_factory=list)
+    peers: PeerSource | None = None
 
     def stored(self, entry: Entry) -> None:
         for obs in self.observers:

@@ -17,10 +17,11 @@ meta:      list/latest with a TTL, stale-while-revalidate, and serve-stale when
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -90,6 +91,8 @@ class ProxySettings:
     #: Zips up to this size are verified whole before the first byte goes out;
     #: larger ones stream to waiting clients while they download.
     stream_threshold: int = 4 << 20
+    #: Serve only what is cached; list/latest of any age.
+    offline: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,11 +185,16 @@ class ModuleProxy:
 
     # ---- versioned files -------------------------------------------------
 
-    async def versioned(self, req: ModRequest) -> Served | Download:
-        """A hit, a completed miss, or a Download the caller streams (large zips)."""
+    async def versioned(self, req: ModRequest, local_only: bool = False) -> Served | Download:
+        """A hit, a completed miss, or a Download the caller streams (large zips).
+
+        `local_only` (a request from a peer node) never fetches: no forwarding loops.
+        """
         served = await self.lookup(req)
         if served is not None:
             return served
+        if local_only:
+            raise NotFound(f"{req.key} is not cached on this node")
         self._check_negative(req)
         dl = self._flights.get(req.key)
         if dl is None:
@@ -247,14 +255,15 @@ class ModuleProxy:
                 self.verifier.start_lookup(req.module, req.version)  # overlaps the download
             dl.writer = self.store.writer()
             consume = self._consume_zip if req.kind == "zip" else self._consume_small
-            h1, up = await self.chain.fetch(
-                req.upstream_path,
-                lambda up, resp: consume(dl, up, resp),
-                small=req.kind != "zip",
-                may_fall_through=lambda: not dl.committed,
-            )
-            if self.verifier is not None and h1 is not None:
-                await self.verifier.verify(req.module, req.version, req.kind, h1)
+            h1, up = await self._from_peers(dl, consume)
+            if up is None:
+                h1, up = await self.chain.fetch(
+                    req.upstream_path,
+                    lambda up, resp: consume(dl, up, resp),
+                    small=req.kind != "zip",
+                    may_fall_through=lambda: not dl.committed,
+                )
+                await self._verify(req, h1)
             blob = await asyncio.to_thread(dl.writer.commit)
             entry = await self.index.put(
                 Entry(req.module, req.version, req.kind, blob.sha256, blob.size, h1, up.name, self.clock())
@@ -285,6 +294,34 @@ class ModuleProxy:
             # Waiters retrieve the exception; mark it seen so asyncio does not warn.
             if dl.result.done() and not dl.result.cancelled():
                 dl.result.exception()
+
+    async def _verify(self, req: ModRequest, h1: str | None) -> None:
+        if self.verifier is not None and h1 is not None:
+            await self.verifier.verify(req.module, req.version, req.kind, h1)
+
+    async def _from_peers(
+        self, dl: Download, consume: Callable[[Download, Upstream, aiohttp.ClientResponse], Awaitable[str | None]]
+    ) -> tuple[str | None, Upstream | None]:
+        """Ask the mesh's peers first; every byte is verified exactly as from an upstream,
+        and a peer that fails (or lies) is reported and skipped."""
+        peers = self.hooks.peers
+        if peers is None:
+            return None, None
+        req = dl.req
+        for peer in peers.peers_for(req):
+            try:
+                h1 = await peer.fetch(
+                    req.upstream_path, functools.partial(consume, dl, peer), small=req.kind != "zip"
+                )
+                await self._verify(req, h1)
+            except ModmeshError as e:
+                peers.report(peer, req, e)
+                if dl.committed:  # a client already has bytes from this peer
+                    raise
+                continue
+            peers.report(peer, req, None)
+            return h1, peer
+        return None, None
 
     async def _consume_small(self, dl: Download, up: Upstream, resp: aiohttp.ClientResponse) -> str | None:
         req = dl.req
@@ -340,7 +377,7 @@ class ModuleProxy:
 
     # ---- list and latest -------------------------------------------------
 
-    async def meta(self, req: ModRequest) -> MetaAnswer:
+    async def meta(self, req: ModRequest, local_only: bool = False) -> MetaAnswer:
         key = (req.module, req.kind)
         now = self.clock()
         cached = self._meta.get(key)
@@ -349,6 +386,13 @@ class ModuleProxy:
             if cached is not None:
                 self._meta.put(key, cached)
         s = self.settings
+        if local_only or s.offline:
+            if cached is None:
+                raise NotFound(f"{req.key} is not cached on this node" + (" (offline)" if s.offline else ""))
+            age = max(0.0, now - cached.fetched_at)
+            if age < s.meta_ttl:
+                return MetaAnswer(cached.body, "hit", age, cached.source)
+            return MetaAnswer(cached.body, "stale", age, cached.source, "offline" if s.offline else "peer")
         if cached is not None:
             age = max(0.0, now - cached.fetched_at)
             if age < s.meta_ttl:
@@ -364,10 +408,37 @@ class ModuleProxy:
             raise
         except ModmeshError as e:
             if cached is None:
-                raise
+                from_peer = await self._meta_from_peers(req)
+                if from_peer is None:
+                    raise
+                return from_peer
             log.warning("serving stale %s: %s", req.key, e)
             return MetaAnswer(cached.body, "stale", now - cached.fetched_at, cached.source, "upstream-failed")
         return MetaAnswer(fresh.body, "miss" if cached is None else "revalidated", 0.0, fresh.source)
+
+    async def _meta_from_peers(self, req: ModRequest) -> MetaAnswer | None:
+        """Every upstream failed and nothing is cached: a peer's copy (vetted like an
+        upstream's) lets @latest resolve offline. Kept as already expired."""
+        if self.hooks.peers is None:
+            return None
+        for peer in self.hooks.peers.peers_for(req):
+            try:
+                body = await peer.fetch(req.upstream_path, functools.partial(self._vet_meta, req, peer), small=True)
+            except ModmeshError as e:
+                self.hooks.peers.report(peer, req, e)
+                continue
+            m = MetaEntry(req.module, req.kind, body, peer.name, self.clock() - self.settings.meta_ttl)
+            await self.index.put_meta(m)
+            self._meta.put((req.module, req.kind), m)
+            return MetaAnswer(body, "stale", self.settings.meta_ttl, peer.name, "from-peer")
+        return None
+
+    async def _vet_meta(self, req: ModRequest, up: Upstream, resp: aiohttp.ClientResponse) -> bytes:
+        body = await _read_bounded(resp, verify.MAX_LIST, req)
+        self.metrics.upstream_bytes.labels(up.name).inc(len(body))
+        if req.kind == "list":
+            return verify.normalize_list(req, body)
+        return verify.check_latest(req, body)
 
     def _meta_refresh(self, req: ModRequest) -> asyncio.Task[MetaEntry]:
         key = (req.module, req.kind)
@@ -384,14 +455,7 @@ class ModuleProxy:
         return task
 
     async def _fetch_meta(self, req: ModRequest) -> MetaEntry:
-        async def consume(up: Upstream, resp: aiohttp.ClientResponse) -> bytes:
-            body = await _read_bounded(resp, verify.MAX_LIST, req)
-            self.metrics.upstream_bytes.labels(up.name).inc(len(body))
-            if req.kind == "list":
-                return verify.normalize_list(req, body)
-            return verify.check_latest(req, body)
-
-        body, up = await self.chain.fetch(req.upstream_path, consume, small=True)
+        body, up = await self.chain.fetch(req.upstream_path, functools.partial(self._vet_meta, req), small=True)
         m = MetaEntry(req.module, req.kind, body, up.name, self.clock())
         await self.index.put_meta(m)
         self._meta.put((req.module, req.kind), m)

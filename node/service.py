@@ -27,7 +27,7 @@ from .proxy import ModuleProxy, ProxySettings
 from .store import BlobStore
 from .sumdb import ChecksumDatabases, SumDB, parse_sumdb_spec
 from .sumdb_store import SumDBStore
-from .upstream import CircuitBreaker, Timeouts, Upstream, UpstreamChain, build_chain
+from .upstream import CircuitBreaker, Off, Timeouts, Upstream, UpstreamChain, build_chain
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,9 @@ class Node:
         self.chain = build_chain(
             cfg.upstream, self._session, timeouts, self.metrics, cfg.breaker_threshold, cfg.breaker_reset
         )
+        if cfg.offline:
+            # Configured upstreams stay visible (health, doctor) but are never asked.
+            self.chain = UpstreamChain([Off("offline", "offline mode: not cached on this node")])
         self.sumdbs = self._checksum_databases(timeouts)
         self.sumdbs.open()
         self.hooks.observers.append(self.sumdbs)
@@ -74,6 +77,7 @@ class Node:
             meta_stale_window=cfg.meta_stale_window,
             negative_ttl=cfg.negative_ttl,
             stream_threshold=cfg.stream_threshold,
+            offline=cfg.offline,
         )
         self.proxy = ModuleProxy(
             self.store, self.index, self.chain, self.metrics, settings, self.hooks, self.sumdbs
@@ -100,6 +104,7 @@ class Node:
                 self.chain.upstreams,
                 self.metrics,
                 cfg.sumdb_latest_ttl,
+                offline=cfg.offline,
             )
             for spec in map(parse_sumdb_spec, cfg.sumdb)
         ]

@@ -112,6 +112,7 @@ class SumDB:
         metrics: Metrics,
         latest_ttl: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        offline: bool = False,
     ) -> None:
         self.spec = spec
         self.name = spec.name
@@ -120,6 +121,7 @@ class SumDB:
         self.metrics = metrics
         self.latest_ttl = latest_ttl
         self.clock = clock
+        self.offline = offline
         self.latest: Tree | None = None
         self.latest_note: bytes | None = None
         self.fork: str | None = None
@@ -195,6 +197,8 @@ class SumDB:
 
     async def _get(self, path: str) -> bytes:
         """GET one database path, single-flight per path."""
+        if self.offline:
+            raise NotFound(f"offline mode: {path} of checksum database {self.name} is not cached")
         flight = self._flights.get(path)
         if flight is not None:
             body: bytes = await asyncio.shield(flight)

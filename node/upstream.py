@@ -13,7 +13,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -174,10 +174,14 @@ class Upstream:
     metrics: Metrics
     fallthrough_on_error: bool = False
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    #: Extra request headers per path (the mesh signs peer requests this way).
+    headers: Callable[[str], Mapping[str, str]] | None = None
+    #: Shown in logs and metrics instead of the URL (e.g. "peer:<id>").
+    label: str | None = None
 
     @property
     def name(self) -> str:
-        return redact(self.base)
+        return self.label or redact(self.base)
 
     async def fetch(
         self,
@@ -200,7 +204,8 @@ class Upstream:
         )
         started = time.monotonic()
         try:
-            async with self.session.get(url, timeout=timeout, allow_redirects=True) as resp:
+            headers = self.headers(path) if self.headers is not None else None
+            async with self.session.get(url, timeout=timeout, allow_redirects=True, headers=headers) as resp:
                 self.metrics.upstream_latency.labels(self.name).observe(time.monotonic() - started)
                 if resp.status != 200:
                     raise await self._status_error(resp, path)
@@ -274,6 +279,7 @@ class Off:
     """The `off` entry: lookups that reach it fail as "disabled"."""
 
     name: str = OFF
+    message: str = "module lookup disabled by GOPROXY=off"
 
 
 class UpstreamChain:
@@ -305,7 +311,7 @@ class UpstreamChain:
         best_rank = -1
         for entry in self.entries:
             if isinstance(entry, Off):
-                off = LookupDisabled("module lookup disabled by GOPROXY=off")
+                off = LookupDisabled(entry.message)
                 raise best if best_rank >= 1 and best is not None else off
             try:
                 return await entry.fetch(path, functools.partial(consume, entry), small=small), entry
