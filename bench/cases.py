@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ UPSTREAM_RATE = 800e6 / 8  # 800 Mbit/s in bytes per second
 class Settings:
     quick: bool
     seconds: float  # one measured round of load
-    warmup: float  # wrk warm-up, not measured
+    warmup: float  # warm-up load per server, not measured
     runs: int  # runs per side for medians
     corpus_runs: int  # go mod download runs per side (short and noisier)
     zip_mb: int
@@ -86,25 +87,23 @@ def _pair(ctx: Ctx, servers: dict[str, Server], measure: Measure) -> dict[str, d
         measure(server, s.warmup)
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
     names = list(servers)
+
+    def one_round(name: str, server: Server) -> tuple[dict[str, Any], float]:
+        cpu0 = server.cpu()
+        with Foreign() as other:
+            r = measure(server, s.seconds)
+        r["server_cpu_s"] = cpu = server.cpu() - cpu0
+        r["server_cpu_util"] = cpu / r["seconds"]
+        r["client_cpu_util"] = r.pop("client_cpu") / r["seconds"]
+        r["other_cores"] = other.cores
+        ctx.log(f"    {name:7s}: {r['rps']:9,.0f} req/s {r['mb_s']:7,.0f} MB/s  p99 {r['p99_ms']:7.2f} ms  "
+                f"server CPU {r['server_cpu_util']:4.0%}  client CPU {r['client_cpu_util']:4.0%}  "
+                f"other load {other.cores:.2f} cores")
+        return r, other.cores
+
     for i in range(s.runs):
         for name in names[i % len(names):] + names[:i % len(names)]:
-            server = servers[name]
-
-            def one_round() -> tuple[dict[str, Any], float]:
-                cpu0 = server.cpu()
-                with Foreign() as other:
-                    r = measure(server, s.seconds)
-                r["server_cpu_s"] = cpu = server.cpu() - cpu0
-                r["server_cpu_util"] = cpu / r["seconds"]
-                r["client_cpu_util"] = r.pop("client_cpu") / r["seconds"]
-                ctx.log(f"    {name:7s}: {r['rps']:9,.0f} req/s {r['mb_s']:7,.0f} MB/s  p99 {r['p99_ms']:7.2f} ms  "
-                        f"server CPU {r['server_cpu_util']:4.0%}  client CPU {r['client_cpu_util']:4.0%}  "
-                        f"other load {other.cores:.2f} cores")
-                return r, other.cores
-
-            r, other_cores = ctx.gate.run(one_round)
-            r["other_cores"] = other_cores
-            rounds[name].append(r)
+            rounds[name].append(ctx.gate.run(partial(one_round, name, servers[name]))[0])
     out: dict[str, dict[str, Any]] = {}
     for name, rs in rounds.items():
         med = {k: statistics.median(r[k] for r in rs) for k in rs[0] if isinstance(rs[0][k], (int, float))}
@@ -238,15 +237,15 @@ def bench_corpus(ctx: Ctx) -> list[Row]:
     other_max = 0.0
     for name, server in servers.items():
         _go_download(ctx, server.url, f"{name}-warmup")
-    for i in range(n):
-        order = ("node", "nginx") if i % 2 == 0 else ("nginx", "node")
-        for name in order:
-            def one_run() -> tuple[float, float]:
-                seconds, other = _go_download(ctx, servers[name].url, f"{name}-{i}")
-                ctx.log(f"    run {i + 1} {name:5s}: {seconds:.2f} s  (other load {other:.2f} cores)")
-                return seconds, other
 
-            seconds, other = ctx.gate.run(one_run)
+    def one_run(name: str, i: int) -> tuple[float, float]:
+        seconds, other = _go_download(ctx, servers[name].url, f"{name}-{i}")
+        ctx.log(f"    run {i + 1} {name:5s}: {seconds:.2f} s  (other load {other:.2f} cores)")
+        return seconds, other
+
+    for i in range(n):
+        for name in ("node", "nginx") if i % 2 == 0 else ("nginx", "node"):
+            seconds, other = ctx.gate.run(partial(one_run, name, i))
             times[name].append(seconds)
             other_max = max(other_max, other)
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -264,8 +263,7 @@ def _noisy(other_cores: float) -> str:
 # --- cold miss through the node vs. straight from the upstream ------------------------
 
 
-def _fresh_node_download(ctx: Ctx, tag: str, module: BigModule, upstream: Server,
-                         sample_rss: bool = False) -> dict[str, Any]:
+def _fresh_node_download(ctx: Ctx, tag: str, module: BigModule, upstream: Server) -> dict[str, Any]:
     """Start a node with an empty data dir, download `module`'s zip through it, stop it."""
     node = start_node(ctx.procs, ctx.workdir, tag, upstream.url, ctx.server_cpus)
     try:
@@ -304,16 +302,16 @@ def bench_cold(ctx: Ctx) -> list[Row]:
             f"(fresh node and data dir per run)")
     _direct_download(m, up)  # page cache and connection set-up, not measured
     runs: dict[str, list[dict[str, Any]]] = {"node": [], "direct": []}
-    for i in range(n):
-        order = ("direct", "node") if i % 2 == 0 else ("node", "direct")
-        for side in order:
-            def one_run() -> tuple[dict[str, Any], float]:
-                res = _direct_download(m, up) if side == "direct" else _fresh_node_download(ctx, f"cold{i}", m, up)
-                ctx.log(f"    run {i + 1} {side:6s}: {res['seconds']:.3f} s, first byte after "
-                        f"{res['ttfb'] * 1000:.0f} ms  (other load {res['other_cores']:.2f} cores)")
-                return res, res["other_cores"]
 
-            runs[side].append(ctx.gate.run(one_run)[0])
+    def one_run(side: str, i: int) -> tuple[dict[str, Any], float]:
+        res = _direct_download(m, up) if side == "direct" else _fresh_node_download(ctx, f"cold{i}", m, up)
+        ctx.log(f"    run {i + 1} {side:6s}: {res['seconds']:.3f} s, first byte after "
+                f"{res['ttfb'] * 1000:.0f} ms  (other load {res['other_cores']:.2f} cores)")
+        return res, res["other_cores"]
+
+    for i in range(n):
+        for side in ("direct", "node") if i % 2 == 0 else ("node", "direct"):
+            runs[side].append(ctx.gate.run(partial(one_run, side, i))[0])
     med = {k: statistics.median(r["seconds"] for r in v) for k, v in runs.items()}
     ttfb = {k: statistics.median(r["ttfb"] for r in v) for k, v in runs.items()}
     mb = m.size / 1e6

@@ -60,7 +60,9 @@ def fetch(base: str, path: str, timeout: float = 120.0) -> Fetched:
 
 
 def download(base: str, path: str, timeout: float = 120.0, hash_body: bool = True) -> Downloaded:
-    """GET `path`, discarding the body as it arrives (optionally hashing it), and time it."""
+    """GET `path`, discarding the body as it arrives (optionally hashing it), and time it.
+
+    `timeout` bounds every socket operation and the whole transfer."""
     buf = bytearray(_BUF)
     view = memoryview(buf)
     h = hashlib.sha256()
@@ -75,6 +77,8 @@ def download(base: str, path: str, timeout: float = 120.0, hash_body: bool = Tru
             if hash_body:
                 h.update(view[:n])
             size += n
+            if time.perf_counter() - t0 > timeout:
+                raise TimeoutError(f"GET {path} took longer than {timeout:.0f} s")
         seconds = time.perf_counter() - t0
         return Downloaded(resp.status, {k.lower(): v for k, v in resp.getheaders()}, size,
                           h.hexdigest() if hash_body else "", ttfb, seconds)

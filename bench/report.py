@@ -142,10 +142,10 @@ def machine(nginx: str | None, wrk: str | None, go: str | None) -> dict[str, Any
     import aiohttp
 
     try:
-        import uvloop
+        from importlib.metadata import version
 
-        loop = f"uvloop {uvloop.__version__}"
-    except ImportError:
+        loop = f"uvloop {version('uvloop')}"
+    except Exception:  # PackageNotFoundError: the node's CLI then runs the stdlib loop
         loop = "asyncio (no uvloop)"
     mem = "?"
     try:

@@ -21,7 +21,7 @@ import functools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -324,10 +324,14 @@ class ModuleProxy:
         return None, None
 
     async def _consume_small(self, dl: Download, up: Upstream, resp: aiohttp.ClientResponse) -> str | None:
-        req = dl.req
-        limit = verify.MAX_INFO if req.kind == "info" else verify.MAX_MOD
-        body = await _read_bounded(resp, limit, req)
+        limit = verify.MAX_INFO if dl.req.kind == "info" else verify.MAX_MOD
+        body = await _read_bounded(resp, limit, dl.req)
         self.metrics.upstream_bytes.labels(up.name).inc(len(body))
+        return self._take_small(dl, body)
+
+    def _take_small(self, dl: Download, body: bytes) -> str | None:
+        """Vet a whole .info or .mod body and write it; returns the .mod's h1."""
+        req = dl.req
         if req.kind == "info":
             verify.check_info(req, body)
             h1 = None
@@ -343,37 +347,78 @@ class ModuleProxy:
         return h1
 
     async def _consume_zip(self, dl: Download, up: Upstream, resp: aiohttp.ClientResponse) -> str:
+        encoded = resp.headers.get("Content-Encoding", "identity") != "identity"
+        received = self.metrics.upstream_bytes.labels(up.name)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for chunk in resp.content.iter_chunked(CHUNK):
+                received.inc(len(chunk))
+                yield chunk
+
+        return await self._take_zip(dl, f"upstream {up.name}", chunks(), None if encoded else resp.content_length)
+
+    async def _take_zip(self, dl: Download, origin: str, chunks: AsyncIterable[bytes], length: int | None) -> str:
+        """Write a zip as it arrives, hashing every entry on the way; verify; return h1."""
         req = dl.req
         writer = dl.writer
         assert writer is not None
+        what = f"{req.module}@{req.version}"
         dl.restart()
-        encoded = resp.headers.get("Content-Encoding", "identity") != "identity"
-        dl.expected = None if encoded else resp.content_length
-        if dl.expected is not None and dl.expected > modzip.MAX_ZIP_FILE:
-            raise IntegrityError(f"upstream zip for {req.module}@{req.version} is larger than 500 MiB")
+        dl.expected = length
+        if length is not None and length > modzip.MAX_ZIP_FILE:
+            raise IntegrityError(f"zip for {what} from {origin} is larger than 500 MiB")
         dl._notify()
         hasher = ZipStreamHasher()
-        received = self.metrics.upstream_bytes.labels(up.name)
-        async for chunk in resp.content.iter_chunked(CHUNK):
+        async for chunk in chunks:
             writer.write(chunk)
             hasher.feed(chunk)
-            received.inc(len(chunk))
             dl.advance(len(chunk))
             if dl.written > modzip.MAX_ZIP_FILE:
-                raise IntegrityError(f"upstream zip for {req.module}@{req.version} is larger than 500 MiB")
+                raise IntegrityError(f"zip for {what} from {origin} is larger than 500 MiB")
         if dl.written == 0:
-            raise IntegrityError(f"upstream sent an empty zip for {req.module}@{req.version}")
-        if dl.expected is not None and dl.written != dl.expected:
-            raise UpstreamError(
-                f"upstream {up.name} sent {dl.written} of {dl.expected} bytes of {req.module}@{req.version}.zip"
-            )
+            raise IntegrityError(f"{origin} sent an empty zip for {what}")
+        if length is not None and dl.written != length:
+            raise UpstreamError(f"{origin} sent {dl.written} of {length} bytes of {what}.zip")
         try:
             checked = await asyncio.to_thread(
                 modzip.check_zip, writer.tmp_path, req.module, req.version, hasher.digests()
             )
         except ValueError as e:
-            raise IntegrityError(f"upstream zip for {req.module}@{req.version} is unsound: {e}") from None
+            raise IntegrityError(f"zip for {what} from {origin} is unsound: {e}") from None
         return checked.h1
+
+    async def admit(
+        self, req: ModRequest, origin: str, chunks: AsyncIterable[bytes], length: int | None = None
+    ) -> tuple[Entry, bool]:
+        """Take a versioned file from somewhere other than an upstream (an import, a
+        bundle): the same checks, the same checksum-database verification, the same
+        atomic commit. Returns (entry, True), or (existing entry, False) when cached."""
+        served = await self.lookup(req)
+        if served is not None:
+            return served.entry, False
+        dl = Download(req)
+        dl.writer = self.store.writer()
+        try:
+            if req.kind == "zip":
+                h1: str | None = await self._take_zip(dl, origin, chunks, length)
+            else:
+                body = b"".join([c async for c in chunks])
+                h1 = self._take_small(dl, body)
+            await self._verify(req, h1)
+            blob = await asyncio.to_thread(dl.writer.commit)
+            entry = await self.index.put(
+                Entry(req.module, req.version, req.kind, blob.sha256, blob.size, h1, origin, self.clock())
+            )
+        except IntegrityError:
+            self.metrics.rejected.labels(req.kind).inc()
+            raise
+        finally:
+            dl.writer.abort()
+            dl.result.cancel()
+        self._entries.put(req.key, entry)
+        self._negative.pop(req.key)
+        self.hooks.stored(entry)
+        return entry, True
 
     # ---- list and latest -------------------------------------------------
 

@@ -283,3 +283,25 @@ async def test_missing_blob_is_refetched(fake_proxy, make_node, client) -> None:
     status, body, _ = await get(client, node.url + ZIP)
     assert status == 200 and body == files[2] and up.count(ZIP) == 2
 
+
+
+async def test_admit_verifies_like_an_upstream(make_node) -> None:  # type: ignore[no-untyped-def]
+    from node.errors import IntegrityError
+    from node.protocol import ModRequest
+
+    node = await make_node("off")
+
+    async def once(data: bytes):  # type: ignore[no-untyped-def]
+        yield data
+
+    req = ModRequest(M, V, "zip")
+    entry, new = await node.proxy.admit(req, "bundle x", once(FILES[2]), len(FILES[2]))
+    assert new and entry.h1 == h_zip(FILES[2]) and entry.source == "bundle x"
+    _, again = await node.proxy.admit(req, "bundle x", once(FILES[2]))
+    assert not again  # importing twice changes nothing
+    bad = ModRequest(M, "v1.1.0", "zip")
+    with pytest.raises(IntegrityError, match="unsound"):
+        await node.proxy.admit(bad, "bundle x", once(FILES[2]))  # entries under v1.0.0/
+    assert await node.index.get(M, "v1.1.0", "zip") is None
+    with pytest.raises(IntegrityError, match="declares module"):
+        await node.proxy.admit(ModRequest(M, V, "mod"), "bundle x", once(b"module example.com/other\n"))
