@@ -11,11 +11,12 @@ import asyncio
 import base64
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.typedefs import Middleware
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
@@ -42,6 +43,7 @@ HOP_HEADER = "X-Modmesh-Hop"
 STALE_HEADER = "X-Modmesh-Stale"
 
 Handler = Callable[[web.Request], Awaitable[StreamResponse]]
+GOPROXY_HANDLER: web.AppKey[Handler] = web.AppKey("goproxy")
 
 # Per-request facts the access log reports.
 REQ = web.RequestKey("req", ModRequest)
@@ -58,8 +60,9 @@ def build_app(
     health: Health,
     ready: Callable[[], bool],
     sumdbs: ChecksumDatabases | None = None,
+    middlewares: Sequence[Middleware] = (),
 ) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware])
+    app = web.Application(middlewares=[errors_middleware, *middlewares])
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response(health(), headers={"Cache-Control": "no-store"})
@@ -95,8 +98,13 @@ def build_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
-    app.router.add_get(r"/{tail:[\s\S]*}", goproxy)
+    app[GOPROXY_HANDLER] = goproxy
     return app
+
+
+def add_goproxy_route(app: web.Application) -> None:
+    """The catch-all GOPROXY route goes last, after every other feature's routes."""
+    app.router.add_get(r"/{tail:[\s\S]*}", app[GOPROXY_HANDLER])
 
 
 @web.middleware

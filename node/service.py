@@ -18,7 +18,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .app import access_logger, build_app
+from .admin import add_admin_routes, loopback_only
+from .app import access_logger, add_goproxy_route, build_app
 from .config import Config
 from .hooks import Hooks
 from .index import Index
@@ -82,7 +83,10 @@ class Node:
         self.proxy = ModuleProxy(
             self.store, self.index, self.chain, self.metrics, settings, self.hooks, self.sumdbs
         )
-        self.app = build_app(self.proxy, self.metrics, self.health, lambda: self._ready, self.sumdbs)
+        self.app = build_app(
+            self.proxy, self.metrics, self.health, lambda: self._ready, self.sumdbs, [loopback_only]
+        )
+        add_admin_routes(self.app, self)
         await self._update_stats()
         self._stats_task = asyncio.create_task(self._stats_loop())
         self._ready = True
@@ -112,7 +116,11 @@ class Node:
         return ChecksumDatabases(dbs, cfg.sumdb_verify == "sumdb", private, self.metrics)
 
     async def listen(self, host: str | None = None, port: int | None = None) -> str:
-        """Start serving HTTP; returns the base URL (port 0 picks a free one)."""
+        """Start serving HTTP; returns the base URL (port 0 picks a free one).
+
+        Plugins add their routes between start() and listen(); the GOPROXY
+        catch-all route is added here, last."""
+        add_goproxy_route(self.app)
         h, p = self.config.host_port
         host = h if host is None else host
         port = p if port is None else port
