@@ -23,10 +23,24 @@ class StoreObserver(Protocol):
         """A versioned file was verified and committed. Must not block."""
 
 
+class AccessObserver(Protocol):
+    def accessed(self, req: ModRequest, cache: str) -> None:
+        """A versioned file was served ("hit") or fetched ("miss"). Must not block."""
+
+
+@dataclass(frozen=True)
+class PeerCandidate:
+    """A peer to ask, and what it advertised for the file (checked after download)."""
+
+    upstream: Upstream
+    sha256: str | None = None
+    h1: str | None = None
+
+
 class PeerSource(Protocol):
     """Other nodes to ask on a miss, before any upstream (the mesh)."""
 
-    def peers_for(self, req: ModRequest) -> list[Upstream]:
+    def peers_for(self, req: ModRequest) -> list[PeerCandidate]:
         """Live peers likely to hold this file, best first; empty when none."""
 
     def report(self, peer: Upstream, req: ModRequest, error: Exception | None) -> None:
@@ -36,7 +50,15 @@ class PeerSource(Protocol):
 @dataclass
 class Hooks:
     observers: list[StoreObserver] = field(default_factory=list)
+    access: list[AccessObserver] = field(default_factory=list)
     peers: PeerSource | None = None
+
+    def accessed(self, req: ModRequest, cache: str) -> None:
+        for obs in self.access:
+            try:
+                obs.accessed(req, cache)
+            except Exception:
+                log.exception("access observer %r failed", obs)
 
     def stored(self, entry: Entry) -> None:
         for obs in self.observers:

@@ -192,6 +192,8 @@ class ModuleProxy:
         """
         served = await self.lookup(req)
         if served is not None:
+            if not local_only:
+                self.hooks.accessed(req, "hit")
             return served
         if local_only:
             raise NotFound(f"{req.key} is not cached on this node")
@@ -203,6 +205,7 @@ class ModuleProxy:
             self._spawn(self._download(dl))
         else:
             self.metrics.coalesced.labels(req.kind).inc()
+        self.hooks.accessed(req, "miss")
         threshold = self.settings.stream_threshold
         await dl.wait_until(
             lambda: dl.written >= threshold and (dl.expected is None or dl.expected > threshold)
@@ -308,11 +311,17 @@ class ModuleProxy:
         if peers is None:
             return None, None
         req = dl.req
-        for peer in peers.peers_for(req):
+        for cand in peers.peers_for(req):
+            peer = cand.upstream
             try:
                 h1 = await peer.fetch(
                     req.upstream_path, functools.partial(consume, dl, peer), small=req.kind != "zip"
                 )
+                assert dl.writer is not None
+                if (cand.sha256 and cand.sha256 != dl.writer.sha256) or (cand.h1 and h1 and cand.h1 != h1):
+                    raise IntegrityError(
+                        f"peer {peer.name} sent bytes for {req.key} that differ from what it advertised"
+                    )
                 await self._verify(req, h1)
             except ModmeshError as e:
                 peers.report(peer, req, e)
@@ -466,7 +475,8 @@ class ModuleProxy:
         upstream's) lets @latest resolve offline. Kept as already expired."""
         if self.hooks.peers is None:
             return None
-        for peer in self.hooks.peers.peers_for(req):
+        for cand in self.hooks.peers.peers_for(req):
+            peer = cand.upstream
             try:
                 body = await peer.fetch(req.upstream_path, functools.partial(self._vet_meta, req, peer), small=True)
             except ModmeshError as e:
