@@ -33,6 +33,20 @@ def default_data_dir(env: Mapping[str, str] = os.environ) -> Path:
 
 
 @dataclass(frozen=True)
+class Route:
+    """`[[route]]`: modules matching `pattern` (GOPRIVATE syntax) are fetched only
+    through `upstream` (a GOPROXY string, or `direct`), with optional credentials.
+    Routed modules are private: never sent to another upstream or a checksum database."""
+
+    pattern: str
+    upstream: str
+    token_file: Path | None = None
+    token_env: str | None = None
+    basic_auth_file: Path | None = None
+    basic_auth_env: str | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     listen: str = "127.0.0.1:3000"
     data: Path = field(default_factory=default_data_dir)
@@ -73,6 +87,22 @@ class Config:
     trust_env: bool = False
     #: No upstream or checksum-database traffic at all: serve what is cached.
     offline: bool = False
+    #: Per-pattern routes for private modules ([[route]] tables in the file).
+    routes: tuple[Route, ...] = ()
+    #: Seconds one `direct` fetch (the go command talking to version control) may take.
+    direct_timeout: float = 300.0
+    #: At most this many `direct` fetches run at once.
+    direct_jobs: int = 4
+    #: Client access: a file of bearer tokens (one per line). With it (or
+    #: client_basic_file) the GOPROXY and sumdb endpoints require credentials.
+    client_tokens_file: Path | None = None
+    #: Client access: a file of `user:password` lines (HTTP basic, what .netrc sends).
+    client_basic_file: Path | None = None
+    #: Requests per second per client address (0: unlimited), with this burst.
+    client_rate: float = 0.0
+    client_burst: int = 50
+    #: A file holding the admin token; without it admin endpoints answer loopback only.
+    admin_token_file: Path | None = None
     log_level: str = "info"
     #: "json" (one object per line) or "text".
     log_format: str = "json"
@@ -138,11 +168,32 @@ def _coerce(key: str, value: object) -> Any:
         if typ == "tuple[str, ...]":
             items = value if isinstance(value, (list, tuple)) else str(value).split(",")
             return tuple(str(v).strip() for v in items if str(v).strip())
-        if typ == "Path":
+        if typ in ("Path", "Path | None"):
             return Path(str(value)).expanduser()
         return str(value)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"config key {key!r}: {e}") from None
+
+
+_ROUTE_FIELDS = {f.name for f in dataclasses.fields(Route)}
+
+
+def _routes(file: Path, raw: object) -> tuple[Route, ...]:
+    if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):
+        raise ConfigError(f"config file {file}: 'route' must be a list of tables ([[route]])")
+    routes = []
+    for r in raw:
+        unknown = set(r) - _ROUTE_FIELDS
+        if unknown:
+            log.warning("config file %s: unknown key(s) %s in [[route]] ignored", file, sorted(unknown))
+        if not isinstance(r.get("pattern"), str) or not isinstance(r.get("upstream"), str):
+            raise ConfigError(f"config file {file}: every [[route]] needs 'pattern' and 'upstream'")
+        kw = {k: v for k, v in r.items() if k in _ROUTE_FIELDS}
+        for k in ("token_file", "basic_auth_file"):
+            if k in kw:
+                kw[k] = Path(str(kw[k])).expanduser()
+        routes.append(Route(**kw))
+    return tuple(routes)
 
 
 def load_config(
@@ -163,14 +214,16 @@ def load_config(
             raise ConfigError(f"config file {file}: {e}") from None
         sections: dict[str, Any] = {}
         for key, value in raw.items():
-            if isinstance(value, dict):
+            if key == "route":
+                values["routes"] = _routes(file, value)
+            elif isinstance(value, dict):
                 sections[key] = value
             elif key in _FIELDS and key != "sections":
                 values[key] = _coerce(key, value)
             else:
                 log.warning("config file %s: unknown key %r ignored", file, key)
         values["sections"] = sections
-    for key in _FIELDS.keys() - {"sections"}:
+    for key in _FIELDS.keys() - {"sections", "routes"}:
         ev = env.get(f"MODMESH_{key.upper()}")
         if ev:
             values[key] = _coerce(key, ev)

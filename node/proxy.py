@@ -21,7 +21,7 @@ import functools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -33,9 +33,10 @@ from .errors import IntegrityError, ModmeshError, NotFound, UpstreamError
 from .hooks import Hooks
 from .index import Entry, Index, MetaEntry
 from .metrics import Metrics
+from .patterns import match_prefix_patterns
 from .protocol import ModRequest
 from .store import BlobStore, BlobWriter
-from .upstream import Upstream, UpstreamChain
+from .upstream import Source, Upstream, UpstreamChain
 from .zipstream import ZipStreamHasher
 
 log = logging.getLogger(__name__)
@@ -166,10 +167,13 @@ class ModuleProxy:
         hooks: Hooks | None = None,
         verifier: BlobVerifier | None = None,
         clock: Callable[[], float] = time.time,
+        routes: Sequence[tuple[str, UpstreamChain]] = (),
     ) -> None:
         self.store = store
         self.index = index
         self.chain = chain
+        #: (GOPRIVATE-style pattern, chain): the first match serves a module instead of `chain`.
+        self.routes = list(routes)
         self.metrics = metrics
         self.settings = settings
         self.hooks = hooks or Hooks()
@@ -182,6 +186,12 @@ class ModuleProxy:
         self._flights: dict[str, Download] = {}
         self._meta_flights: dict[tuple[str, str], asyncio.Task[MetaEntry]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+
+    def chain_for(self, module: str) -> UpstreamChain:
+        for pattern, chain in self.routes:
+            if match_prefix_patterns(pattern, module):
+                return chain
+        return self.chain
 
     # ---- versioned files -------------------------------------------------
 
@@ -260,7 +270,7 @@ class ModuleProxy:
             consume = self._consume_zip if req.kind == "zip" else self._consume_small
             h1, up = await self._from_peers(dl, consume)
             if up is None:
-                h1, up = await self.chain.fetch(
+                h1, up = await self.chain_for(req.module).fetch(
                     req.upstream_path,
                     lambda up, resp: consume(dl, up, resp),
                     small=req.kind != "zip",
@@ -303,8 +313,8 @@ class ModuleProxy:
             await self.verifier.verify(req.module, req.version, req.kind, h1)
 
     async def _from_peers(
-        self, dl: Download, consume: Callable[[Download, Upstream, aiohttp.ClientResponse], Awaitable[str | None]]
-    ) -> tuple[str | None, Upstream | None]:
+        self, dl: Download, consume: Callable[[Download, Source, aiohttp.ClientResponse], Awaitable[str | None]]
+    ) -> tuple[str | None, Source | None]:
         """Ask the mesh's peers first; every byte is verified exactly as from an upstream,
         and a peer that fails (or lies) is reported and skipped."""
         peers = self.hooks.peers
@@ -332,7 +342,7 @@ class ModuleProxy:
             return h1, peer
         return None, None
 
-    async def _consume_small(self, dl: Download, up: Upstream, resp: aiohttp.ClientResponse) -> str | None:
+    async def _consume_small(self, dl: Download, up: Source, resp: aiohttp.ClientResponse) -> str | None:
         limit = verify.MAX_INFO if dl.req.kind == "info" else verify.MAX_MOD
         body = await _read_bounded(resp, limit, dl.req)
         self.metrics.upstream_bytes.labels(up.name).inc(len(body))
@@ -355,7 +365,7 @@ class ModuleProxy:
         dl.advance(len(body))
         return h1
 
-    async def _consume_zip(self, dl: Download, up: Upstream, resp: aiohttp.ClientResponse) -> str:
+    async def _consume_zip(self, dl: Download, up: Source, resp: aiohttp.ClientResponse) -> str:
         encoded = resp.headers.get("Content-Encoding", "identity") != "identity"
         received = self.metrics.upstream_bytes.labels(up.name)
 
@@ -488,7 +498,7 @@ class ModuleProxy:
             return MetaAnswer(body, "stale", self.settings.meta_ttl, peer.name, "from-peer")
         return None
 
-    async def _vet_meta(self, req: ModRequest, up: Upstream, resp: aiohttp.ClientResponse) -> bytes:
+    async def _vet_meta(self, req: ModRequest, up: Source, resp: aiohttp.ClientResponse) -> bytes:
         body = await _read_bounded(resp, verify.MAX_LIST, req)
         self.metrics.upstream_bytes.labels(up.name).inc(len(body))
         if req.kind == "list":
@@ -510,7 +520,9 @@ class ModuleProxy:
         return task
 
     async def _fetch_meta(self, req: ModRequest) -> MetaEntry:
-        body, up = await self.chain.fetch(req.upstream_path, functools.partial(self._vet_meta, req), small=True)
+        body, up = await self.chain_for(req.module).fetch(
+            req.upstream_path, functools.partial(self._vet_meta, req), small=True
+        )
         m = MetaEntry(req.module, req.kind, body, up.name, self.clock())
         await self.index.put_meta(m)
         self._meta.put((req.module, req.kind), m)

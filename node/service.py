@@ -21,6 +21,8 @@ from aiohttp import web
 from .admin import add_admin_routes, loopback_only
 from .app import access_logger, add_goproxy_route, build_app
 from .config import Config
+from .credentials import route_credentials
+from .direct import Direct
 from .hooks import Hooks
 from .index import Index
 from .metrics import Metrics
@@ -64,12 +66,22 @@ class Node:
             trust_env=cfg.trust_env,
         )
         timeouts = Timeouts(cfg.connect_timeout, cfg.read_timeout, cfg.small_timeout)
+        self.direct = Direct(cfg.data / "direct", cfg.direct_timeout, cfg.direct_jobs)
         self.chain = build_chain(
-            cfg.upstream, self._session, timeouts, self.metrics, cfg.breaker_threshold, cfg.breaker_reset
+            cfg.upstream, self._session, timeouts, self.metrics, cfg.breaker_threshold, cfg.breaker_reset,
+            self.direct,
         )
+        routes = [
+            (r.pattern, build_chain(
+                r.upstream, self._session, timeouts, self.metrics, cfg.breaker_threshold,
+                cfg.breaker_reset, self.direct, route_credentials(r),
+            ))
+            for r in cfg.routes
+        ]
         if cfg.offline:
             # Configured upstreams stay visible (health, doctor) but are never asked.
-            self.chain = UpstreamChain([Off("offline", "offline mode: not cached on this node")])
+            off = UpstreamChain([Off("offline", "offline mode: not cached on this node")])
+            self.chain, routes = off, [(pattern, off) for pattern, _ in routes]
         self.sumdbs = self._checksum_databases(timeouts)
         self.sumdbs.open()
         self.hooks.observers.append(self.sumdbs)
@@ -81,7 +93,8 @@ class Node:
             offline=cfg.offline,
         )
         self.proxy = ModuleProxy(
-            self.store, self.index, self.chain, self.metrics, settings, self.hooks, self.sumdbs
+            self.store, self.index, self.chain, self.metrics, settings, self.hooks, self.sumdbs,
+            routes=routes,
         )
         self.app = build_app(
             self.proxy, self.metrics, self.health, lambda: self._ready, self.sumdbs, [loopback_only]
@@ -112,7 +125,8 @@ class Node:
             )
             for spec in map(parse_sumdb_spec, cfg.sumdb)
         ]
-        private = ",".join(p for p in (cfg.private, cfg.nosumdb) if p)
+        # Routed modules are private: never sent to a checksum database.
+        private = ",".join(p for p in (cfg.private, cfg.nosumdb, *(r.pattern for r in cfg.routes)) if p)
         return ChecksumDatabases(dbs, cfg.sumdb_verify == "sumdb", private, self.metrics)
 
     async def listen(self, host: str | None = None, port: int | None = None) -> str:

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -54,8 +54,7 @@ class ProxyEntry:
 def parse_goproxy(value: str) -> list[ProxyEntry]:
     """Parse a GOPROXY-syntax string the way the go command does (doc 2.1).
 
-    `direct` is refused: fetching from version control is not implemented yet.
-    Entries after `off` are dropped, as Go drops them.
+    Entries after `off` and `direct` are dropped, as Go drops them.
     """
     entries: list[ProxyEntry] = []
     rest = value
@@ -68,12 +67,8 @@ def parse_goproxy(value: str) -> list[ProxyEntry]:
         item = item.strip()
         if not item:
             continue
-        if item == DIRECT:
-            raise GoproxyError(
-                "GOPROXY entry 'direct' is not supported yet: list proxy URLs (and 'off') only"
-            )
-        if item == OFF:
-            entries.append(ProxyEntry(OFF))
+        if item in (OFF, DIRECT):
+            entries.append(ProxyEntry(item))
             break
         entries.append(ProxyEntry(_normalize_url(item), fallthrough_on_error=(sep == "|")))
     if not entries:
@@ -274,6 +269,18 @@ async def _first_line(resp: aiohttp.ClientResponse) -> str:
     return "".join(c for c in line if c.isprintable())[:200]
 
 
+class Source(Protocol):
+    """A chain entry that can answer a GOPROXY path: an Upstream, or Direct."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def fallthrough_on_error(self) -> bool: ...
+
+    async def fetch(self, path: str, consume: Callable[[Any], Awaitable[T]], *, small: bool) -> T: ...
+
+
 @dataclass(frozen=True)
 class Off:
     """The `off` entry: lookups that reach it fail as "disabled"."""
@@ -285,7 +292,7 @@ class Off:
 class UpstreamChain:
     """Walks the configured upstreams with Go's fallback rules, one request at a time."""
 
-    def __init__(self, entries: Sequence[Upstream | Off]) -> None:
+    def __init__(self, entries: Sequence[Source | Off]) -> None:
         self.entries = list(entries)
 
     @property
@@ -295,11 +302,11 @@ class UpstreamChain:
     async def fetch(
         self,
         path: str,
-        consume: Callable[[Upstream, aiohttp.ClientResponse], Awaitable[T]],
+        consume: Callable[[Any, aiohttp.ClientResponse], Awaitable[T]],
         *,
         small: bool,
         may_fall_through: Callable[[], bool] = lambda: True,
-    ) -> tuple[T, Upstream]:
+    ) -> tuple[T, Source]:
         """Return the first sound answer and the upstream that gave it.
 
         Raises the most useful error when none did: the latest failure that was not
@@ -331,16 +338,23 @@ class UpstreamChain:
 def build_chain(
     value: str, session: aiohttp.ClientSession, timeouts: Timeouts, metrics: Metrics,
     breaker_threshold: int, breaker_reset: float,
+    direct: Source | None = None,
+    headers: Callable[[str], Mapping[str, str]] | None = None,
 ) -> UpstreamChain:
-    entries: list[Upstream | Off] = []
+    """Build a chain from a GOPROXY string; `headers` adds credentials to every request."""
+    entries: list[Source | Off] = []
     for e in parse_goproxy(value):
         if e.target == OFF:
             entries.append(Off())
+        elif e.target == DIRECT:
+            if direct is None:
+                raise GoproxyError("GOPROXY entry 'direct' is not available here")
+            entries.append(direct)
         else:
             entries.append(
                 Upstream(
                     e.target, session, timeouts, metrics, e.fallthrough_on_error,
-                    CircuitBreaker(breaker_threshold, breaker_reset),
+                    CircuitBreaker(breaker_threshold, breaker_reset), headers=headers,
                 )
             )
     return UpstreamChain(entries)

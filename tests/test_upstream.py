@@ -28,6 +28,7 @@ from tests.upstream_fixture import Fault
         ("127.0.0.1:8411", [("https://127.0.0.1:8411", False)]),
         ("https://a|off,https://b", [("https://a", True), ("off", False)]),
         ("off", [("off", False)]),
+        ("https://a,direct,https://b", [("https://a", False), ("direct", False)]),
     ],
 )
 def test_parse_goproxy(value: str, want: list[tuple[str, bool]]) -> None:
@@ -39,7 +40,6 @@ def test_parse_goproxy(value: str, want: list[tuple[str, bool]]) -> None:
     [
         (",", "no entries"),
         ("", "no entries"),
-        ("https://a,direct", "'direct' is not supported yet"),
         ("ftp://a", "scheme"),
         ("file:///srv/goproxy", "scheme"),
         ("http://user:pw@a", "refusing to pass credentials"),
