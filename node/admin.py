@@ -1,7 +1,8 @@
 """Admin endpoints under `/_admin/` (export, import, doctor, ...).
 
-They can read the whole cache and write into it, so they answer loopback clients
-only (an admin token comes with site operations). Each feature module that has
+They can read the whole cache and write into it, so they answer the admin token
+(`admin_token_file`) or, without one, loopback clients only (node/access.py
+enforces it). Each feature module that has
 admin endpoints provides `admin_routes(node) -> list[web.RouteDef]` and is listed
 in ADMIN_MODULES.
 """
@@ -9,37 +10,16 @@ in ADMIN_MODULES.
 from __future__ import annotations
 
 import importlib
-import ipaddress
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from .app import Handler
-from .errors import ModmeshError
 
 if TYPE_CHECKING:
     from .service import Node
 
 PREFIX = "/_admin/"
-ADMIN_MODULES: list[str] = []
-
-
-class Forbidden(ModmeshError):
-    status = 403
-
-
-@web.middleware
-async def loopback_only(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith(PREFIX) and not _is_loopback(request.remote):
-        raise Forbidden("admin endpoints answer loopback clients only")
-    return await handler(request)
-
-
-def _is_loopback(remote: str | None) -> bool:
-    try:
-        return remote is not None and ipaddress.ip_address(remote).is_loopback
-    except ValueError:
-        return False
+ADMIN_MODULES: list[str] = ["node.dashboard"]
 
 
 def add_admin_routes(app: web.Application, node: Node) -> None:

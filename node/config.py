@@ -103,6 +103,9 @@ class Config:
     client_burst: int = 50
     #: A file holding the admin token; without it admin endpoints answer loopback only.
     admin_token_file: Path | None = None
+    #: Serve https with this certificate chain and key (PEM) instead of plain http.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
     log_level: str = "info"
     #: "json" (one object per line) or "text".
     log_format: str = "json"
@@ -234,6 +237,8 @@ def load_config(
         values["sumdb"] = ()  # GOSUMDB=off: no checksum database at all
     cfg = Config(**values)
     parse_listen(cfg.listen)
+    if (cfg.tls_cert_file is None) != (cfg.tls_key_file is None):
+        raise ConfigError("tls_cert_file and tls_key_file go together")
     if cfg.sumdb_verify not in ("sumdb", "off"):
         raise ConfigError(f"sumdb_verify must be 'sumdb' or 'off', not {cfg.sumdb_verify!r}")
     if cfg.log_format not in ("json", "text"):

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Protocol
+
+from aiohttp import web
 
 from .index import Entry
 from .protocol import ModRequest
@@ -52,6 +55,8 @@ class Hooks:
     observers: list[StoreObserver] = field(default_factory=list)
     access: list[AccessObserver] = field(default_factory=list)
     peers: PeerSource | None = None
+    #: Accept a request without client credentials (the mesh's signed peer requests).
+    authenticators: list[Callable[[web.Request], bool]] = field(default_factory=list)
 
     def accessed(self, req: ModRequest, cache: str) -> None:
         for obs in self.access:

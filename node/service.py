@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
+import ssl
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,7 +19,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .admin import add_admin_routes, loopback_only
+from .access import load_policy
+from .admin import add_admin_routes
 from .app import access_logger, add_goproxy_route, build_app
 from .config import Config
 from .credentials import route_credentials
@@ -96,8 +98,11 @@ class Node:
             self.store, self.index, self.chain, self.metrics, settings, self.hooks, self.sumdbs,
             routes=routes,
         )
+        self.access = load_policy(cfg)
+        self.access.authenticators = self.hooks.authenticators
         self.app = build_app(
-            self.proxy, self.metrics, self.health, lambda: self._ready, self.sumdbs, [loopback_only]
+            self.proxy, self.metrics, self.health, lambda: self._ready, self.sumdbs,
+            [self.access.middleware()],
         )
         add_admin_routes(self.app, self)
         await self._update_stats()
@@ -143,10 +148,14 @@ class Node:
             handler_cancellation=True, shutdown_timeout=5.0,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        ssl_context = None
+        if self.config.tls_cert_file is not None:
+            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_context.load_cert_chain(self.config.tls_cert_file, self.config.tls_key_file)
+        site = web.TCPSite(self._runner, host, port, reuse_address=True, ssl_context=ssl_context)
         await site.start()
         sock_port = self._runner.addresses[0][1]
-        self.url = f"http://{host}:{sock_port}"
+        self.url = f"{'https' if ssl_context else 'http'}://{host}:{sock_port}"
         log.info("modmesh node listening on %s, upstream %s, data %s", self.url,
                  ",".join(u.name for u in self.chain.upstreams) or "off", self.config.data)
         return self.url
