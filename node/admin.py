@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from .service import Node
 
 PREFIX = "/_admin/"
-ADMIN_MODULES: list[str] = ["node.dashboard"]
+ADMIN_MODULES: list[str] = ["node.dashboard", "node.doctor", "node.storage_cli", "node.airgap"]
 
 
 def add_admin_routes(app: web.Application, node: Node) -> None:

@@ -27,7 +27,7 @@ log = logging.getLogger("modmesh")
 
 
 #: Modules providing `register(subparsers)` for their subcommands.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["node.warm", "node.doctor", "node.storage_cli", "node.airgap"]
 
 
 def build_parser(plugins: Sequence[Plugin] = ()) -> argparse.ArgumentParser:
@@ -46,6 +46,8 @@ def build_parser(plugins: Sequence[Plugin] = ()) -> argparse.ArgumentParser:
     s.add_argument("--log-format", choices=["json", "text"])
     s.add_argument("--offline", action="store_true", default=None,
                    help="no upstream or checksum-database traffic at all: serve what is cached")
+    s.add_argument("--max-size", metavar="SIZE",
+                   help="cap on cached blob bytes, e.g. 50GB; the least used unpinned files are evicted")
     for plugin in plugins:
         plugin.add_serve_arguments(s)
     for name in COMMAND_MODULES:
@@ -68,7 +70,7 @@ def serve(args: argparse.Namespace, plugins: Sequence[Plugin] = ()) -> int:
     flags = {
         "listen": args.listen, "data": args.data, "upstream": args.upstream,
         "log_level": args.log_level, "log_format": args.log_format, "sumdb": args.sumdb,
-        "offline": args.offline,
+        "offline": args.offline, "max_size": args.max_size,
     }
     try:
         cfg = load_config(args.config, flags=flags)

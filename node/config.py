@@ -70,6 +70,9 @@ class Config:
     negative_ttl: float = 60.0
     #: Zips larger than this stream to clients while they download (bytes).
     stream_threshold: int = 4 << 20
+    #: Cap on the store's blob bytes (storage limits): over it, the least valuable
+    #: unpinned files are evicted. None: no cap.
+    max_size: int | None = None
     #: Checksum databases, GOSUMDB syntax each: "NAME+HASH+KEY [URL]". Without a URL the
     #: node finds the database through its upstreams' /sumdb/ endpoints, else at https://NAME.
     sumdb: tuple[str, ...] = (DEFAULT_SUMDB,)
@@ -126,7 +129,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.I)
 _SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
                "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
-_SIZE_KEYS = {"stream_threshold"}
+_SIZE_KEYS = {"stream_threshold", "max_size"}
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -239,6 +242,8 @@ def load_config(
     parse_listen(cfg.listen)
     if (cfg.tls_cert_file is None) != (cfg.tls_key_file is None):
         raise ConfigError("tls_cert_file and tls_key_file go together")
+    if cfg.max_size is not None and cfg.max_size <= 0:
+        raise ConfigError(f"max_size must be a positive size, not {cfg.max_size}")
     if cfg.sumdb_verify not in ("sumdb", "off"):
         raise ConfigError(f"sumdb_verify must be 'sumdb' or 'off', not {cfg.sumdb_verify!r}")
     if cfg.log_format not in ("json", "text"):

@@ -15,6 +15,7 @@ batches: the hit path never waits on a write.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,11 @@ CREATE TABLE IF NOT EXISTS node_state (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+-- storage limits (node/storage.py): GOPRIVATE-style patterns eviction never touches
+CREATE TABLE IF NOT EXISTS pins (
+    pattern    TEXT PRIMARY KEY,
+    created_at REAL NOT NULL
+);
 """
 
 
@@ -70,6 +76,20 @@ class MetaEntry:
     kind: str
     body: bytes
     source: str
+    fetched_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What eviction weighs for one row (node/storage.py)."""
+
+    module: str
+    version: str
+    kind: str
+    sha256: str
+    size: int
+    hits: int
+    last_access: float | None
     fetched_at: float
 
 
@@ -150,6 +170,13 @@ class Index:
             row = await cur.fetchone()
         return MetaEntry(row[0], row[1], bytes(row[2]), row[3], row[4]) if row else None
 
+    async def all_meta(self) -> list[MetaEntry]:
+        """Every cached list/latest answer (for export)."""
+        async with self.db.execute(
+            "SELECT module, kind, body, source, fetched_at FROM meta ORDER BY module, kind"
+        ) as cur:
+            return [MetaEntry(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in await cur.fetchall()]
+
     async def put_meta(self, m: MetaEntry) -> None:
         await self.db.execute(
             "INSERT OR REPLACE INTO meta VALUES (?, ?, ?, ?, ?)",
@@ -182,3 +209,47 @@ class Index:
             [(h, t, m, v, k) for (m, v, k), (h, t) in batch.items()],
         )
         await self.db.commit()
+
+    # ---- storage limits (node/storage.py) ------------------------------------------
+
+    async def usage(self) -> list[Usage]:
+        async with self.db.execute(
+            "SELECT module, version, kind, sha256, size, hits, last_access, fetched_at FROM entries"
+        ) as cur:
+            return [Usage(*r) for r in await cur.fetchall()]
+
+    async def delete_entries(self, keys: Sequence[tuple[str, str, str]]) -> None:
+        """Delete (module, version, kind) rows in one transaction."""
+        if not keys:
+            return
+        await self.db.executemany("DELETE FROM entries WHERE module=? AND version=? AND kind=?", keys)
+        await self.db.commit()
+
+    async def is_referenced(self, sha256: str) -> bool:
+        async with self.db.execute("SELECT 1 FROM entries WHERE sha256=? LIMIT 1", (sha256,)) as cur:
+            return await cur.fetchone() is not None
+
+    async def delete_stale_meta(self, fetched_before: float) -> int:
+        """Drop list/latest answers older than `fetched_before` of modules with no cached files."""
+        cur = await self.db.execute(
+            "DELETE FROM meta WHERE fetched_at < ? AND module NOT IN (SELECT module FROM entries)",
+            (fetched_before,),
+        )
+        await self.db.commit()
+        return int(cur.rowcount)
+
+    async def pins(self) -> list[tuple[str, float]]:
+        async with self.db.execute("SELECT pattern, created_at FROM pins ORDER BY pattern") as cur:
+            return [(str(p), float(t)) for p, t in await cur.fetchall()]
+
+    async def add_pin(self, pattern: str, now: float) -> bool:
+        cur = await self.db.execute(
+            "INSERT INTO pins VALUES (?, ?) ON CONFLICT (pattern) DO NOTHING", (pattern, now)
+        )
+        await self.db.commit()
+        return bool(cur.rowcount)
+
+    async def remove_pin(self, pattern: str) -> bool:
+        cur = await self.db.execute("DELETE FROM pins WHERE pattern=?", (pattern,))
+        await self.db.commit()
+        return bool(cur.rowcount)

@@ -249,6 +249,13 @@ class ModuleProxy:
         self.index.touch(req.module, req.version, req.kind, self.clock())
         return Served(entry, path, body, "hit")
 
+    def forget(self, req_key: str, sha256: str | None = None) -> None:
+        """Drop in-memory copies of a row (and of its blob's bytes) that storage.py
+        evicted or found corrupt, so the next request reads the index and disk again."""
+        self._entries.pop(req_key)
+        if sha256 is not None:
+            self._small.pop(sha256)
+
     def _check_negative(self, req: ModRequest) -> None:
         neg = self._negative.get(req.key)
         if neg is not None:
@@ -438,6 +445,23 @@ class ModuleProxy:
         self._negative.pop(req.key)
         self.hooks.stored(entry)
         return entry, True
+
+    async def admit_meta(
+        self, req: ModRequest, origin: str, body: bytes, fetched_at: float
+    ) -> tuple[MetaEntry, bool]:
+        """Take an `@v/list` / `@latest` answer from an import, vetted like an upstream's
+        (IntegrityError), keeping its original fetch time. The newer answer wins: returns
+        (entry kept, True) if this one was stored, (current entry, False) if not."""
+        body = verify.normalize_list(req, body) if req.kind == "list" else verify.check_latest(req, body)
+        fetched_at = min(fetched_at, self.clock())  # a clock ahead must not make it fresh forever
+        current = await self.index.get_meta(req.module, req.kind)
+        if current is not None and current.fetched_at >= fetched_at:
+            return current, False
+        m = MetaEntry(req.module, req.kind, body, origin, fetched_at)
+        await self.index.put_meta(m)
+        self._meta.put((req.module, req.kind), m)
+        self._negative.pop(req.key)
+        return m, True
 
     # ---- list and latest -------------------------------------------------
 

@@ -30,6 +30,7 @@ from .index import Index
 from .metrics import Metrics
 from .proxy import ModuleProxy, ProxySettings
 from .store import BlobStore
+from .storage import StorageManager
 from .sumdb import ChecksumDatabases, SumDB, parse_sumdb_spec
 from .sumdb_store import SumDBStore
 from .upstream import CircuitBreaker, Off, Timeouts, Upstream, UpstreamChain, build_chain
@@ -98,6 +99,9 @@ class Node:
             self.store, self.index, self.chain, self.metrics, settings, self.hooks, self.sumdbs,
             routes=routes,
         )
+        # Storage limits: evicts after writes (a store observer) and on the periodic tick.
+        self.storage = StorageManager(self.store, self.index, self.proxy, self.metrics, cfg.max_size)
+        self.hooks.observers.append(self.storage)
         self.access = load_policy(cfg)
         self.access.authenticators = self.hooks.authenticators
         self.app = build_app(
@@ -169,6 +173,8 @@ class Node:
             self._stats_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._stats_task
+        if hasattr(self, "storage"):
+            await self.storage.aclose()
         if hasattr(self, "proxy"):
             await self.proxy.aclose()
         if hasattr(self, "sumdbs"):
@@ -176,6 +182,7 @@ class Node:
         if self._session is not None:
             await self._session.close()
         await self.index.aclose()
+        self.store.close()
 
     async def __aenter__(self) -> Node:
         await self.start()
@@ -205,6 +212,7 @@ class Node:
         count, size = await self.index.totals()
         self.metrics.store_blobs.set(count)
         self.metrics.store_bytes.set(size)
+        self.storage.observe(size)  # over max_size: an eviction pass starts in the background
 
     async def _stats_loop(self) -> None:
         while True:

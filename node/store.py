@@ -3,7 +3,11 @@
 Layout under the data directory:
 
     blobs/ab/abcdef...   one file per sha256, immutable once renamed into place
-    tmp/                 in-progress writes; anything here at start-up is an orphan
+    tmp/<pid>-<id>/      in-progress writes of one store instance (process)
+
+Several processes may use one data directory (a node, and `modmesh warm --data`
+beside it), so each store writes into a temp directory of its own and start-up
+removes only the directories of processes that are gone (their crash orphans).
 
 A blob becomes visible only by `os.replace` of a fully written, fsynced temp file
 in the same file system, so a crash at any moment leaves either no blob or a
@@ -17,6 +21,7 @@ import hashlib
 import logging
 import os
 import secrets
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,22 +41,26 @@ class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.blob_dir = root / "blobs"
-        self.tmp_dir = root / "tmp"
+        self.tmp_root = root / "tmp"
+        self.tmp_dir = self.tmp_root / f"{os.getpid()}-{secrets.token_hex(4)}"
 
     def open(self) -> int:
-        """Create the directories and delete orphan temp files; returns how many."""
+        """Create the directories and delete dead processes' temp files; returns how many."""
         self.blob_dir.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_root.mkdir(parents=True, exist_ok=True)
         removed = 0
-        for p in self.tmp_dir.iterdir():
-            try:
-                p.unlink()
-                removed += 1
-            except OSError as e:
-                log.warning("cannot remove orphan temp file %s: %s", p, e)
+        for p in self.tmp_root.iterdir():
+            if p.is_dir() and _owner_alive(p.name):
+                continue  # another live process's in-flight writes
+            removed += _remove_tree(p)
         if removed:
-            log.info("removed %d orphan temp files from %s", removed, self.tmp_dir)
+            log.info("removed %d orphan temp files from %s", removed, self.tmp_root)
+        self.tmp_dir.mkdir()
         return removed
+
+    def close(self) -> None:
+        """Remove this instance's temp directory (its writers have all finished)."""
+        _remove_tree(self.tmp_dir)
 
     def path_for(self, sha256: str) -> Path:
         return self.blob_dir / sha256[:2] / sha256
@@ -139,6 +148,35 @@ class BlobWriter:
             self.tmp_path.unlink()
         except FileNotFoundError:
             pass
+
+
+def _owner_alive(name: str) -> bool:
+    pid, sep, _ = name.partition("-")
+    if not sep or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_tree(path: Path) -> int:
+    """Delete a file or a directory tree; returns how many files went."""
+    if not path.is_dir():
+        try:
+            path.unlink()
+            return 1
+        except FileNotFoundError:
+            return 0
+        except OSError as e:
+            log.warning("cannot remove orphan temp file %s: %s", path, e)
+            return 0
+    count = sum(1 for p in path.rglob("*") if p.is_file())
+    shutil.rmtree(path, ignore_errors=True)
+    return count
 
 
 def _fsync_dir(path: Path) -> None:

@@ -112,13 +112,27 @@ class SumDBStore:
             return self._read(self.root / tile.path())
         have = self._widths.get((tile.l, tile.n), 0)
         if have < tile.w:
-            return None
+            have = self._rescan(tile)  # another process (an import) may have stored it
+            if have < tile.w:
+                return None
         stored = Tile(tile.h, tile.l, tile.n, have)
         data = self._read(self.root / stored.path())
         if data is None or len(data) != have * HASH_SIZE:
             self._widths.pop((tile.l, tile.n), None)
             return None
         return data[: tile.w * HASH_SIZE]
+
+    def _rescan(self, tile: Tile) -> int:
+        full = Tile(tile.h, tile.l, tile.n, 1 << tile.h)
+        path = self.root / full.path()
+        widths = [full.w] if path.is_file() else []
+        partials = path.parent / f"{path.name}.p"
+        if not widths and partials.is_dir():
+            widths = [int(p.name) for p in partials.iterdir() if p.name.isdigit() and p.is_file()]
+        have = max(widths, default=0)
+        if have > self._widths.get((tile.l, tile.n), 0):
+            self._widths[(tile.l, tile.n)] = have
+        return self._widths.get((tile.l, tile.n), 0)
 
     def put_tile(self, tile: Tile, data: bytes) -> None:
         if tile.l < 0:

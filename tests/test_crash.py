@@ -21,6 +21,10 @@ from tests.upstream_fixture import Fault
 N = 20
 
 
+def temp_files(data: Path) -> list[Path]:
+    return [p for p in (data / "tmp").rglob("*") if p.is_file()]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -76,7 +80,7 @@ async def test_kill_9_mid_download_then_restart(fake_proxy, tmp_path: Path) -> N
         async with serve_process(data, up.url, port) as proc:
             tasks = [asyncio.ensure_future(fetch(f"/{m}/@v/{v}.zip")) for m, v, _ in mods]
             for _ in range(200):  # until every download has a temp file with bytes in it
-                parts = [p for p in (data / "tmp").iterdir() if p.stat().st_size > 0]
+                parts = [p for p in temp_files(data) if p.stat().st_size > 0]
                 if len(parts) >= N:
                     break
                 await asyncio.sleep(0.05)
@@ -85,11 +89,11 @@ async def test_kill_9_mid_download_then_restart(fake_proxy, tmp_path: Path) -> N
             await proc.wait()
             results = await asyncio.gather(*tasks, return_exceptions=True)
             assert all(isinstance(r, Exception) for r in results)  # nothing completed
-        assert list((data / "tmp").iterdir())  # the crash left orphans behind...
+        assert temp_files(data)  # the crash left orphans behind...
 
         up.clear_faults()
         async with serve_process(data, up.url, port):
-            assert list((data / "tmp").iterdir()) == []  # ...and start-up removed them
+            assert temp_files(data) == []  # ...and start-up removed them
             for m, v, (info, mod, zip_) in mods:
                 assert await fetch(f"/{m}/@v/{v}.zip") == zip_
                 assert await fetch(f"/{m}/@v/{v}.mod") == mod
@@ -115,11 +119,11 @@ async def test_sigterm_mid_download_leaves_no_partials(fake_proxy, tmp_path: Pat
         async with serve_process(data, up.url, port) as proc:
             tasks = [asyncio.ensure_future(fetch(f"/{m}/@v/{v}.zip")) for m, v, _ in mods]
             for _ in range(200):
-                if len([p for p in (data / "tmp").iterdir() if p.stat().st_size > 0]) >= len(mods):
+                if len([p for p in temp_files(data) if p.stat().st_size > 0]) >= len(mods):
                     break
                 await asyncio.sleep(0.05)
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(proc.wait(), 20) == 0
             await asyncio.gather(*tasks, return_exceptions=True)
-    assert list((data / "tmp").iterdir()) == []  # removed on the way out, not at the next start
+    assert temp_files(data) == []  # removed on the way out, not at the next start
     assert not any(p.is_file() for p in (data / "blobs").rglob("*"))

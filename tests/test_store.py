@@ -1,9 +1,16 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from pathlib import Path
 
 from node.store import BlobStore
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
 
 
 def test_atomic_put_and_orphan_cleanup(tmp_path: Path) -> None:
@@ -16,9 +23,17 @@ def test_atomic_put_and_orphan_cleanup(tmp_path: Path) -> None:
     blob = store.put_bytes(b"hello")
     assert blob.sha256 == hashlib.sha256(b"hello").hexdigest()
     assert store.path_for(blob.sha256).read_bytes() == b"hello"
-    assert BlobStore(tmp_path).open() == 1  # the writer's temp file was an orphan
-    assert list((tmp_path / "tmp").iterdir()) == []
+    # Another live store on the same directory (a second process) keeps its temp files...
+    other = BlobStore(tmp_path)
+    assert other.open() == 0 and w.tmp_path.exists()
+    # ...while those of a process that is gone are orphans, removed at the next start.
+    crashed = tmp_path / "tmp" / f"{dead_pid()}-0000"
+    store.tmp_dir.rename(crashed)
+    assert BlobStore(tmp_path).open() == 1
+    assert not crashed.exists()
     w.abort()  # idempotent even when the file is gone
+    other.close()
+    assert not other.tmp_dir.exists()
 
 
 def test_truncate_restarts_hash(tmp_path: Path) -> None:

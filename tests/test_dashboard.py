@@ -1,0 +1,334 @@
+"""The dashboard at `/`: its live figures, and the page as headless Chromium renders it.
+
+Chromium is Debian's `chromium` package. The session fixture `chromium` installs it
+with apt-get when /usr/bin/chromium is missing (CI runs as root with the Debian
+mirror; about 30 s, once per machine) and skips the browser tests, saying why, when
+it cannot (not root, no apt-get, no mirror). The browser runs as an asyncio
+subprocess: the node it loads is served by this test's event loop.
+
+The rendered test writes `test-output/<test name>/dashboard.png` (and the DOM next
+to it) at the repository root; test-output/ is git-ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from node import dashboard
+from node.app import Handler
+from node.service import Node
+from tests.modules import module_files, module_set
+from tests.node_fixtures import NodeFactory, node_config
+from tests.sumdb_fixture import FakeSumDB, generate_keys
+from tests.upstream_fixture import Fault
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+DB = "sum.example.test"
+ALPHA, BETA, GAMMA = "example.com/alpha", "example.com/beta", "example.com/gamma"
+MODS = module_set(
+    (ALPHA, "v1.0.0", module_files(ALPHA, "v1.0.0")),
+    (ALPHA, "v1.1.0", module_files(ALPHA, "v1.1.0")),
+    (BETA, "v0.3.0", module_files(BETA, "v0.3.0")),
+    (GAMMA, "v1.2.0", module_files(GAMMA, "v1.2.0")),
+)
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage", "--no-proxy-server", "--virtual-time-budget=5000",
+)
+
+
+# --- chromium ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """/usr/bin/chromium, installed from Debian's mirror if it is missing."""
+    if not CHROMIUM.exists():
+        reason = _apt_install_chromium()
+        if reason:
+            pytest.skip(f"headless Chromium unavailable: {reason} (apt-get install chromium)")
+    return str(CHROMIUM)
+
+
+def _apt_install_chromium() -> str | None:
+    """Install Debian's chromium; the reason it could not, or None."""
+    if os.geteuid() != 0:
+        return "not root, cannot apt-get install"
+    apt = shutil.which("apt-get")
+    if apt is None:
+        return "no apt-get on this machine"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    lock = ("-o", "DPkg::Lock::Timeout=120")
+    for cmd in ([apt, *lock, "update", "-q"], [apt, *lock, "install", "-y", "-q", "chromium"]):
+        try:
+            res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"{' '.join(cmd[-2:])} failed: {e}"
+        if res.returncode != 0:
+            return f"{' '.join(cmd)} exited {res.returncode}: {(res.stderr or res.stdout)[-500:]}"
+    return None if CHROMIUM.exists() else "apt-get install chromium left no /usr/bin/chromium"
+
+
+async def run_chromium(binary: str, *args: str, timeout: float = 60.0) -> bytes:
+    """Run headless Chromium without blocking the loop that serves the page."""
+    with tempfile.TemporaryDirectory(prefix="modmesh-chromium-") as profile:
+        proc = await asyncio.create_subprocess_exec(
+            binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        finally:
+            # Its helpers (zygote, renderers) share its process group; none may outlive the test.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+    assert proc.returncode == 0, f"chromium exited {proc.returncode}: {err.decode(errors='replace')[-2000:]}"
+    return out
+
+
+async def render(binary: str, url: str, out_dir: Path, screenshot: bool = False) -> Dom:
+    """The DOM after the page's script ran (and a screenshot of it, if asked)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    html = await run_chromium(binary, "--dump-dom", url)
+    (out_dir / "dashboard.dom.html").write_bytes(html)
+    if screenshot:
+        png = out_dir / "dashboard.png"
+        png.unlink(missing_ok=True)
+        await run_chromium(binary, f"--screenshot={png}", "--window-size=1280,900", url)
+        assert png.stat().st_size > 10_000, "screenshot is (nearly) empty"
+        print(f"dashboard screenshot: {png}")
+    dom = Dom()
+    dom.feed(html.decode())
+    return dom
+
+
+class Dom(HTMLParser):
+    """Elements with their attributes and text, enough to find the live figures."""
+
+    VOID = {"meta", "link", "br", "hr", "img", "input", "polyline", "polygon"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.elements: list[dict[str, Any]] = []
+        self._open: list[dict[str, Any]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        el = {"tag": tag, "attrs": {k: v or "" for k, v in attrs}, "text": ""}
+        self.elements.append(el)
+        if tag not in self.VOID:
+            self._open.append(el)
+
+    def handle_endtag(self, tag: str) -> None:
+        for i in range(len(self._open) - 1, -1, -1):
+            if self._open[i]["tag"] == tag:
+                del self._open[i:]
+                break
+
+    def handle_data(self, data: str) -> None:
+        for el in self._open:
+            el["text"] += data
+
+    def find(self, attr: str, value: str | None = None) -> list[dict[str, Any]]:
+        return [e for e in self.elements if attr in e["attrs"] and value in (None, e["attrs"][attr])]
+
+    def figure(self, name: str) -> tuple[str, str]:
+        """(data-value, shown text) of the figure `name`."""
+        (el,) = self.find("data-figure", name)
+        return el["attrs"].get("data-value", ""), el["text"].strip()
+
+    def text(self, attr: str, value: str) -> str:
+        (el,) = self.find(attr, value)
+        return str(el["text"])
+
+
+# --- fixtures ---------------------------------------------------------------------
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+async def sumdb() -> AsyncIterator[FakeSumDB]:
+    """A checksum database that is also the working GOPROXY for MODS."""
+    db = FakeSumDB(DB, generate_keys(DB, seed=bytes(range(32))), modules=MODS)
+    db.add_corpus(MODS)
+    await db.start()
+    yield db
+    await db.stop()
+
+
+def dead_url() -> str:
+    """A loopback URL nothing listens on: connections are refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+async def get(client: aiohttp.ClientSession, url: str) -> int:
+    async with client.get(url) as r:
+        await r.read()
+        return r.status
+
+
+def out_dir(request: pytest.FixtureRequest) -> Path:
+    return ROOT / "test-output" / request.node.name
+
+
+def fmt_bytes(n: int) -> str:
+    """The page's byte formatting (dashboard.js fmtBytes)."""
+    units, x, i = ["B", "KiB", "MiB", "GiB", "TiB"], float(n), 0
+    while x >= 1024 and i < len(units) - 1:
+        x, i = x / 1024, i + 1
+    return f"{n} B" if i == 0 else f"{x:.1f} {units[i]}"
+
+
+# --- tests ------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(900)  # includes installing chromium on a fresh machine
+async def test_dashboard_renders_live_figures(  # type: ignore[no-untyped-def]
+    chromium: str, sumdb: FakeSumDB, make_node: NodeFactory, client, request
+) -> None:
+    dead = dead_url()
+    node = await make_node(
+        f"{dead}|{sumdb.url}", sumdb=(f"{sumdb.vkey} {sumdb.url}",), breaker_threshold=1, breaker_reset=600,
+    )
+    sumdb.inject(f"{GAMMA}/@v/v1.2.0.zip", Fault.wrong_body(b"<html>not a zip</html>"))
+    base = node.url
+    statuses = [
+        await get(client, f"{base}/{ALPHA}/@v/v1.0.0.zip"),  # miss; the dead upstream's breaker opens
+        *[await get(client, f"{base}/{ALPHA}/@v/v1.0.0.zip") for _ in range(3)],  # hits
+        await get(client, f"{base}/{ALPHA}/@v/v1.0.0.mod"),  # miss
+        await get(client, f"{base}/{ALPHA}/@v/v1.0.0.mod"),  # hit
+        await get(client, f"{base}/{ALPHA}/@v/v1.1.0.info"),  # miss
+        await get(client, f"{base}/{BETA}/@v/v0.3.0.zip"),  # miss
+        await get(client, f"{base}/{BETA}/@v/v0.3.0.zip"),  # hit
+        await get(client, f"{base}/{GAMMA}/@v/v1.2.0.zip"),  # refused: not a zip
+        await get(client, f"{base}/example.com/nope/@v/v1.0.0.info"),  # error
+    ]
+    assert statuses[:9] == [200] * 9 and statuses[9] >= 400 and statuses[10] >= 400
+    blobs, store_bytes = await node.index.totals()
+
+    async with client.get(base + dashboard.DATA_PATH) as r:
+        assert r.status == 200 and r.headers["Cache-Control"] == "no-store"
+        data = await r.json()
+    assert data["requests"]["by_cache"] == {"hit": 5, "stale": 0, "miss": 4, "revalidated": 0, "error": 2}
+    assert data["requests"]["total"] == 11
+    assert data["requests"]["hit_ratio"] == pytest.approx(5 / 9)
+    assert data["store"]["bytes"] == store_bytes and data["store"]["blobs"] == blobs
+    assert [(u["name"], u["breaker"]) for u in data["upstreams"]] == [(dead, "open"), (sumdb.url, "closed")]
+    assert [(m["module"], m["hits"]) for m in data["top_modules"]] == [(ALPHA, 4), (BETA, 1)]
+    assert data["sumdb"][0]["name"] == DB and data["sumdb"][0]["tree_size"] == sumdb.size
+    assert data["mesh"] == {"enabled": False}
+    messages = [e["message"] for e in data["errors"]]
+    assert any("circuit open" in m and dead in m for m in messages), messages
+    assert any(m.startswith(f"refused {GAMMA}@v1.2.0.zip") for m in messages), messages
+    assert len(data["series"]) >= 2 and data["series"][-1]["store_bytes"] == store_bytes
+
+    dom = await render(chromium, base + "/", out_dir(request), screenshot=True)
+    assert dom.figure("status") == ("ok", "ok")
+    assert dom.figure("requests_total") == ("11", "11")
+    value, shown = dom.figure("hit_ratio")
+    assert float(value) == pytest.approx(5 / 9) and shown == "55.6 %"
+    assert dom.figure("store_bytes") == (str(store_bytes), fmt_bytes(store_bytes))
+    assert dom.figure("store_blobs") == (str(blobs), str(blobs))
+    assert dom.figure("by_cache.hit")[0] == "5" and dom.figure("by_cache.miss")[0] == "4"
+    assert dom.figure("by_cache.error") == ("2", "error 2")
+    breakers = {e["attrs"]["data-upstream"]: e["attrs"]["data-breaker"] for e in dom.find("data-upstream")}
+    assert breakers == {dead: "open", sumdb.url: "closed"}
+    assert "open" in dom.text("data-upstream", dead)
+    top = [(e["attrs"]["data-module"], e["attrs"]["data-hits"]) for e in dom.find("data-module")]
+    assert top[:2] == [(ALPHA, "4"), (BETA, "1")]
+    assert str(sumdb.size) in dom.text("data-sumdb", DB) and "verified" in dom.text("data-sumdb", DB)
+    assert dom.figure("mesh") == ("disabled", "mesh not enabled on this node")
+    errors = dom.text("id", "errors-list")
+    assert f"refused {GAMMA}@v1.2.0.zip" in errors and "circuit open" in errors
+    assert len(dom.find("points")) >= 3 * 2  # three sparklines: line and area each
+
+
+async def test_mesh_status_and_lifecycle(  # type: ignore[no-untyped-def]
+    chromium: str, sumdb: FakeSumDB, client, tmp_path: Path, request
+) -> None:
+    """With the mesh plugin's /_mesh/status registered (and peer-only over HTTP), the page
+    shows peers and backlog; the error handler and the sampler live exactly as long as the app."""
+    status = {
+        "node_id": "n1",
+        "peers": {"peer-a": {"url": "http://10.0.0.2:3000", "state": "alive", "backlog": 3},
+                  "peer-b": {"url": "http://10.0.0.3:3000", "state": "suspect", "backlog": 9}},
+    }
+
+    async def mesh_status(request: web.Request) -> web.Response:
+        return web.json_response(status)
+
+    @web.middleware
+    async def mesh_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Like sync/auth.py: nothing under /_mesh/ without a peer's signature."""
+        if request.path.startswith("/_mesh/"):
+            return web.Response(status=401, text="mesh authentication failed\n\n")
+        return await handler(request)
+
+    node = Node(node_config(tmp_path / "node", sumdb.url))
+    await node.start()
+    try:
+        node.app.router.add_get(dashboard.MESH_STATUS, mesh_status)  # as a plugin would
+        node.app.middlewares.append(mesh_auth)
+        await node.listen("127.0.0.1", 0)
+        assert await get(client, node.url + dashboard.MESH_STATUS) == 401  # the page asks in-process
+        assert sum(isinstance(h, dashboard.ErrorLog) for h in logging.getLogger().handlers) == 1
+        async with client.get(node.url + "/") as r:
+            assert r.status == 200 and r.content_type == "text/html"
+            assert "default-src 'none'" in r.headers["Content-Security-Policy"]
+        assert await get(client, f"{node.url}/{BETA}/@v/v0.3.0.info") == 200  # catch-all still wins elsewhere
+        async with client.get(node.url + dashboard.DATA_PATH) as r:
+            data = await r.json()
+        assert data["mesh"]["backlog"] == 12
+        assert [(p["id"], p["state"]) for p in data["mesh"]["peers"]] == [("peer-a", "alive"), ("peer-b", "suspect")]
+        assert data["requests"]["total"] == 1  # the page's own requests are not traffic
+
+        dom = await render(chromium, node.url + "/", out_dir(request), screenshot=True)
+        assert dom.figure("mesh_peers") == ("2", "2")
+        assert dom.figure("mesh_backlog") == ("12", "12")
+        mesh = dom.text("id", "mesh-body")
+        assert "peer-b" in mesh and "suspect" in mesh and "node_id n1" in mesh
+    finally:
+        await node.aclose()
+    assert not any(isinstance(h, dashboard.ErrorLog) for h in logging.getLogger().handlers)
+    assert not [t for t in asyncio.all_tasks() if "_sample_loop" in repr(t.get_coro())]
+
+
+def test_series_and_mesh_view() -> None:
+    s = [
+        dashboard.Sample(1.0, {"hit": 0, "miss": 2}, 100, 2),
+        dashboard.Sample(6.0, {"hit": 3, "miss": 3}, 150, 3),
+        dashboard.Sample(11.0, {"hit": 3, "miss": 3}, 150, 3),
+    ]
+    assert dashboard.series(s) == [
+        {"t": 1.0, "requests": 2, "hit_ratio": 0.0, "store_bytes": 100},
+        {"t": 6.0, "requests": 4, "hit_ratio": 0.75, "store_bytes": 150},
+        {"t": 11.0, "requests": 0, "hit_ratio": None, "store_bytes": 150},
+    ]
+    assert dashboard.mesh_view([1, 2])["error"]
+    v = dashboard.mesh_view({"peers": [{"id": "a", "pending": 2, "nested": {"x": 1}}], "sync_backlog": 7})
+    assert v["peers"] == [{"id": "a", "pending": 2}] and v["backlog"] == 7
