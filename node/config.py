@@ -158,25 +158,30 @@ def parse_size(value: object) -> int:
     return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()])
 
 
+def coerce(typ: str, value: object, size: bool = False) -> Any:
+    """Turn a TOML, environment or flag value into a dataclass field's type (given as its
+    annotation string); shared with the mesh's own config. ValueError/TypeError if not."""
+    if size:
+        return parse_size(value)
+    if typ == "float":
+        return parse_duration(value)
+    if typ == "int":
+        return int(value)  # type: ignore[call-overload]
+    if typ == "bool":
+        if isinstance(value, bool):
+            return value
+        return str(value).strip().lower() in ("1", "true", "yes", "on")
+    if typ == "tuple[str, ...]":
+        items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+        return tuple(str(v).strip() for v in items if str(v).strip())
+    if typ in ("Path", "Path | None"):
+        return Path(str(value)).expanduser() if str(value) else None
+    return str(value)
+
+
 def _coerce(key: str, value: object) -> Any:
-    typ = _FIELDS[key].type
     try:
-        if key in _SIZE_KEYS:
-            return parse_size(value)
-        if typ == "float":
-            return parse_duration(value)
-        if typ == "int":
-            return int(value)  # type: ignore[call-overload]
-        if typ == "bool":
-            if isinstance(value, bool):
-                return value
-            return str(value).strip().lower() in ("1", "true", "yes", "on")
-        if typ == "tuple[str, ...]":
-            items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-            return tuple(str(v).strip() for v in items if str(v).strip())
-        if typ in ("Path", "Path | None"):
-            return Path(str(value)).expanduser()
-        return str(value)
+        return coerce(str(_FIELDS[key].type), value, key in _SIZE_KEYS)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"config key {key!r}: {e}") from None
 

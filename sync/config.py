@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from node.config import ConfigError, parse_duration, parse_size
+from node.config import ConfigError, coerce
 
 log = logging.getLogger(__name__)
 
@@ -98,24 +98,8 @@ _SIZES = {"presync_budget", "presync_bandwidth"}
 
 
 def _coerce(key: str, value: object) -> Any:
-    typ = _FIELDS[key].type
     try:
-        if key in _SIZES:
-            return parse_size(value)
-        if typ == "float":
-            return parse_duration(value)
-        if typ == "int":
-            return int(value)  # type: ignore[call-overload]
-        if typ == "bool":
-            if isinstance(value, bool):
-                return value
-            return str(value).strip().lower() in ("1", "true", "yes", "on")
-        if typ == "tuple[str, ...]":
-            items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-            return tuple(str(v).strip() for v in items if str(v).strip())
-        if typ == "Path | None":
-            return Path(str(value)).expanduser() if str(value) else None
-        return str(value)
+        return coerce(str(_FIELDS[key].type), value, key in _SIZES)
     except (TypeError, ValueError) as e:
         raise MeshConfigError(f"mesh config key {key!r}: {e}") from None
 
