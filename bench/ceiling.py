@@ -48,12 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     host, _, port = args.listen.rpartition(":")
     if host not in ("", "localhost") and not host.startswith("127."):
         p.error("bench servers listen on loopback only")
-    try:  # the same loop the node's CLI picks
-        import uvloop
-    except ImportError:
-        asyncio.run(_serve(host or "127.0.0.1", int(port or 0)))
-    else:
-        uvloop.run(_serve(host or "127.0.0.1", int(port or 0)))
+    asyncio.run(_serve(host or "127.0.0.1", int(port or 0)))  # the node's CLI uses the stdlib loop
     return 0
 
 

@@ -141,12 +141,7 @@ def machine(nginx: str | None, wrk: str | None, go: str | None) -> dict[str, Any
         pass
     import aiohttp
 
-    try:
-        from importlib.metadata import version
-
-        loop = f"uvloop {version('uvloop')}"
-    except Exception:  # PackageNotFoundError: the node's CLI then runs the stdlib loop
-        loop = "asyncio (no uvloop)"
+    loop = "asyncio (stdlib loop)"
     mem = "?"
     try:
         kib = int(re.search(r"^MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text(), re.M).group(1))  # type: ignore[union-attr]
@@ -166,6 +161,18 @@ def machine(nginx: str | None, wrk: str | None, go: str | None) -> dict[str, Any
         "wrk": _first([wrk, "-v"]).split("Copyright")[0].strip() if wrk else "-",
         "go": _first([go, "version"]) if go else "-",
     }
+
+
+def code_version(root: Path) -> str:
+    """The commit under test, and whether node/ has uncommitted changes."""
+    head = _first(["git", "-C", str(root), "rev-parse", "--short", "HEAD"])
+    try:
+        p = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "node"],
+                           capture_output=True, text=True, timeout=30)
+        dirty = " + uncommitted changes in node/" if p.stdout.strip() else ""
+    except (OSError, subprocess.TimeoutExpired):
+        dirty = ""
+    return f"git {head}{dirty}" if head != "?" else "unknown (no git)"
 
 
 def _os_name() -> str:

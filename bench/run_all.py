@@ -32,7 +32,7 @@ from bench import cases  # noqa: E402
 from bench.cases import NAMES, Ctx, Settings  # noqa: E402
 from bench.mirror import verify_static, warm_and_mirror  # noqa: E402
 from bench.procs import NOISE_CORES, Procs, QuietGate, ensure_packages, find_tool, isolate_network  # noqa: E402
-from bench.report import Row, machine, table, write_json  # noqa: E402
+from bench.report import Row, code_version, machine, table, write_json  # noqa: E402
 from bench.servers import (  # noqa: E402
     NODE_ENV, start_big_upstream, start_ceiling, start_corpus_upstream, start_nginx, start_node,
 )
@@ -103,14 +103,15 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any], bool]:
 
     info: dict[str, Any] = {
         "machine": machine(nginx, wrk, go),
+        "code": code_version(ROOT),
         "settings": {
             "quick": settings.quick, "benches": args.selected, "pinning": pinning, "network": network,
             "nginx": "worker_processes 1 (the node is one process), sendfile on, access_log off, "
                      "keepalive_requests 1000000",
             "node": f"python -m node.cli serve --log-level warning, env {NODE_ENV}",
-            "round_seconds": settings.seconds, "warmup_seconds": settings.warmup,
+            "rounds": settings.rounds, "round_seconds": settings.seconds, "warmup_seconds": settings.warmup,
             "small_connections": settings.small_conns, "zip_connections": settings.zip_conns,
-            "runs_per_median": settings.runs, "corpus_runs_per_median": settings.corpus_runs,
+            "runs_per_median": settings.runs,
             "upstream_rate_bits_per_s": 800e6,
             "units": "MB = 10^6 bytes, GB = 10^9 bytes",
         },
@@ -125,11 +126,14 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any], bool]:
 
     workdir = Path(tempfile.mkdtemp(prefix="modmesh-bench-"))
     os.chmod(workdir, 0o755)  # nginx workers (user nobody) read the tree below it
+    shm = Path("/dev/shm")
+    go_tmp = Path(tempfile.mkdtemp(prefix="modmesh-bench-go-", dir=shm)) if (
+        "corpus" in sel and shm.is_dir() and os.access(shm, os.W_OK)) else None
     procs = Procs()
     rows: list[Row] = []
     ok = True
     gate = QuietGate(log, threshold=NOISE_CORES, budget=30.0 if settings.quick else 150.0)
-    ctx = Ctx(settings, workdir, OUT / "zips", procs, server_cpus, wrk, go, log, gate)
+    ctx = Ctx(settings, workdir, OUT / "zips", procs, server_cpus, wrk, go, log, gate, go_tmp=go_tmp)
 
     def attempt(name: str, fn: Any, *fargs: Any) -> None:
         nonlocal ok
@@ -198,6 +202,8 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any], bool]:
     finally:
         procs.stop_all()
         info["settings"]["remeasured_for_noise"] = gate.retried
+        if go_tmp is not None:
+            shutil.rmtree(go_tmp, ignore_errors=True)
         if args.keep:
             log(f"  kept {workdir}")
         else:
@@ -221,12 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     log(f"machine: {m['cpu']}, {m['cores']} cores, {m['memory']}, {m['kernel']} ({m['os']})")
     log(f"         Python {m['python']}, aiohttp {m['aiohttp']}, {m['event_loop']}; {m['nginx']}; "
         f"{m['wrk']}; {m['go']}")
+    log(f"code:    {info['code']}")
     log(f"pinning: {s['pinning']}")
     log(f"network: {s['network']}")
     log(f"nginx:   {s['nginx']}")
-    log(f"method:  medians of {s['runs_per_median']} alternating runs per side ({s['corpus_runs_per_median']} for "
-        f"go mod download); load rounds of "
-        f"{s['round_seconds']:g} s after a {s['warmup_seconds']:g} s warm-up; {s['units']}")
+    log(f"method:  medians: load {s['rounds']} rounds x {s['round_seconds']:g} s per server in rotating order after "
+        f"a {s['warmup_seconds']:g} s warm-up; go mod download and cold miss {s['runs_per_median']} alternating runs "
+        f"per side; {s['units']}")
     log(f"load:    {s['load_at_start']}; {s.get('remeasured_for_noise', 0)} measurements repeated because other "
         f"processes or CPU steal took > {NOISE_CORES:g} cores")
     log("")

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from aiohttp import web
@@ -138,29 +140,30 @@ async def errors_middleware(request: web.Request, handler: Handler) -> StreamRes
         )
 
 
-def _digest_header(sha256_hex: str) -> str:
-    return "sha-256=:" + base64.b64encode(bytes.fromhex(sha256_hex)).decode() + ":"
+@functools.lru_cache(maxsize=8192)
+def _blob_headers(sha256: str, h1: str | None, kind: str, cache: str, in_memory: bool) -> Mapping[str, str]:
+    """Response headers of a versioned file; hot hits reuse them (they never change)."""
+    headers = {
+        "Cache-Control": IMMUTABLE,
+        CACHE_HEADER: cache,
+        "Repr-Digest": "sha-256=:" + base64.b64encode(bytes.fromhex(sha256)).decode() + ":",
+        "Content-Type": CONTENT_TYPES[kind],
+    }
+    if h1:
+        headers["X-Modmesh-H1"] = h1
+    if in_memory:
+        headers["ETag"] = f'"{sha256}"'
+    return MappingProxyType(headers)
 
 
 def served_response(req: ModRequest, s: Served, request: web.Request) -> StreamResponse:
     request[CACHE] = s.cache
     request[UPSTREAM] = s.entry.source if s.cache == "miss" else ""
-    headers = {
-        "Cache-Control": IMMUTABLE,
-        CACHE_HEADER: s.cache,
-        "Repr-Digest": _digest_header(s.entry.sha256),
-    }
-    if s.entry.h1:
-        headers["X-Modmesh-H1"] = s.entry.h1
+    headers = _blob_headers(s.entry.sha256, s.entry.h1, req.kind, s.cache, s.body is not None)
     if s.body is not None:
-        headers["ETag"] = f'"{s.entry.sha256}"'
-        resp = web.Response(body=s.body, headers=headers)
-        resp.content_type = CONTENT_TYPES[req.kind].split(";")[0]
-        if req.kind == "mod":
-            resp.charset = "utf-8"
-        return resp
+        return web.Response(body=s.body, headers=headers)
     # sendfile; aiohttp derives ETag from the file and handles Range/HEAD.
-    headers["Content-Type"] = CONTENT_TYPES[req.kind]
+    assert s.path is not None
     return web.FileResponse(s.path, chunk_size=CHUNK, headers=headers)
 
 
@@ -309,16 +312,27 @@ class AccessLogger(AbstractAccessLogger):
     byte count is real), and the request metrics from the same place."""
 
     metrics: Metrics | None = None
+    _counters: dict[tuple[str, int, str], tuple[Any, Any]]
+
+    def __init__(self, logger: logging.Logger, log_format: str) -> None:
+        super().__init__(logger, log_format)
+        self._counters = {}
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         req: ModRequest | None = request.get(REQ)
         kind = req.kind if req else request.get(KIND) or _endpoint_kind(request.path)
         cache = request.get(CACHE, "")
         sent = _body_bytes(request, response)
-        metrics = self.metrics
-        if metrics is not None:
-            metrics.requests.labels(kind, str(response.status), cache or "none").inc()
-            metrics.bytes_served.labels(kind).inc(sent)
+        if self.metrics is not None:
+            key = (kind, response.status, cache)
+            counters = self._counters.get(key)
+            if counters is None:  # labels() costs a lock and a dict walk: once per label set
+                counters = self._counters[key] = (
+                    self.metrics.requests.labels(kind, str(response.status), cache or "none"),
+                    self.metrics.bytes_served.labels(kind),
+                )
+            counters[0].inc()
+            counters[1].inc(sent)
         if not self.logger.isEnabledFor(logging.INFO):
             return
         fields = {

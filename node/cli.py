@@ -81,11 +81,9 @@ def serve(args: argparse.Namespace, plugins: Sequence[Plugin] = ()) -> int:
         print(f"modmesh: {e}", file=sys.stderr)
         return 2
     setup_logging(cfg.log_level, cfg.log_format)
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(_serve(cfg, args, plugins))
-    return uvloop.run(_serve(cfg, args, plugins))
+    # The stdlib loop, not uvloop: uvloop has no loop.sendfile, so cache hits would be
+    # read through a thread pool instead of sent by the kernel (bench/README.md).
+    return asyncio.run(_serve(cfg, args, plugins))
 
 
 async def _serve(cfg: Config, args: argparse.Namespace, plugins: Sequence[Plugin]) -> int:

@@ -101,7 +101,7 @@ class Served:
     """A versioned file ready to send: from memory (`body`) or from `path`."""
 
     entry: Entry
-    path: Path
+    path: Path | None  # None when `body` holds the bytes
     body: bytes | None
     cache: str  # "hit" or "miss"
 
@@ -232,9 +232,10 @@ class ModuleProxy:
             if entry is None:
                 return None
             self._entries.put(req.key, entry)
-        path = self.store.path_for(entry.sha256)
         body = self._small.get(entry.sha256)
+        path = None
         if body is None:
+            path = self.store.path_for(entry.sha256)
             try:
                 if entry.size <= SMALL_BLOB:
                     body = path.read_bytes()
