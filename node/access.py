@@ -86,6 +86,11 @@ class AccessPolicy:
     def clients_need_auth(self) -> bool:
         return bool(self.tokens or self.users)
 
+    @property
+    def open_to_clients(self) -> bool:
+        """No credentials and no rate limit: GOPROXY hits need no checks at all."""
+        return not self.clients_need_auth and self.limiter is None
+
     def client_ok(self, request: web.Request) -> bool:
         kind, _, cred = request.headers.get("Authorization", "").partition(" ")
         if kind.lower() == "bearer" and _any_equal(cred.strip(), self.tokens):

@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -305,6 +305,44 @@ def _lookup_target(target: str) -> tuple[str, str]:
     if modpath.canonical_version(version) != version:
         raise NotFound(f"{module}@{version}: not a canonical version")
     return module, version
+
+
+class FastPathRunner(web.AppRunner):
+    """Answers in-memory cache hits before aiohttp's router and middlewares run.
+
+    A hot `.info`/`.mod`/list hit is a dictionary lookup; routing through every
+    feature's routes and middlewares costs more than the answer itself. Only used
+    while client access is open (no credentials, no rate limit): the fast path
+    skips the access middleware. Everything else goes to the application as usual.
+    """
+
+    def __init__(self, app: web.Application, proxy: ModuleProxy, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.proxy = proxy
+
+    async def _make_server(self) -> web.Server:
+        app = self.app
+        await super()._make_server()  # startup signals, freezing
+        proxy = self.proxy
+        ttl = proxy.settings.meta_ttl
+        handle = app._handle
+
+        async def handler(request: BaseRequest) -> StreamResponse:
+            if request.method == "GET" and not request.path.startswith(("/_", "/sumdb/")):
+                try:
+                    req = parse_request(request.path)
+                except ModmeshError:
+                    req = None
+                hit = proxy.memory_hit(req) if req is not None else None
+                if hit is not None:
+                    assert req is not None
+                    request[REQ] = req
+                    if isinstance(hit, Served):
+                        return served_response(req, hit, cast(web.Request, request))
+                    return meta_response(req, hit, ttl, cast(web.Request, request))
+            return await handle(cast(web.Request, request))
+
+        return web.Server(handler, request_factory=app._make_request, **self._kwargs)
 
 
 class AccessLogger(AbstractAccessLogger):

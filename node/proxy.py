@@ -250,6 +250,27 @@ class ModuleProxy:
         self.index.touch(req.module, req.version, req.kind, self.clock())
         return Served(entry, path, body, "hit")
 
+    def memory_hit(self, req: ModRequest) -> Served | MetaAnswer | None:
+        """A hit answerable from memory without waiting on anything (the fast path):
+        a versioned file whose bytes are in memory, or a fresh list/latest. None otherwise."""
+        if req.versioned:
+            entry = self._entries.get(req.key)
+            if entry is None:
+                return None
+            body = self._small.get(entry.sha256)
+            if body is None:
+                return None
+            self.index.touch(req.module, req.version, req.kind, self.clock())
+            self.hooks.accessed(req, "hit")
+            return Served(entry, None, body, "hit")
+        cached = self._meta.get((req.module, req.kind))
+        if cached is None:
+            return None
+        age = self.clock() - cached.fetched_at
+        if not 0 <= age < self.settings.meta_ttl:
+            return None
+        return MetaAnswer(cached.body, "hit", age, cached.source)
+
     def forget(self, req_key: str, sha256: str | None = None) -> None:
         """Drop in-memory copies of a row (and of its blob's bytes) that storage.py
         evicted or found corrupt, so the next request reads the index and disk again."""
