@@ -1,10 +1,9 @@
 """The dashboard at `/`: its live figures, and the page as headless Chromium renders it.
 
-Chromium is Debian's `chromium` package. The session fixture `chromium` installs it
-with apt-get when /usr/bin/chromium is missing (CI runs as root with the Debian
-mirror; about 30 s, once per machine) and skips the browser tests, saying why, when
-it cannot (not root, no apt-get, no mirror). The browser runs as an asyncio
-subprocess: the node it loads is served by this test's event loop.
+Chromium is Debian's `chromium` package, installed by the test set-up (`make test`
+runs apt-get for it as root); where it is missing the browser tests are skipped and
+say why. The browser runs as an asyncio subprocess: the node it loads is served by
+this test's event loop.
 
 The rendered test writes `test-output/<test name>/dashboard.png` (and the DOM next
 to it) at the repository root; test-output/ is git-ignored.
@@ -16,10 +15,8 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import socket
-import subprocess
 import tempfile
 from collections.abc import AsyncIterator
 from html.parser import HTMLParser
@@ -60,31 +57,10 @@ CHROMIUM_FLAGS = (
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    """/usr/bin/chromium, installed from Debian's mirror if it is missing."""
+    """/usr/bin/chromium (the test set-up, `make test`, installs it as root)."""
     if not CHROMIUM.exists():
-        reason = _apt_install_chromium()
-        if reason:
-            pytest.skip(f"headless Chromium unavailable: {reason} (apt-get install chromium)")
+        pytest.skip("headless Chromium is not installed (make test installs it as root: apt-get install chromium)")
     return str(CHROMIUM)
-
-
-def _apt_install_chromium() -> str | None:
-    """Install Debian's chromium; the reason it could not, or None."""
-    if os.geteuid() != 0:
-        return "not root, cannot apt-get install"
-    apt = shutil.which("apt-get")
-    if apt is None:
-        return "no apt-get on this machine"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    lock = ("-o", "DPkg::Lock::Timeout=120")
-    for cmd in ([apt, *lock, "update", "-q"], [apt, *lock, "install", "-y", "-q", "chromium"]):
-        try:
-            res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            return f"{' '.join(cmd[-2:])} failed: {e}"
-        if res.returncode != 0:
-            return f"{' '.join(cmd)} exited {res.returncode}: {(res.stderr or res.stdout)[-500:]}"
-    return None if CHROMIUM.exists() else "apt-get install chromium left no /usr/bin/chromium"
 
 
 async def run_chromium(binary: str, *args: str, timeout: float = 60.0) -> bytes:
