@@ -22,7 +22,7 @@ from aiohttp.typedefs import Middleware
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
-from . import modpath, tlog
+from . import modpath, tiles, tlog
 from .errors import InvalidRequest, ModmeshError, NotFound, error_body
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .protocol import ModRequest, parse_request
@@ -277,7 +277,7 @@ async def sumdb_response(
     elif endpoint.startswith("tile/"):
         request[KIND] = "sumdb-tile"
         try:
-            tile = tlog.parse_tile_path(endpoint)
+            tile = tiles.parse_tile_path(endpoint)
         except tlog.TlogError as e:
             raise NotFound(f"malformed tile path: {e}") from None
         body, cache = await db.tile(tile)

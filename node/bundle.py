@@ -29,7 +29,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
-from . import modpath, tlog
+from . import modpath, tiles
 from .errors import InvalidRequest, NotFound
 from .protocol import ModRequest, parse_request
 
@@ -205,7 +205,7 @@ def parse_lookup_target(target: str) -> tuple[str, str]:
     return module, version
 
 
-def parse_sumdb_member(entry: ManifestEntry) -> tlog.Tile | tuple[str, str] | None:
+def parse_sumdb_member(entry: ManifestEntry) -> tiles.Tile | tuple[str, str] | None:
     """Check a sumdb entry's path against its kind: a Tile, (module, version) for a
     lookup, None for latest/supported. ValueError if they do not agree."""
     prefix = f"sumdb/{entry.db}/"
@@ -213,7 +213,7 @@ def parse_sumdb_member(entry: ManifestEntry) -> tlog.Tile | tuple[str, str] | No
         raise ValueError(f"path is not under {prefix}")
     rest = entry.path[len(prefix):]
     if entry.kind == "sumdb-tile":
-        tile = tlog.parse_tile_path(rest)
+        tile = tiles.parse_tile_path(rest)
         if tile.l < 0:
             raise ValueError("data tiles are not carried in bundles")
         return tile

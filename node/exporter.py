@@ -10,7 +10,7 @@ Database data: the records (lookups) of the selected public module versions,
 the node's newest verified tree head, and exactly the tiles a client needs to
 verify those records offline at that tree head's widths: the tree head's own
 edge, each record's proof path, and the proof that each record's tree is a
-prefix of the newest one (tlog.tiles_needed_for_record / _for_tree_proof). A
+prefix of the newest one (tiles_needed_for_record / _for_tree_proof). A
 node serves narrower partial tiles as prefixes, so this set answers every
 client whose newest tree is one of those carried. With `--since-bundle`, also
 the proof that the earlier bundle's tree head is a prefix of this one, so an
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from . import semver, tlog
+from .tiles import Tile, tiles_needed_for_record, tiles_needed_for_tree_proof
 from .bundle import (
     CHUNK,
     MANIFEST_NAME,
@@ -332,7 +333,7 @@ def _plan_sumdb(
     except (tlog.TlogError, UnicodeDecodeError):
         latest = None
     lookups: list[tuple[ManifestEntry, Source]] = []
-    needed: set[tlog.Tile] = set()
+    needed: set[Tile] = set()
     done_trees: set[int] = set()
     done_leaves: set[int] = set()
     for module, version in versions:
@@ -348,11 +349,11 @@ def _plan_sumdb(
             tree = _tree_of(signed)
             if tree.n > latest.n or rid >= tree.n:
                 raise tlog.TlogError(f"record {rid} / tree {tree.n} do not fit the newest tree {latest.n}")
-            tiles: set[tlog.Tile] = set()
+            tiles: set[Tile] = set()
             if rid >> HEIGHT not in done_leaves:
-                tiles.update(tlog.tiles_needed_for_record(latest, HEIGHT, rid))
+                tiles.update(tiles_needed_for_record(latest, HEIGHT, rid))
             if tree.n not in done_trees:
-                tiles.update(tlog.tiles_needed_for_tree_proof(tree, latest, HEIGHT))
+                tiles.update(tiles_needed_for_tree_proof(tree, latest, HEIGHT))
         except (tlog.TlogError, UnicodeDecodeError) as e:
             warnings.append(f"checksum database {db.name}: cached record of {what} is unreadable ({e}); not exported")
             continue
@@ -373,7 +374,7 @@ def _plan_sumdb(
     if latest is None or note is None or not lookups:
         return [], {}
     if prev_tree is not None and prev_tree.n <= latest.n:
-        proof = set(tlog.tiles_needed_for_tree_proof(prev_tree, latest, HEIGHT))
+        proof = set(tiles_needed_for_tree_proof(prev_tree, latest, HEIGHT))
         if any(store.tile(t) is None for t in proof - needed):
             warnings.append(f"checksum database {db.name}: tiles proving the earlier bundle's tree is a prefix of this one are not cached")
         else:

@@ -36,7 +36,7 @@ from .metrics import Metrics
 from .patterns import match_prefix_patterns
 from .protocol import ModRequest
 from .store import BlobStore, BlobWriter
-from .upstream import Source, Upstream, UpstreamChain
+from .upstream import Source, UpstreamChain
 from .zipstream import ZipStreamHasher
 
 log = logging.getLogger(__name__)

@@ -26,13 +26,14 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from . import modpath, note, tlog
+from . import modpath, note, tiles, tlog
 from .errors import IntegrityError, ModmeshError, NotFound, UpstreamError
 from .index import Entry
 from .metrics import Metrics
 from .patterns import match_prefix_patterns
 from .sumdb_store import SumDBStore
-from .tlog import HashReader, Tile, Tree
+from .tiles import Tile
+from .tlog import HashReader, Tree
 from .upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -235,7 +236,7 @@ class SumDB:
         the ones not cached; only tiles that verified are stored."""
         pending: dict[Tile, bytes] = {}
         for _ in range(16):
-            reader = tlog.tile_hash_reader(tree, HEIGHT, self.store.tiles_view(pending))
+            reader = tiles.tile_hash_reader(tree, HEIGHT, self.store.tiles_view(pending))
             try:
                 result = fn(reader)
             except tlog.MissingTiles as m:

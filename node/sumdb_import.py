@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Protocol
 
 from . import note, tlog
+from .tiles import Tile, tile_hash_reader, tiles_needed_for_tree_proof
 from .bundle import ManifestEntry, Status
 from .errors import ModmeshError
 from .sumdb import HEIGHT, ForkDetected, SumDB, record_hashes
@@ -49,26 +50,26 @@ class _Spool:
     def __init__(self, tmp_dir: Path) -> None:
         self.path = tmp_dir / f"import-tiles-{secrets.token_hex(8)}.part"
         self._fd: int | None = None
-        self._at: dict[tlog.Tile, tuple[int, int]] = {}
+        self._at: dict[Tile, tuple[int, int]] = {}
         self._end = 0
 
-    def put(self, tile: tlog.Tile, data: bytes) -> None:
+    def put(self, tile: Tile, data: bytes) -> None:
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         os.pwrite(self._fd, data, self._end)
         self._at[tile] = (self._end, len(data))
         self._end += len(data)
 
-    def get(self, tile: tlog.Tile) -> bytes | None:
+    def get(self, tile: Tile) -> bytes | None:
         at = self._at.get(tile)
         if at is None or self._fd is None:
             return None
         return os.pread(self._fd, at[1], at[0])
 
-    def tiles(self) -> list[tlog.Tile]:
+    def tiles(self) -> list[Tile]:
         return list(self._at)
 
-    def discard(self, tile: tlog.Tile) -> None:
+    def discard(self, tile: Tile) -> None:
         self._at.pop(tile, None)
 
     def clear(self) -> None:
@@ -81,13 +82,13 @@ class _Spool:
             self.path.unlink(missing_ok=True)
 
 
-class _View(Mapping[tlog.Tile, bytes]):
-    """Tiles for tlog.tile_hash_reader: verified spool tiles first, then the node's cache."""
+class _View(Mapping[Tile, bytes]):
+    """Tiles for tile_hash_reader: verified spool tiles first, then the node's cache."""
 
-    def __init__(self, spool: _Spool, chosen: set[tlog.Tile], store: SumDBStore) -> None:
+    def __init__(self, spool: _Spool, chosen: set[Tile], store: SumDBStore) -> None:
         self.spool, self.chosen, self.store = spool, chosen, store
 
-    def __getitem__(self, tile: tlog.Tile) -> bytes:
+    def __getitem__(self, tile: Tile) -> bytes:
         data = self.spool.get(tile) if tile in self.chosen else None
         if data is None:
             data = self.store.tile(tile)
@@ -95,31 +96,31 @@ class _View(Mapping[tlog.Tile, bytes]):
             raise KeyError(tile)
         return data
 
-    def __iter__(self) -> Iterator[tlog.Tile]:
+    def __iter__(self) -> Iterator[Tile]:
         return iter(self.chosen)
 
     def __len__(self) -> int:
         return len(self.chosen)
 
 
-def _width_in(tree: tlog.Tree, t: tlog.Tile) -> int:
+def _width_in(tree: tlog.Tree, t: Tile) -> int:
     return min(1 << t.h, (tree.n >> (t.l * t.h)) - (t.n << t.h))
 
 
-def _verify_tiles(tree: tlog.Tree, spool: _Spool, store: SumDBStore) -> tuple[set[tlog.Tile], dict[tlog.Tile, str]]:
+def _verify_tiles(tree: tlog.Tree, spool: _Spool, store: SumDBStore) -> tuple[set[Tile], dict[Tile, str]]:
     """Which spooled tiles hash up to `tree` (the edge first, then parents before
     children); the rest with the reason. Pure CPU and file reads: run in a thread."""
-    ok: set[tlog.Tile] = set()
-    bad: dict[tlog.Tile, str] = {}
+    ok: set[Tile] = set()
+    bad: dict[Tile, str] = {}
     view = _View(spool, ok, store)
     todo = spool.tiles()
     for t in todo:
         if t.h != HEIGHT or _width_in(tree, t) != t.w:
             bad[t] = f"not a tile of the bundle's tree head (size {tree.n}) at that width"
-    edge = {t for t in tlog.tiles_needed_for_tree_proof(tree, tree, HEIGHT) if t in todo and t not in bad}
+    edge = {t for t in tiles_needed_for_tree_proof(tree, tree, HEIGHT) if t in todo and t not in bad}
     ok |= edge
     try:
-        tlog.tree_hash(tree.n, tlog.tile_hash_reader(tree, HEIGHT, view))
+        tlog.tree_hash(tree.n, tile_hash_reader(tree, HEIGHT, view))
     except (tlog.MissingTiles, tlog.TlogError) as e:
         why = (f"the tree head's edge tile {e.tiles[0].path()} is in neither the bundle nor this node"
                if isinstance(e, tlog.MissingTiles) else "the tree head's edge tiles do not hash to its root")
@@ -130,7 +131,7 @@ def _verify_tiles(tree: tlog.Tree, spool: _Spool, store: SumDBStore) -> tuple[se
         ok.add(t)
         idx = [tlog.stored_hash_index(t.l * HEIGHT, (t.n << HEIGHT) + i) for i in range(t.w)]
         try:
-            tlog.tile_hash_reader(tree, HEIGHT, view).read_hashes(idx)
+            tile_hash_reader(tree, HEIGHT, view).read_hashes(idx)
         except tlog.MissingTiles as e:
             ok.discard(t)
             bad[t] = f"cannot be authenticated: its parent {e.tiles[0].path()} is in neither the bundle nor this node"
@@ -140,9 +141,9 @@ def _verify_tiles(tree: tlog.Tree, spool: _Spool, store: SumDBStore) -> tuple[se
     return ok, bad
 
 
-def _check_prefix(old: tlog.Tree, new: tlog.Tree, view: Mapping[tlog.Tile, bytes]) -> None:
+def _check_prefix(old: tlog.Tree, new: tlog.Tree, view: Mapping[Tile, bytes]) -> None:
     """TlogError if `old` is not a prefix of `new` (a fork), MissingTiles if unprovable here."""
-    reader = tlog.tile_hash_reader(new, HEIGHT, view)
+    reader = tile_hash_reader(new, HEIGHT, view)
     tlog.check_tree(tlog.prove_tree(new.n, old.n, reader), new.n, new.hash, old.n, old.hash)
 
 
@@ -160,7 +161,7 @@ class DatabaseImport:
     def __init__(self, db: SumDB, tmp_dir: Path, origin: str, outcome: Outcome) -> None:
         self.db, self.origin, self.outcome = db, origin, outcome
         self.spool = _Spool(tmp_dir)
-        self.tile_entries: dict[tlog.Tile, ManifestEntry] = {}
+        self.tile_entries: dict[Tile, ManifestEntry] = {}
         self.head: tuple[ManifestEntry, bytes] | None = None
         self.tree: tlog.Tree | None = None
         self.refusal: str | None = None
@@ -176,7 +177,7 @@ class DatabaseImport:
             else:
                 self.head = (e, data)
         elif e.kind == "sumdb-tile":
-            assert isinstance(target, tlog.Tile)
+            assert isinstance(target, Tile)
             if target in self.tile_entries:
                 self.outcome(e, "refused", "a second copy of this tile")
                 return
@@ -260,15 +261,15 @@ class DatabaseImport:
         self.tree = tree
         self.outcome(self.head[0], "admitted" if current is None or tree.n > current.n else "present")
 
-    def _refuse_tiles(self, bad: Mapping[tlog.Tile, str]) -> None:
+    def _refuse_tiles(self, bad: Mapping[Tile, str]) -> None:
         for t, why in bad.items():
             self.outcome(self.tile_entries[t], "refused", why)
             self.spool.discard(t)
 
-    async def _store(self, ok: set[tlog.Tile]) -> None:
+    async def _store(self, ok: set[Tile]) -> None:
         store = self.db.store
 
-        def put_all() -> list[tuple[tlog.Tile, bool]]:
+        def put_all() -> list[tuple[Tile, bool]]:
             out = []
             for t in sorted(ok, key=lambda t: (-t.l, t.n)):
                 fresh = store.width(t.l, t.n) < t.w
@@ -314,7 +315,7 @@ class DatabaseImport:
 def _verify_lookups(tree: tlog.Tree, db: SumDB, batch: list[_Lookup]) -> list[str | None]:
     """None for each lookup whose record is the leaf at its id in a tree that is a
     prefix of `tree`, signed by the database's key; else why not. (In a thread.)"""
-    reader = tlog.tile_hash_reader(tree, HEIGHT, db.store.tiles_view({}))
+    reader = tile_hash_reader(tree, HEIGHT, db.store.tiles_view({}))
     trees: dict[bytes, tlog.Tree | str] = {}
     out: list[str | None] = []
     for lk in batch:

@@ -19,7 +19,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from . import modpath
-from .tlog import HASH_SIZE, TlogError, Tile, parse_tile_path
+from .tiles import Tile, parse_tile_path
+from .tlog import HASH_SIZE, TlogError
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ class SumDBStore:
 
 
 class _TilesView(Mapping[Tile, bytes]):
-    """Cached tiles plus fetched-but-not-yet-verified ones, for tlog.tile_hash_reader."""
+    """Cached tiles plus fetched-but-not-yet-verified ones, for tiles.tile_hash_reader."""
 
     def __init__(self, store: SumDBStore, pending: Mapping[Tile, bytes]) -> None:
         self.store = store

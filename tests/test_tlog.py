@@ -12,43 +12,45 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from node import modzip
 from node.note import Signer, Verifier, generate_key, open_note, parse_signer, parse_verifier, sign_note
+from node.tiles import (
+    Tile,
+    hash_from_tile,
+    new_tiles,
+    parse_tile_path,
+    read_tile_data,
+    tile_for_index,
+    tile_hash_reader,
+    tiles_needed_for_record,
+    tiles_needed_for_tree_proof,
+)
 from node.tlog import (
     EMPTY_TREE_HASH,
     HASH_SIZE,
     MAX_TREE_SIZE,
     MissingTiles,
-    Tile,
     TlogError,
     Tree,
     check_record,
     check_tree,
     format_record,
     format_tree,
-    hash_from_tile,
     list_hash_reader,
-    new_tiles,
     node_hash,
     parse_record,
-    parse_tile_path,
     parse_tree,
     prove_record,
     prove_tree,
-    read_tile_data,
     record_hash,
     split_lookup,
     split_stored_hash_index,
     stored_hash_count,
     stored_hash_index,
     stored_hashes,
-    tile_for_index,
-    tile_hash_reader,
-    tiles_needed_for_record,
-    tiles_needed_for_tree_proof,
     tree_hash,
 )
 from tests.goenv import go_env, run_go
