@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -24,6 +24,7 @@ from aiohttp.web_response import StreamResponse
 
 from . import modpath, tiles, tlog
 from .errors import InvalidRequest, ModmeshError, NotFound, error_body
+from .fastpath import FastServer
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .protocol import ModRequest, parse_request
 from .proxy import CHUNK, HOLDBACK, Download, MetaAnswer, ModuleProxy, Served
@@ -235,13 +236,13 @@ async def stream_download(request: web.Request, dl: Download, proxy: ModuleProxy
     return resp
 
 
-def access_logger(metrics: Metrics) -> type[AbstractAccessLogger]:
-    """aiohttp builds the access logger itself, so bind the node's metrics here."""
+def access_logger(recorder: RequestRecorder) -> type[AbstractAccessLogger]:
+    """aiohttp builds the access logger itself, so bind the node's recorder here."""
 
     class Logger(AccessLogger):
         pass
 
-    Logger.metrics = metrics
+    Logger.recorder = recorder
     return Logger
 
 
@@ -308,87 +309,105 @@ def _lookup_target(target: str) -> tuple[str, str]:
 
 
 class FastPathRunner(web.AppRunner):
-    """Answers in-memory cache hits before aiohttp's router and middlewares run.
+    """Answers in-memory cache hits below aiohttp (node/fastpath.py); everything else
+    goes to the application as usual. Only used while client access is open."""
 
-    A hot `.info`/`.mod`/list hit is a dictionary lookup; routing through every
-    feature's routes and middlewares costs more than the answer itself. Only used
-    while client access is open (no credentials, no rate limit): the fast path
-    skips the access middleware. Everything else goes to the application as usual.
-    """
-
-    def __init__(self, app: web.Application, proxy: ModuleProxy, **kwargs: Any) -> None:
+    def __init__(self, app: web.Application, proxy: ModuleProxy, recorder: RequestRecorder, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.proxy = proxy
+        self.recorder = recorder
 
     async def _make_server(self) -> web.Server:
-        app = self.app
         await super()._make_server()  # startup signals, freezing
-        proxy = self.proxy
-        ttl = proxy.settings.meta_ttl
-        handle = app._handle
+        return FastServer(self._answer, self.app._handle, request_factory=self.app._make_request, **self._kwargs)
 
-        async def handler(request: BaseRequest) -> StreamResponse:
-            if request.method == "GET" and not request.path.startswith(("/_", "/sumdb/")):
-                try:
-                    req = parse_request(request.path)
-                except ModmeshError:
-                    req = None
-                hit = proxy.memory_hit(req) if req is not None else None
-                if hit is not None:
-                    assert req is not None
-                    request[REQ] = req
-                    if isinstance(hit, Served):
-                        return served_response(req, hit, cast(web.Request, request))
-                    return meta_response(req, hit, ttl, cast(web.Request, request))
-            return await handle(cast(web.Request, request))
+    def _answer(self, path: str) -> tuple[bytes, bytes, Callable[[float, str | None], None]] | None:
+        try:
+            req = parse_request(path)
+        except ModmeshError:
+            return None
+        hit = self.proxy.memory_hit(req)
+        if hit is None:
+            return None
+        if isinstance(hit, Served):
+            assert hit.body is not None
+            head = _raw_blob_head(hit.entry.sha256, hit.entry.h1, req.kind, len(hit.body))
+            body = hit.body
+        else:
+            body = hit.body
+            fresh_for = max(0, int(self.proxy.settings.meta_ttl - hit.age))
+            head = (
+                b"HTTP/1.1 200 OK\r\nContent-Type: " + CONTENT_TYPES[req.kind].encode()
+                + b"\r\nContent-Length: " + str(len(body)).encode()
+                + b"\r\nCache-Control: public, max-age=" + str(fresh_for).encode()
+                + b"\r\nAge: " + str(int(hit.age)).encode()
+                + b"\r\n" + CACHE_HEADER.encode() + b": hit\r\n"
+            )
+        record = self.recorder.record
+        sent = len(body)
 
-        return web.Server(handler, request_factory=app._make_request, **self._kwargs)
+        def log(seconds: float, remote: str | None) -> None:
+            record("GET", path, 200, req.kind, "hit", "", seconds, sent, remote, req)
+
+        return head, body, log
 
 
-class AccessLogger(AbstractAccessLogger):
-    """One structured line per request, after the response went out (so the
-    byte count is real), and the request metrics from the same place."""
+@functools.lru_cache(maxsize=8192)
+def _raw_blob_head(sha256: str, h1: str | None, kind: str, size: int) -> bytes:
+    """Status line and headers of an in-memory hit, as aiohttp would send them."""
+    lines = ["HTTP/1.1 200 OK", f"Content-Length: {size}"]
+    lines += [f"{k}: {v}" for k, v in _blob_headers(sha256, h1, kind, "hit", True).items()]
+    return ("\r\n".join(lines) + "\r\n").encode()
 
-    metrics: Metrics | None = None
-    _counters: dict[tuple[str, int, str], tuple[Any, Any]]
 
-    def __init__(self, logger: logging.Logger, log_format: str) -> None:
-        super().__init__(logger, log_format)
-        self._counters = {}
+class RequestRecorder:
+    """Request metrics and the one structured access-log line, for aiohttp's access
+    logger and the fast path alike."""
 
-    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
-        req: ModRequest | None = request.get(REQ)
-        kind = req.kind if req else request.get(KIND) or _endpoint_kind(request.path)
-        cache = request.get(CACHE, "")
-        sent = _body_bytes(request, response)
-        if self.metrics is not None:
-            key = (kind, response.status, cache)
-            counters = self._counters.get(key)
-            if counters is None:  # labels() costs a lock and a dict walk: once per label set
-                counters = self._counters[key] = (
-                    self.metrics.requests.labels(kind, str(response.status), cache or "none"),
-                    self.metrics.bytes_served.labels(kind),
-                )
-            counters[0].inc()
-            counters[1].inc(sent)
+    def __init__(self, metrics: Metrics, logger: logging.Logger) -> None:
+        self.metrics = metrics
+        self.logger = logger
+        # labels() costs a lock and a dict walk: once per label set.
+        self._counters: dict[tuple[str, int, str], tuple[Any, Any]] = {}
+
+    def record(
+        self, method: str, path: str, status: int, kind: str, cache: str, upstream: str,
+        seconds: float, sent: int, remote: str | None, req: ModRequest | None,
+    ) -> None:
+        key = (kind, status, cache)
+        counters = self._counters.get(key)
+        if counters is None:
+            counters = self._counters[key] = (
+                self.metrics.requests.labels(kind, str(status), cache or "none"),
+                self.metrics.bytes_served.labels(kind),
+            )
+        counters[0].inc()
+        counters[1].inc(sent)
         if not self.logger.isEnabledFor(logging.INFO):
             return
-        fields = {
-            "method": request.method,
-            "path": request.path,
-            "status": response.status,
-            "kind": kind,
-            "cache": cache,
-            "upstream": request.get(UPSTREAM, ""),
-            "ms": round(time * 1000, 2),
-            "bytes": sent,
-            "remote": request.remote,
+        fields: dict[str, object] = {
+            "method": method, "path": path, "status": status, "kind": kind, "cache": cache,
+            "upstream": upstream, "ms": round(seconds * 1000, 2), "bytes": sent, "remote": remote,
         }
         if req is not None:
             fields["module"] = req.module
             if req.version:
                 fields["version"] = req.version
-        self.logger.info("%s %s %s", request.method, request.path, response.status, extra={"fields": fields})
+        self.logger.info("%s %s %s", method, path, status, extra={"fields": fields})
+
+
+class AccessLogger(AbstractAccessLogger):
+    """Called by aiohttp after each response went out (so the byte count is real)."""
+
+    recorder: RequestRecorder
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        req: ModRequest | None = request.get(REQ)
+        kind = req.kind if req else request.get(KIND) or _endpoint_kind(request.path)
+        self.recorder.record(
+            request.method, request.path, response.status, kind, request.get(CACHE, ""),
+            request.get(UPSTREAM, ""), time, _body_bytes(request, response), request.remote, req,
+        )
 
 
 def _body_bytes(request: BaseRequest, response: StreamResponse) -> int:

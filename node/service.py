@@ -21,7 +21,7 @@ from aiohttp import web
 
 from .access import load_policy
 from .admin import add_admin_routes
-from .app import FastPathRunner, access_logger, add_goproxy_route, build_app
+from .app import FastPathRunner, RequestRecorder, access_logger, add_goproxy_route, build_app
 from .config import Config
 from .credentials import route_credentials
 from .direct import Direct
@@ -147,12 +147,13 @@ class Node:
         h, p = self.config.host_port
         host = h if host is None else host
         port = p if port is None else port
+        recorder = RequestRecorder(self.metrics, logging.getLogger("modmesh.access"))
         runner_args: dict[str, Any] = dict(
-            access_log_class=access_logger(self.metrics), access_log=logging.getLogger("modmesh.access"),
+            access_log_class=access_logger(recorder), access_log=recorder.logger,
             handler_cancellation=True, shutdown_timeout=5.0,
         )
         if self.access.open_to_clients:
-            self._runner = FastPathRunner(self.app, self.proxy, **runner_args)
+            self._runner = FastPathRunner(self.app, self.proxy, recorder, **runner_args)
         else:
             self._runner = web.AppRunner(self.app, **runner_args)
         await self._runner.setup()

@@ -1,0 +1,151 @@
+"""Hot cache hits answered below aiohttp: a tiny HTTP/1.1 front on each connection.
+
+The go command asks for the same small files (`.info`, `.mod`, lists) over and over
+on keep-alive connections. Answering those from memory is a dictionary lookup, but
+aiohttp's per-request objects cost several times that. So every connection starts
+with `FastConnection`: while requests are plain `GET`s of in-memory hits it writes
+the answer itself; at the first request that is anything else (a miss, HEAD, a body,
+an admin path, a malformed head) it hands the connection, with every unread byte,
+to aiohttp for good. Used only while client access is open: no credentials or rate
+limits are checked here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from email.utils import formatdate
+from typing import Any
+from urllib.parse import unquote
+
+from aiohttp import web
+
+#: Longest request head answered here; anything larger goes to aiohttp.
+MAX_HEAD = 8192
+
+#: (path) -> (status line + headers without Date, body, log record) or None.
+Answer = Callable[[str], "tuple[bytes, bytes, Callable[[float, str | None], None]] | None"]
+
+
+class _Date:
+    """The Date header, formatted once per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._line = b""
+
+    def line(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._line = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+        return self._line
+
+
+class FastConnection(asyncio.Protocol):
+    def __init__(self, answer: Answer, fallback: Callable[[], asyncio.Protocol], date: _Date,
+                 live: set[FastConnection]) -> None:
+        self._answer = answer
+        self._fallback = fallback
+        self._date = date
+        self._live = live
+        self._buf = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._peer: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self._peer = peer[0] if isinstance(peer, tuple) and peer else None
+        self._live.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._live.discard(self)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        while self._buf:
+            end = self._buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._buf) > MAX_HEAD:
+                    self._hand_over()
+                return
+            started = time.perf_counter()
+            served = self._serve(bytes(self._buf[:end]))
+            if served is None:
+                self._hand_over()
+                return
+            del self._buf[: end + 4]
+            head, body, record, close = served
+            assert self._transport is not None
+            self._transport.write(head + self._date.line() + b"\r\n" + body)
+            record(time.perf_counter() - started, self._peer)
+            if close:
+                self._transport.close()
+                return
+
+    def _serve(self, head: bytes) -> tuple[bytes, bytes, Callable[[float, str | None], None], bool] | None:
+        try:
+            text = head.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        lines = text.split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or parts[0] != "GET" or parts[2] != "HTTP/1.1":
+            return None
+        target = parts[1]
+        if not target.startswith("/") or "?" in target or "#" in target or target.startswith(("/_", "/sumdb/")):
+            return None
+        close = False
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if not sep or name != name.strip():
+                return None  # malformed or obsolete line folding: let aiohttp judge
+            name = name.lower()
+            if name in ("content-length", "transfer-encoding", "expect", "upgrade", "authorization"):
+                return None
+            if name == "connection" and "close" in value.lower():
+                close = True
+        answered = self._answer(unquote(target))
+        if answered is None:
+            return None
+        head_bytes, body, record = answered
+        if close:
+            head_bytes += b"Connection: close\r\n"
+        return head_bytes, body, record, close
+
+    def _hand_over(self) -> None:
+        """Give the connection (and what it already sent) to aiohttp for good."""
+        transport, self._transport = self._transport, None
+        self._live.discard(self)
+        if transport is None or transport.is_closing():
+            return
+        proto = self._fallback()
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+        if self._buf:
+            proto.data_received(bytes(self._buf))
+        self._buf = bytearray()
+
+
+class FastServer(web.Server):
+    """aiohttp's connection factory, with every connection starting on the fast path."""
+
+    def __init__(self, answer: Answer, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._answer = answer
+        self._date = _Date()
+        self._fast: set[FastConnection] = set()
+
+    def __call__(self) -> Any:
+        return FastConnection(self._answer, super().__call__, self._date, self._fast)
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        for conn in list(self._fast):
+            conn.close()  # between requests by construction: nothing is cut short
+        await super().shutdown(timeout)
