@@ -5,7 +5,6 @@ Names (for --only): info, list, zip, corpus, cold, rss.
 
 from __future__ import annotations
 
-import json
 import shutil
 import statistics
 import subprocess
@@ -23,6 +22,7 @@ from bench.mirror import Mirror
 from bench.procs import NOISE_CORES, Foreign, Procs, QuietGate
 from bench.report import Row
 from bench.servers import Server, start_node
+from tests.goenv import decode_stream
 
 NAMES = ("info", "list", "zip", "corpus", "cold", "rss")
 UPSTREAM_RATE = 800e6 / 8  # 800 Mbit/s in bytes per second
@@ -192,18 +192,6 @@ def bench_zip(ctx: Ctx) -> list[Row]:
 # --- go mod download of the corpus --------------------------------------------------------
 
 
-def _decode_stream(out: str) -> list[dict[str, Any]]:
-    dec = json.JSONDecoder()
-    objs, i = [], 0
-    while i < len(out):
-        if out[i].isspace():
-            i += 1
-            continue
-        obj, i = dec.raw_decode(out, i)
-        objs.append(obj)
-    return objs
-
-
 def _go_download(ctx: Ctx, url: str, tag: str) -> tuple[float, float]:
     """(seconds, other processes' cores) of one `go mod download` with a fresh module cache."""
     from tests.goenv import go_env, remove_modcache
@@ -218,7 +206,7 @@ def _go_download(ctx: Ctx, url: str, tag: str) -> tuple[float, float]:
             p = subprocess.run([ctx.go, "mod", "download", "-json", *ctx.corpus_args], env=env, cwd=tmp,
                                capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
             seconds = time.perf_counter() - t0
-        objs = _decode_stream(p.stdout)
+        objs = decode_stream(p.stdout)
         errors = [o for o in objs if "Error" in o]
         if p.returncode != 0 or errors or len(objs) != len(ctx.corpus_args):
             first = errors[0] if errors else p.stderr[-1500:]

@@ -14,6 +14,7 @@ directly. Two rules make that safe:
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -21,8 +22,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["GoResult", "go_binary", "go_env", "run_go", "remove_modcache"]
+__all__ = ["GoResult", "decode_stream", "go_binary", "go_env", "run_go", "remove_modcache"]
 
 
 def go_binary() -> str | None:
@@ -181,3 +183,17 @@ def remove_modcache(path: Path | str) -> None:
             if not os.path.islink(p):
                 os.chmod(p, 0o755)
     shutil.rmtree(path)
+
+
+def decode_stream(out: str) -> list[dict[str, Any]]:
+    """The JSON objects `go mod download -json` prints one after another."""
+    dec = json.JSONDecoder()
+    objs: list[dict[str, Any]] = []
+    i = 0
+    while i < len(out):
+        if out[i].isspace():
+            i += 1
+            continue
+        obj, i = dec.raw_decode(out, i)
+        objs.append(obj)
+    return objs

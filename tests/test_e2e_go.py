@@ -14,7 +14,7 @@ from node.modzip import h1_zip
 from node.errors import IntegrityError
 from node.protocol import ModRequest
 from tests.corpus import CorpusVersion, broken, servable
-from tests.goenv import go_env, remove_modcache, run_go
+from tests.goenv import decode_stream, go_env, remove_modcache, run_go
 from tests.upstream_fixture import Fault
 
 pytestmark = pytest.mark.e2e
@@ -39,18 +39,6 @@ def node_refuses(cv: CorpusVersion) -> str | None:
     except IntegrityError as e:
         return str(e)
     return None
-
-
-def decode_stream(out: str) -> list[dict[str, str]]:
-    dec = json.JSONDecoder()
-    objs, i = [], 0
-    while i < len(out):
-        if out[i].isspace():
-            i += 1
-            continue
-        obj, i = dec.raw_decode(out, i)
-        objs.append(obj)
-    return objs
 
 
 async def test_whole_corpus_downloads_through_node(  # type: ignore[no-untyped-def]
