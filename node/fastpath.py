@@ -23,6 +23,8 @@ from aiohttp import web
 
 #: Longest request head answered here; anything larger goes to aiohttp.
 MAX_HEAD = 8192
+#: Seconds an idle keep-alive connection stays open (aiohttp's default too).
+KEEPALIVE = 75.0
 
 #: (path) -> (status line + headers without Date, body, log record) or None.
 Answer = Callable[[str], "tuple[bytes, bytes, Callable[[float, str | None], None]] | None"]
@@ -53,21 +55,34 @@ class FastConnection(asyncio.Protocol):
         self._buf = bytearray()
         self._transport: asyncio.Transport | None = None
         self._peer: str | None = None
+        self._idle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self._peer = peer[0] if isinstance(peer, tuple) and peer else None
         self._live.add(self)
+        self._arm_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._live.discard(self)
+        self._disarm_idle()
+
+    def _arm_idle(self) -> None:
+        self._disarm_idle()
+        self._idle = asyncio.get_running_loop().call_later(KEEPALIVE, self.close)
+
+    def _disarm_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
 
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
 
     def data_received(self, data: bytes) -> None:
+        self._arm_idle()
         self._buf += data
         while self._buf:
             end = self._buf.find(b"\r\n\r\n")
@@ -123,6 +138,7 @@ class FastConnection(asyncio.Protocol):
         """Give the connection (and what it already sent) to aiohttp for good."""
         transport, self._transport = self._transport, None
         self._live.discard(self)
+        self._disarm_idle()
         if transport is None or transport.is_closing():
             return
         proto = self._fallback()

@@ -96,3 +96,16 @@ async def test_garbage_is_aiohttps_400(warm) -> None:  # type: ignore[no-untyped
     _, port = warm
     out = await raw(port, b"\x00\x01garbage\r\n\r\n", until_close=True)
     assert out.split(b"\r\n")[0].split(b" ")[1] == b"400"
+
+
+async def test_idle_keepalive_connections_are_closed(warm, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from node import fastpath
+
+    monkeypatch.setattr(fastpath, "KEEPALIVE", 0.2)
+    _, port = warm
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(get(INFO))
+    first = await asyncio.wait_for(reader.read(65536), 2)
+    assert first.startswith(b"HTTP/1.1 200 OK")
+    assert await asyncio.wait_for(reader.read(65536), 2) == b""  # closed by the server when idle
+    writer.close()
