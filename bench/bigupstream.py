@@ -79,11 +79,11 @@ async def _send_paced(request: web.Request, path: Path, ctype: str, rate: float)
     return resp
 
 
-async def _serve(host: str, port: int, zips: dict[str, Path], rate: float) -> None:
-    runner = web.AppRunner(build_app(zips, rate), access_log=None, handle_signals=False)
+async def serve_until_signalled(app: web.Application, host: str, port: int) -> None:
+    """Serve `app`, print its URL (the bench reads it), stop on SIGTERM or SIGINT."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
+    await web.TCPSite(runner, host, port, reuse_address=True).start()
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -94,6 +94,10 @@ async def _serve(host: str, port: int, zips: dict[str, Path], rate: float) -> No
         await done.wait()
     finally:
         await runner.cleanup()
+
+
+async def _serve(host: str, port: int, zips: dict[str, Path], rate: float) -> None:
+    await serve_until_signalled(build_app(zips, rate), host, port)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 
 from aiohttp import web
+
+from bench.bigupstream import serve_until_signalled
 
 BODY = b'{"Version":"v1.0.0","Time":"2024-01-01T00:00:00Z"}'
 
@@ -26,19 +27,7 @@ async def _serve(host: str, port: int) -> None:
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", handle)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, host, port, reuse_address=True).start()
-    done = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, done.set)
-    bound = runner.addresses[0]
-    print(f"http://{bound[0]}:{bound[1]}", flush=True)
-    try:
-        await done.wait()
-    finally:
-        await runner.cleanup()
+    await serve_until_signalled(app, host, port)
 
 
 def main(argv: list[str] | None = None) -> int:

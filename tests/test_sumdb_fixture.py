@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import json
 import os
 import signal
 import sys
@@ -33,7 +32,7 @@ import pytest
 from node import modpath
 from tests.conftest import FakeProxyFactory
 from tests.corpus import CorpusVersion, servable
-from tests.goenv import go_env, run_go
+from tests.goenv import decode_stream, go_env, run_go
 from tests.sumdb_fixture import (
     DbKey,
     FakeSumDB,
@@ -59,19 +58,6 @@ MAIN_GO = (
     'package main\n\nimport (\n\t"fmt"\n\n\t"rsc.io/quote"\n)\n\n'
     "func main() { fmt.Println(quote.Hello()) }\n"
 )
-
-
-def _json_stream(text: str) -> list[dict[str, Any]]:
-    dec = json.JSONDecoder()
-    out: list[dict[str, Any]] = []
-    i = 0
-    while i < len(text):
-        if text[i].isspace():
-            i += 1
-            continue
-        obj, i = dec.raw_decode(text, i)
-        out.append(obj)
-    return out
 
 
 async def _db(modules: ModuleSet, **kwargs: Any) -> FakeSumDB:
@@ -321,7 +307,7 @@ async def test_go_verifies_against_fixture(
     keys = [f"{p}@{v}" for p, vs in subset.items() for v in vs]
     assert len(keys) == 30
     res = await run_go(["mod", "download", "-json", *keys], env, cwd=tmp_path)
-    got = {(o["Path"], o["Version"]): o for o in _json_stream(res.stdout)}
+    got = {(o["Path"], o["Version"]): o for o in decode_stream(res.stdout)}
     assert not {k: o["Error"] for k, o in got.items() if o.get("Error")}
     res.check()
     for (path, version), o in got.items():
@@ -410,11 +396,11 @@ async def test_go_catches_corrupt_record(
     env = go_env(tmp_path, fp.url, sumdb.gosumdb)
     res = await run_go(["mod", "download", "-json", "rsc.io/quote@v1.5.2"], env, cwd=tmp_path)
     assert res.returncode != 0
-    err = _json_stream(res.stdout)[0]["Error"]
+    err = decode_stream(res.stdout)[0]["Error"]
     assert "verifying module: checksum mismatch" in err and "SECURITY ERROR" in err
     assert f"{NAME}: {bad.split()[2].decode()}" in err
     # The go.mod line was untouched, so the .mod passed and only the zip was refused.
-    assert _json_stream(res.stdout)[0]["GoModSum"] == good.split()[5].decode()
+    assert decode_stream(res.stdout)[0]["GoModSum"] == good.split()[5].decode()
 
 
 @pytest.mark.e2e
