@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -132,6 +133,7 @@ async def test_build_list_get_then_offline(  # type: ignore[no-untyped-def]
     (await run_go(["build", "-o", str(tmp_path / "hello2.bin"), "."], env2, cwd=src)).check()
     res = (await run_go(["list", "-m", "-versions", "rsc.io/quote"], env2, cwd=tmp_path)).check()
     assert "v1.5.2" in res.stdout.split()
+    await asyncio.sleep(0.25)  # past meta_ttl even when the build above took less
     async with aiohttp.ClientSession() as s:
         for path in ("/rsc.io/quote/@v/list", "/rsc.io/quote/@latest"):
             async with s.get(node.url + path) as r:
