@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import aiohttp
 from aiohttp import web
 
+from .app import ClientSink, ClientStalled, abort_connection
 from .bundle import BLOCK, CHUNK, MANIFEST_NAME, BundleError, Manifest, TarReader
 from .config import Config
 from .errors import InvalidRequest
@@ -95,12 +96,13 @@ async def _send_bundle(request: web.Request, node: Node, sel: Selection) -> web.
     })
     resp.content_length = plan.tar_size()
     await resp.prepare(request)
+    sink = ClientSink(request, resp, node.config.write_idle_timeout)
     try:
-        await write_bundle(plan, resp.write)
-    except BundleError as e:
-        log.error("export to %s stopped: %s", request.remote, e)
-        if request.transport is not None:
-            request.transport.abort()  # the client sees a short body, never a complete bad bundle
+        await write_bundle(plan, sink.write)
+    except (BundleError, ClientStalled, OSError) as e:
+        if not isinstance(e, ConnectionResetError):
+            log.error("export to %s stopped: %s", request.remote, e)
+        abort_connection(request)  # the client sees a short body, never a complete bad bundle
         return resp
     await resp.write_eof()
     return resp

@@ -25,9 +25,10 @@ from aiohttp.web_response import StreamResponse
 from . import modpath, tiles, tlog
 from .errors import InvalidRequest, ModmeshError, NotFound, error_body
 from .fastpath import FastServer
+from .inflight import CHUNK, Aborted, Transfer, describe, send
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .protocol import ModRequest, parse_request
-from .proxy import CHUNK, HOLDBACK, Download, MetaAnswer, ModuleProxy, Served
+from .proxy import MetaAnswer, ModuleProxy, Served
 from .sumdb import ChecksumDatabases
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ def build_app(
     ready: Callable[[], bool],
     sumdbs: ChecksumDatabases | None = None,
     middlewares: Sequence[Middleware] = (),
+    write_idle_timeout: float = 60.0,
 ) -> web.Application:
     app = web.Application(middlewares=[errors_middleware, *middlewares])
 
@@ -89,8 +91,8 @@ def build_app(
         local_only = HOP_HEADER in request.headers
         if req.versioned:
             res = await proxy.versioned(req, local_only)
-            if isinstance(res, Download):
-                return await stream_download(request, res, proxy)
+            if isinstance(res, Transfer):
+                return await stream_transfer(request, res, write_idle_timeout, metrics)
             return served_response(req, res, request)
         return meta_response(req, await proxy.meta(req, local_only), proxy.settings.meta_ttl, request)
 
@@ -114,7 +116,21 @@ def add_goproxy_route(app: web.Application) -> None:
 async def errors_middleware(request: web.Request, handler: Handler) -> StreamResponse:
     try:
         return await handler(request)
-    except ModmeshError as e:
+    except ConnectionResetError:
+        raise
+    except Exception as e:
+        if request.writer.output_size > 0:
+            # A response is on its way: an error now can only cut it, never end it cleanly.
+            if not isinstance(e, ModmeshError):
+                log.error("error while sending %s", request.path, exc_info=e)
+            abort_connection(request)
+            return web.Response(status=500)
+        return error_response(request, e)
+
+
+def error_response(request: web.Request, e: Exception) -> web.Response:
+    """The one-line text/plain answer the go command prints, for any error."""
+    if isinstance(e, ModmeshError):
         request[CACHE] = "error"
         return web.Response(
             status=e.status,
@@ -123,22 +139,19 @@ async def errors_middleware(request: web.Request, handler: Handler) -> StreamRes
             charset="utf-8",
             headers={"Cache-Control": e.cache_control},
         )
-    except web.HTTPException as e:
+    if isinstance(e, web.HTTPException):
         if e.status < 400:
-            raise
+            raise e
         # aiohttp's own 404/405: keep the one-line text/plain shape of all our errors.
         headers = {"Cache-Control": "no-store"}
         if "Allow" in e.headers:
             headers["Allow"] = e.headers["Allow"]
         return web.Response(status=e.status, text=f"{e.reason}\n\n", headers=headers)
-    except (asyncio.CancelledError, ConnectionResetError):
-        raise
-    except Exception:
-        log.exception("internal error on %s", request.path)
-        return web.Response(
-            status=500, text="internal error in the module proxy (logged)\n\n",
-            headers={"Cache-Control": "no-store"},
-        )
+    log.error("internal error on %s", request.path, exc_info=e)
+    return web.Response(
+        status=500, text="internal error in the module proxy (logged)\n\n",
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 @functools.lru_cache(maxsize=8192)
@@ -186,54 +199,85 @@ def meta_response(req: ModRequest, a: MetaAnswer, ttl: float, request: web.Reque
     return resp
 
 
-async def stream_download(request: web.Request, dl: Download, proxy: ModuleProxy) -> StreamResponse:
-    """Send a zip while it downloads, holding back its tail until it verified.
+class ClientStalled(Exception):
+    """The client took no bytes for the write-idle time."""
 
-    If the download then fails, the connection is aborted before the last bytes:
-    the client sees a truncated transfer, never a complete bad zip.
-    """
-    assert dl.writer is not None
-    try:
-        fd = os.open(dl.writer.tmp_path, os.O_RDONLY)
-    except FileNotFoundError:
-        # Finished (committed or failed) between the wait and now.
-        entry = await dl.result
-        served = await proxy.lookup(dl.req)
-        assert served is not None, entry
-        return served_response(dl.req, served, request)
-    request[CACHE] = "miss"
-    dl.committed = True
-    resp = web.StreamResponse(headers={CACHE_HEADER: "miss", "Cache-Control": IMMUTABLE})
-    resp.content_type = CONTENT_TYPES["zip"]
-    if dl.expected is not None:
-        resp.content_length = dl.expected
-    try:
-        await resp.prepare(request)
-        sent = 0
-        while True:
-            ok = dl.finished and dl.result.exception() is None
-            limit = dl.written if ok else dl.written - HOLDBACK
-            while sent < limit:
-                chunk = os.pread(fd, min(CHUNK, limit - sent), sent)
-                if not chunk:
+
+class ClientSink:
+    """Writes to one client. One that takes no bytes for `idle` seconds is cut: it must
+    never hold a download, its memory or other clients (a slow one that keeps reading
+    is served at its pace)."""
+
+    def __init__(self, request: web.BaseRequest, resp: web.StreamResponse, idle: float) -> None:
+        self.request = request
+        self.resp = resp
+        self.idle = idle
+        self.sent = 0
+
+    async def write(self, data: bytes) -> None:
+        transport = self.request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client went away")
+        loop = asyncio.get_running_loop()
+        writing = asyncio.ensure_future(self.resp.write(data))
+        try:
+            # Waiting means the transport's buffer is over its high-water mark; any
+            # byte the client takes shrinks it. Look a few times per idle period.
+            pending, moved_at = transport.get_write_buffer_size(), loop.time()
+            step = min(5.0, self.idle / 4)
+            while True:
+                done, _ = await asyncio.wait((writing,), timeout=step)
+                if done:
+                    writing.result()
                     break
-                await resp.write(chunk)
-                sent += len(chunk)
-                request[SENT] = sent
-            if dl.finished:
-                break
-            await dl.changed()
-    finally:
-        os.close(fd)
-    if dl.result.exception() is not None:
+                now, at = transport.get_write_buffer_size(), loop.time()
+                if now < pending:
+                    pending, moved_at = now, at
+                elif at - moved_at >= self.idle:
+                    raise ClientStalled(f"it took no bytes for {at - moved_at:.0f}s")
+        finally:
+            if not writing.done():
+                writing.cancel()
+        self.sent += len(data)
+        self.request[SENT] = self.sent
+
+
+def abort_connection(request: web.BaseRequest) -> None:
+    if request.transport is not None:
+        request.transport.abort()
+
+
+async def stream_transfer(
+    request: web.Request, transfer: Transfer, write_idle: float, metrics: Metrics
+) -> StreamResponse:
+    """Send a file that is still downloading (or that the store could not take) to one
+    client: every byte of the verified file, or an aborted connection (inflight.send)."""
+    with transfer:
+        dl = transfer.dl
+        request[CACHE] = "miss"
+        resp = web.StreamResponse(headers={
+            CACHE_HEADER: "miss", "Cache-Control": IMMUTABLE, "Content-Type": CONTENT_TYPES[dl.req.kind],
+        })
+        size = dl.written if dl.finished else dl.expected
+        if size is not None:
+            resp.content_length = size
+        await resp.prepare(request)
+        sink = ClientSink(request, resp, write_idle)
+        try:
+            await send(transfer, sink)
+        except Aborted as e:
+            request[UPSTREAM] = dl.source
+            log.info("cutting the transfer of %s to %s: %s", dl.req.key, request.remote, describe(e.reason))
+            abort_connection(request)
+            return resp
+        except ClientStalled as e:
+            metrics.stalled_clients.inc()
+            log.info("cutting %s off %s at byte %d: %s", request.remote, dl.req.key, sink.sent, e)
+            abort_connection(request)
+            return resp
         request[UPSTREAM] = dl.source
-        log.warning("aborting streamed %s: %s", dl.req.key, dl.result.exception())
-        if request.transport is not None:
-            request.transport.abort()
+        await resp.write_eof()
         return resp
-    request[UPSTREAM] = dl.source
-    await resp.write_eof()
-    return resp
 
 
 def access_logger(recorder: RequestRecorder) -> type[AbstractAccessLogger]:

@@ -70,6 +70,12 @@ class Config:
     negative_ttl: float = 60.0
     #: Zips larger than this stream to clients while they download (bytes).
     stream_threshold: int = 4 << 20
+    #: Seconds a client may take no bytes of a response before it is cut off (it never
+    #: holds a download, its memory or other clients; the download goes on).
+    write_idle_timeout: float = 60.0
+    #: When the store cannot take a file (disk full, quota, max_size), the node still
+    #: passes it through to clients, holding at most this many bytes in memory at once.
+    passthrough_memory: int = 512 << 20
     #: Cap on the store's blob bytes (storage limits): over it, the least valuable
     #: unpinned files are evicted. None: no cap.
     max_size: int | None = None
@@ -129,7 +135,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.I)
 _SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
                "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
-_SIZE_KEYS = {"stream_threshold", "max_size"}
+_SIZE_KEYS = {"stream_threshold", "max_size", "passthrough_memory"}
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -247,6 +253,8 @@ def load_config(
     parse_listen(cfg.listen)
     if (cfg.tls_cert_file is None) != (cfg.tls_key_file is None):
         raise ConfigError("tls_cert_file and tls_key_file go together")
+    if cfg.write_idle_timeout <= 0:
+        raise ConfigError(f"write_idle_timeout must be a positive duration, not {cfg.write_idle_timeout}")
     if cfg.max_size is not None and cfg.max_size <= 0:
         raise ConfigError(f"max_size must be a positive size, not {cfg.max_size}")
     if cfg.sumdb_verify not in ("sumdb", "off"):

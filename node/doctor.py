@@ -93,8 +93,9 @@ def node_health_checks(node: str, health: Probe, ready: Probe, epoch: str | None
     if ready.status != 200:
         return [Check("client", name, "fail", f"not ready (/readyz {ready.what()})", "node-not-ready")]
     if h.get("status") != "ok":
-        why = [f"upstream {u['name']} breaker {u['breaker']}"
-               for u in h.get("upstreams", []) if u.get("breaker") != "closed"]
+        why = [str(r) for r in h.get("reasons", [])]
+        why += [f"upstream {u['name']} breaker {u['breaker']}"
+                for u in h.get("upstreams", []) if u.get("breaker") != "closed"]
         why += [str(d["fork"]) for d in h.get("sumdb", []) if d.get("fork")]
         return [Check("client", name, "fail", f"degraded: {'; '.join(why) or h.get('status')}", "node-degraded")]
     return [Check("client", name, "ok", f"modmesh {h.get('version', '?')}, healthy, up {h.get('uptime_s', 0):.0f}s")]

@@ -33,6 +33,7 @@ from .doctor_checks import Check, Status
 from .errors import InvalidRequest, ModmeshError
 from .patterns import match_prefix_patterns
 from .protocol import ModRequest
+from .store import Refusal
 from .sumdb import ForkDetected, SumDB
 from .upstream import Upstream, UpstreamChain
 
@@ -96,7 +97,8 @@ def disk_checks(path: Path, free: int, total: int, ifree: int, itotal: int) -> l
     ratio = free / total if total else 1.0
     detail = f"{free / GIB:.1f} GiB free of {total / GIB:.1f} GiB ({ratio:.0%}) at {path}"
     if free < DISK_FAIL:
-        out.append(Check("node", "disk", "fail", detail + ": downloads will fail with 507", "disk-full"))
+        out.append(Check("node", "disk", "fail", detail + ": new files pass through to clients uncached",
+                         "disk-full"))
     elif free < DISK_WARN or ratio < DISK_WARN_RATIO:
         out.append(Check("node", "disk", "warn", detail, "disk-low"))
     else:
@@ -136,7 +138,16 @@ async def local_checks(node: Node) -> list[Check]:
     st = os.statvfs(node.config.data)
     out = disk_checks(node.config.data, st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize, st.f_favail, st.f_files)
     count, size = await node.index.totals()
-    return out + [cache_check(count, size, *request_counts(node))]
+    return out + [store_check(node.store.status.refusal), cache_check(count, size, *request_counts(node))]
+
+
+def store_check(refusal: Refusal | None) -> Check:
+    if refusal is None:
+        return Check("node", "store", "ok", "takes new files")
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(refusal.since))
+    return Check("node", "store", "fail",
+                 f"cannot take files ({refusal.cause}) since {since}: {refusal.files} passed through to "
+                 f"clients uncached, first {refusal.first}; free space (or raise max_size)", "store-refusing")
 
 
 async def mesh_check(node: Node, timeout: float) -> Check:

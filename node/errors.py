@@ -68,6 +68,11 @@ class IntegrityError(UpstreamError):
 class StorageFull(ModmeshError):
     status = 507
 
+    def __init__(self, message: str, cause: str = "disk full") -> None:
+        super().__init__(message)
+        #: Short reason for health reports and logs ("disk full (ENOSPC)").
+        self.cause = cause
+
 
 def error_body(err: ModmeshError) -> bytes:
     """The text/plain body: one line, then a blank line (the go command stops there)."""

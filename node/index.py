@@ -14,7 +14,9 @@ batches: the hit path never waits on a write.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,14 +139,24 @@ class Index:
             row = await cur.fetchone()
         return Entry(*row) if row else None
 
+    async def _write(self, sql: str, params: Sequence[object]) -> aiosqlite.Cursor:
+        """One statement in its own transaction; rolled back if it fails (a full disk)."""
+        try:
+            cur = await self.db.execute(sql, params)
+            await self.db.commit()
+        except sqlite3.Error:
+            with contextlib.suppress(sqlite3.Error):
+                await self.db.rollback()
+            raise
+        return cur
+
     async def put(self, e: Entry) -> Entry:
         """Record a verified blob. Versioned files are immutable: an existing row wins."""
-        await self.db.execute(
+        await self._write(
             "INSERT INTO entries (module, version, kind, sha256, size, h1, source, fetched_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (module, version, kind) DO NOTHING",
             (e.module, e.version, e.kind, e.sha256, e.size, e.h1, e.source, e.fetched_at),
         )
-        await self.db.commit()
         got = await self.get(e.module, e.version, e.kind)
         assert got is not None
         return got
@@ -178,11 +190,10 @@ class Index:
             return [MetaEntry(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in await cur.fetchall()]
 
     async def put_meta(self, m: MetaEntry) -> None:
-        await self.db.execute(
+        await self._write(
             "INSERT OR REPLACE INTO meta VALUES (?, ?, ?, ?, ?)",
             (m.module, m.kind, m.body, m.source, m.fetched_at),
         )
-        await self.db.commit()
 
     async def totals(self) -> tuple[int, int]:
         """(number of entries, bytes of distinct blobs)."""
@@ -203,12 +214,17 @@ class Index:
         if not self._access or self._db is None:
             return
         batch, self._access = self._access, {}
-        await self.db.executemany(
-            "UPDATE entries SET hits = hits + ?, last_access = MAX(COALESCE(last_access, 0), ?)"
-            " WHERE module=? AND version=? AND kind=?",
-            [(h, t, m, v, k) for (m, v, k), (h, t) in batch.items()],
-        )
-        await self.db.commit()
+        try:
+            await self.db.executemany(
+                "UPDATE entries SET hits = hits + ?, last_access = MAX(COALESCE(last_access, 0), ?)"
+                " WHERE module=? AND version=? AND kind=?",
+                [(h, t, m, v, k) for (m, v, k), (h, t) in batch.items()],
+            )
+            await self.db.commit()
+        except sqlite3.Error:
+            with contextlib.suppress(sqlite3.Error):
+                await self.db.rollback()
+            raise
 
     # ---- storage limits (node/storage.py) ------------------------------------------
 

@@ -60,6 +60,16 @@ class Metrics:
             "modmesh_sumdb_verify_errors", "Database answers that failed verification", ["db", "reason"],
             registry=r,
         )
+        self.passthrough_files = Counter(
+            "modmesh_passthrough_files", "Files delivered to clients without caching them (the store "
+            "could not take them)", ["cause"], registry=r,
+        )
+        self.passthrough_bytes = Counter(
+            "modmesh_passthrough_bytes", "Bytes of files delivered to clients without caching them", registry=r,
+        )
+        self.stalled_clients = Counter(
+            "modmesh_stalled_clients", "Client connections cut because they stopped reading", registry=r,
+        )
         self.store_bytes = Gauge("modmesh_store_bytes", "Bytes of blobs in the store", registry=r)
         self.store_blobs = Gauge("modmesh_store_blobs", "Index entries for versioned files", registry=r)
 

@@ -520,14 +520,24 @@ def check_zip(
     router checks them). I/O errors on `path` itself propagate as OSError.
     """
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        _check_zip_size(size)
-        entries, dir_end = _read_directory(f, size)
-        _check_layout(entries, module, version)
-        if digests is not None and all(digests.get(e.name, ("", -1))[1] == e.usize for e in entries):
-            shas = {e.name: _EMPTY_SHA256 if e.is_dir else digests[e.name][0] for e in entries}
-        else:
-            shas = {e.name: _entry_sha256(f, e, dir_end) for e in entries}
+        return check_zip_file(f, module, version, digests)
+
+
+def check_zip_file(
+    f: IO[bytes],
+    module: str,
+    version: str,
+    digests: Mapping[str, tuple[str, int]] | None = None,
+) -> CheckedZip:
+    """`check_zip` over an open, seekable binary file (or an in-memory one)."""
+    size = f.seek(0, os.SEEK_END)
+    _check_zip_size(size)
+    entries, dir_end = _read_directory(f, size)
+    _check_layout(entries, module, version)
+    if digests is not None and all(digests.get(e.name, ("", -1))[1] == e.usize for e in entries):
+        shas = {e.name: _EMPTY_SHA256 if e.is_dir else digests[e.name][0] for e in entries}
+    else:
+        shas = {e.name: _entry_sha256(f, e, dir_end) for e in entries}
     files = [e for e in entries if not e.is_dir]
     # One line per entry: a repeated directory entry is legal and hashed twice.
     h1 = h1_from_digests((e.name, shas[e.name]) for e in entries)

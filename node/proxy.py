@@ -4,12 +4,14 @@ Follow one request: `app.goproxy` parses the path into a ModRequest and calls
 `ModuleProxy.versioned` (info/mod/zip) or `ModuleProxy.meta` (list/latest).
 
 versioned: memory/index hit -> `Served` (the app sends the blob with sendfile).
-           miss -> one `Download` per key (single-flight): the upstream chain is
-           walked, the body is written to a temp file while its sha256 (and for
-           zips, the per-entry hashes for h1) are computed, verified, committed
-           into the blob store and indexed. Every waiter gets the result; for a
-           large zip waiters stream the temp file as it grows, holding back its
-           tail until verification passed (a client never completes bad bytes).
+           miss -> one `Download` per key (single-flight, inflight.py): the
+           upstream chain is walked, the body is written to a `Spool` (spool.py)
+           while its sha256 (and for zips, the per-entry hashes for h1) are
+           computed, verified, committed into the blob store and indexed. Every
+           waiter gets the result; for a large zip waiters stream the spool as it
+           grows (a `Transfer`), holding back its tail until verification passed
+           (a client never completes bad bytes). When the store cannot take the
+           file (disk full, max_size), it passes through to clients uncached.
 meta:      list/latest with a TTL, stale-while-revalidate, and serve-stale when
            every upstream fails.
 """
@@ -17,25 +19,28 @@ meta:      list/latest with a TTL, stale-while-revalidate, and serve-stale when
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 import aiohttp
 
 from . import modzip, verify
-from .errors import IntegrityError, ModmeshError, NotFound, UpstreamError
+from .errors import IntegrityError, ModmeshError, NotFound, StorageFull, UpstreamError
 from .hooks import Hooks
 from .index import Entry, Index, MetaEntry
+from .inflight import CHUNK, Download, Transfer
 from .metrics import Metrics
 from .patterns import match_prefix_patterns
 from .protocol import ModRequest
-from .store import BlobStore, BlobWriter
+from .spool import MemoryBudget, Spool, storage_error_cause
+from .store import BlobStore
 from .upstream import Source, UpstreamChain
 from .zipstream import ZipStreamHasher
 
@@ -44,11 +49,8 @@ log = logging.getLogger(__name__)
 K = TypeVar("K")
 V = TypeVar("V")
 
-#: Bytes of a streamed zip withheld from clients until the whole zip verified.
-HOLDBACK = 64 * 1024
 #: Small blobs kept in memory so hot .info/.mod hits skip the file system.
 SMALL_BLOB = 64 * 1024
-CHUNK = 256 * 1024
 
 
 class LRU(Generic[K, V]):
@@ -94,6 +96,9 @@ class ProxySettings:
     stream_threshold: int = 4 << 20
     #: Serve only what is cached; list/latest of any age.
     offline: bool = False
+    #: Bytes of files the store cannot take (disk full) held in memory at once to
+    #: pass them through to clients uncached.
+    passthrough_memory: int = 512 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,47 +118,6 @@ class MetaAnswer:
     age: float
     source: str
     stale_reason: str | None = None
-
-
-@dataclass(eq=False)
-class Download:
-    """One in-flight fetch of a versioned file, shared by all who asked for it."""
-
-    req: ModRequest
-    writer: BlobWriter | None = None
-    expected: int | None = None
-    written: int = 0
-    #: Set once a client has been sent bytes: the answer can no longer change
-    #: upstream, so the chain must not fall through.
-    committed: bool = False
-    source: str = ""
-    result: asyncio.Future[Entry] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-    _changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def finished(self) -> bool:
-        return self.result.done()
-
-    def advance(self, n: int) -> None:
-        self.written += n
-        self._notify()
-
-    def restart(self) -> None:
-        if self.writer is not None and self.written:
-            self.writer.truncate()
-        self.written = 0
-        self.expected = None
-
-    def _notify(self) -> None:
-        ev, self._changed = self._changed, asyncio.Event()
-        ev.set()
-
-    async def changed(self) -> None:
-        await self._changed.wait()
-
-    async def wait_until(self, pred: Callable[[], bool]) -> None:
-        while not (self.finished or pred()):
-            await self.changed()
 
 
 class ModuleProxy:
@@ -186,6 +150,9 @@ class ModuleProxy:
         self._flights: dict[str, Download] = {}
         self._meta_flights: dict[tuple[str, str], asyncio.Task[MetaEntry]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.passthrough_budget = MemoryBudget(settings.passthrough_memory)
+        #: (module, size) -> why the store must not keep such a file, or None (storage limits).
+        self.refuse_store: Callable[[str, int], str | None] = lambda module, size: None
 
     def chain_for(self, module: str) -> UpstreamChain:
         for pattern, chain in self.routes:
@@ -195,8 +162,9 @@ class ModuleProxy:
 
     # ---- versioned files -------------------------------------------------
 
-    async def versioned(self, req: ModRequest, local_only: bool = False) -> Served | Download:
-        """A hit, a completed miss, or a Download the caller streams (large zips).
+    async def versioned(self, req: ModRequest, local_only: bool = False) -> Served | Transfer:
+        """A hit, a completed miss, or a Transfer the caller streams and then closes:
+        a large zip still downloading, or a file the store could not take.
 
         `local_only` (a request from a peer node) never fetches: no forwarding loops.
         """
@@ -210,20 +178,38 @@ class ModuleProxy:
         self._check_negative(req)
         dl = self._flights.get(req.key)
         if dl is None:
-            dl = Download(req)
+            dl = Download(req, self._spool(req))
             self._flights[req.key] = dl
             self._spawn(self._download(dl))
         else:
             self.metrics.coalesced.labels(req.kind).inc()
         self.hooks.accessed(req, "miss")
         threshold = self.settings.stream_threshold
-        await dl.wait_until(
-            lambda: dl.written >= threshold and (dl.expected is None or dl.expected > threshold)
-        )
-        if not dl.finished:
-            return dl
-        entry = dl.result.result()  # raises the flight's error, if any
-        return Served(entry, self.store.path_for(entry.sha256), self._small.get(entry.sha256), "miss")
+        transfer: Transfer | None = Transfer(dl)  # claimed now: the bytes outlive the download for us
+        try:
+            await dl.wait_until(
+                lambda: dl.written >= threshold and (dl.expected is None or dl.expected > threshold)
+            )
+            if dl.finished:
+                entry = dl.result.result()  # raises the flight's error, if any
+                if dl.stored:
+                    return Served(entry, self.store.path_for(entry.sha256), self._small.get(entry.sha256), "miss")
+            streamed, transfer = transfer, None
+            assert streamed is not None
+            return streamed
+        finally:
+            if transfer is not None:
+                transfer.close()
+
+    async def fetch(self, req: ModRequest) -> tuple[Entry, bool]:
+        """Fetch (or find) a versioned file and wait for all of it, for the operator
+        tools: (entry, True if the store holds it now)."""
+        res = await self.versioned(req)
+        if isinstance(res, Served):
+            return res.entry, True
+        with res:
+            entry = await asyncio.shield(res.dl.result)
+            return entry, res.dl.stored
 
     async def lookup(self, req: ModRequest) -> Served | None:
         entry = self._entries.get(req.key)
@@ -290,12 +276,22 @@ class ModuleProxy:
         if self.settings.negative_ttl > 0:
             self._negative.put(req.key, (self.clock() + self.settings.negative_ttl, err))
 
+    def _spool(self, req: ModRequest, passing: bool = True) -> Spool:
+        return Spool(self.store, self.passthrough_budget, functools.partial(self._store_refused, req, passing))
+
+    def _store_refused(self, req: ModRequest, passing: bool, cause: str) -> None:
+        """The store cannot take `req`'s file: health says so, and a download that passes
+        it through to clients warns once (not once per client)."""
+        self.store.status.refused(cause, f"{req.module}@{req.version}", self.clock())
+        if passing:
+            log.warning("store cannot take %s %s .%s (%s): passing it through uncached",
+                        req.module, req.version, req.kind, cause)
+
     async def _download(self, dl: Download) -> None:
         req = dl.req
         try:
             if self.verifier is not None and req.kind != "info":
                 self.verifier.start_lookup(req.module, req.version)  # overlaps the download
-            dl.writer = self.store.writer()
             consume = self._consume_zip if req.kind == "zip" else self._consume_small
             h1, up = await self._from_peers(dl, consume)
             if up is None:
@@ -303,17 +299,17 @@ class ModuleProxy:
                     req.upstream_path,
                     lambda up, resp: consume(dl, up, resp),
                     small=req.kind != "zip",
-                    may_fall_through=lambda: not dl.committed,
+                    may_fall_through=dl.abandon,
                 )
                 await self._verify(req, h1)
-            blob = await asyncio.to_thread(dl.writer.commit)
-            entry = await self.index.put(
-                Entry(req.module, req.version, req.kind, blob.sha256, blob.size, h1, up.name, self.clock())
-            )
-            self._entries.put(req.key, entry)
+            entry = await self._keep(dl, h1, up.name)
             dl.source = up.name
             dl.result.set_result(entry)
-            self.hooks.stored(entry)
+            if dl.stored:
+                self.hooks.stored(entry)
+            else:
+                self.metrics.passthrough_files.labels(dl.spool.passthrough or "unknown").inc()
+                self.metrics.passthrough_bytes.inc(entry.size)
         except NotFound as e:
             self._remember_missing(req, e)
             dl.result.set_exception(e)
@@ -321,6 +317,8 @@ class ModuleProxy:
             if isinstance(e, IntegrityError):
                 self.metrics.rejected.labels(req.kind).inc()
                 log.warning("refused %s: %s", req.key, e)
+            elif dl.committed:  # clients were receiving it: they are cut off now
+                log.warning("download of %s failed while clients were receiving it: %s", req.key, e)
             dl.result.set_exception(e)
         except asyncio.CancelledError:
             dl.result.set_exception(UpstreamError("node is shutting down"))
@@ -329,13 +327,43 @@ class ModuleProxy:
             log.exception("download of %s failed", req.key)
             dl.result.set_exception(ModmeshError(f"internal error fetching {req.key}: {type(e).__name__}"))
         finally:
-            if dl.writer is not None:
-                dl.writer.abort()
             self._flights.pop(req.key, None)
-            dl._notify()
+            dl.spool.release()
+            dl.notify()
             # Waiters retrieve the exception; mark it seen so asyncio does not warn.
             if dl.result.done() and not dl.result.cancelled():
                 dl.result.exception()
+
+    async def _keep(self, dl: Download, h1: str | None, origin: str) -> Entry:
+        """Commit verified bytes into the store and the index; when the store cannot
+        take them, the entry describes bytes only the download holds (`dl.stored` False)."""
+        req, spool = dl.req, dl.spool
+        refusal = self.refuse_store(req.module, spool.size)
+        if refusal is not None:
+            spool.refuse(refusal)
+        blob = await spool.commit()
+        entry = Entry(req.module, req.version, req.kind, spool.sha256, spool.size, h1, origin, self.clock())
+        if blob is None:
+            dl.stored = False
+            return entry
+        try:
+            entry = await self.index.put(entry)
+        except Exception as e:
+            cause = storage_error_cause(e)
+            if cause is None:
+                raise
+            dl.stored = False
+            spool.passed_through(cause)
+            with contextlib.suppress(Exception):
+                if not await self.index.is_referenced(blob.sha256):
+                    self.store.remove(blob.sha256)
+            return entry
+        if self.store.status.stored():
+            log.info("the store takes files again (%s %s .%s stored)", req.module, req.version, req.kind)
+        self._entries.put(req.key, entry)
+        if entry.size <= SMALL_BLOB and self._small.get(entry.sha256) is None:
+            self._small.put(entry.sha256, spool.read(0, entry.size))
+        return entry
 
     async def _verify(self, req: ModRequest, h1: str | None) -> None:
         if self.verifier is not None and h1 is not None:
@@ -356,15 +384,14 @@ class ModuleProxy:
                 h1 = await peer.fetch(
                     req.upstream_path, functools.partial(consume, dl, peer), small=req.kind != "zip"
                 )
-                assert dl.writer is not None
-                if (cand.sha256 and cand.sha256 != dl.writer.sha256) or (cand.h1 and h1 and cand.h1 != h1):
+                if (cand.sha256 and cand.sha256 != dl.spool.sha256) or (cand.h1 and h1 and cand.h1 != h1):
                     raise IntegrityError(
                         f"peer {peer.name} sent bytes for {req.key} that differ from what it advertised"
                     )
                 await self._verify(req, h1)
             except ModmeshError as e:
                 peers.report(peer, req, e)
-                if dl.committed:  # a client already has bytes from this peer
+                if not dl.abandon():  # a client already has bytes from this peer
                     raise
                 continue
             peers.report(peer, req, None)
@@ -386,12 +413,8 @@ class ModuleProxy:
         else:
             verify.check_mod(req, body)
             h1 = modzip.h1_gomod(body)
-        assert dl.writer is not None
-        dl.restart()
-        dl.writer.write(body)
-        if len(body) <= SMALL_BLOB:
-            self._small.put(dl.writer.sha256, body)
-        dl.advance(len(body))
+        dl.begin(len(body))
+        dl.write(body)
         return h1
 
     async def _consume_zip(self, dl: Download, up: Source, resp: aiohttp.ClientResponse) -> str:
@@ -408,19 +431,14 @@ class ModuleProxy:
     async def _take_zip(self, dl: Download, origin: str, chunks: AsyncIterable[bytes], length: int | None) -> str:
         """Write a zip as it arrives, hashing every entry on the way; verify; return h1."""
         req = dl.req
-        writer = dl.writer
-        assert writer is not None
         what = f"{req.module}@{req.version}"
-        dl.restart()
-        dl.expected = length
         if length is not None and length > modzip.MAX_ZIP_FILE:
             raise IntegrityError(f"zip for {what} from {origin} is larger than 500 MiB")
-        dl._notify()
+        dl.begin(length)
         hasher = ZipStreamHasher()
         async for chunk in chunks:
-            writer.write(chunk)
+            dl.write(chunk)
             hasher.feed(chunk)
-            dl.advance(len(chunk))
             if dl.written > modzip.MAX_ZIP_FILE:
                 raise IntegrityError(f"zip for {what} from {origin} is larger than 500 MiB")
         if dl.written == 0:
@@ -428,9 +446,7 @@ class ModuleProxy:
         if length is not None and dl.written != length:
             raise UpstreamError(f"{origin} sent {dl.written} of {length} bytes of {what}.zip")
         try:
-            checked = await asyncio.to_thread(
-                modzip.check_zip, writer.tmp_path, req.module, req.version, hasher.digests()
-            )
+            checked = await asyncio.to_thread(_check_zip, dl.spool, req.module, req.version, hasher.digests())
         except ValueError as e:
             raise IntegrityError(f"zip for {what} from {origin} is unsound: {e}") from None
         return checked.h1
@@ -440,12 +456,12 @@ class ModuleProxy:
     ) -> tuple[Entry, bool]:
         """Take a versioned file from somewhere other than an upstream (an import, a
         bundle): the same checks, the same checksum-database verification, the same
-        atomic commit. Returns (entry, True), or (existing entry, False) when cached."""
+        atomic commit. Returns (entry, True), or (existing entry, False) when cached.
+        StorageFull when the store cannot take it."""
         served = await self.lookup(req)
         if served is not None:
             return served.entry, False
-        dl = Download(req)
-        dl.writer = self.store.writer()
+        dl = Download(req, self._spool(req, passing=False))
         try:
             if req.kind == "zip":
                 h1: str | None = await self._take_zip(dl, origin, chunks, length)
@@ -453,17 +469,16 @@ class ModuleProxy:
                 body = b"".join([c async for c in chunks])
                 h1 = self._take_small(dl, body)
             await self._verify(req, h1)
-            blob = await asyncio.to_thread(dl.writer.commit)
-            entry = await self.index.put(
-                Entry(req.module, req.version, req.kind, blob.sha256, blob.size, h1, origin, self.clock())
-            )
+            entry = await self._keep(dl, h1, origin)
+            if not dl.stored:
+                cause = dl.spool.passthrough or "the store refused it"
+                raise StorageFull(f"{req.key} was not stored: {cause}", cause=cause)
         except IntegrityError:
             self.metrics.rejected.labels(req.kind).inc()
             raise
         finally:
-            dl.writer.abort()
+            dl.spool.release()
             dl.result.cancel()
-        self._entries.put(req.key, entry)
         self._negative.pop(req.key)
         self.hooks.stored(entry)
         return entry, True
@@ -539,8 +554,7 @@ class ModuleProxy:
                 self.hooks.peers.report(peer, req, e)
                 continue
             m = MetaEntry(req.module, req.kind, body, peer.name, self.clock() - self.settings.meta_ttl)
-            await self.index.put_meta(m)
-            self._meta.put((req.module, req.kind), m)
+            await self._save_meta(req, m)
             return MetaAnswer(body, "stale", self.settings.meta_ttl, peer.name, "from-peer")
         return None
 
@@ -570,10 +584,23 @@ class ModuleProxy:
             req.upstream_path, functools.partial(self._vet_meta, req), small=True
         )
         m = MetaEntry(req.module, req.kind, body, up.name, self.clock())
-        await self.index.put_meta(m)
-        self._meta.put((req.module, req.kind), m)
+        await self._save_meta(req, m)
         self._negative.pop(req.key)
         return m
+
+    async def _save_meta(self, req: ModRequest, m: MetaEntry) -> None:
+        """Keep a list/latest answer; if the index cannot grow (a full disk), the answer
+        is still served, from memory."""
+        self._meta.put((req.module, req.kind), m)
+        try:
+            await self.index.put_meta(m)
+        except Exception as e:
+            cause = storage_error_cause(e)
+            if cause is None:
+                raise
+            if self.store.status.refusal is None:
+                log.warning("index cannot store %s (%s): serving it from memory", req.key, cause)
+            self.store.status.refused(cause, req.key, self.clock())
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -588,6 +615,13 @@ class ModuleProxy:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _check_zip(
+    spool: Spool, module: str, version: str, digests: Mapping[str, tuple[str, int]] | None
+) -> modzip.CheckedZip:
+    with spool.open_for_check() as f:
+        return modzip.check_zip_file(f, module, version, digests)
 
 
 def _quiet(task: asyncio.Task[MetaEntry]) -> None:

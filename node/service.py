@@ -29,6 +29,7 @@ from .hooks import Hooks
 from .index import Index
 from .metrics import Metrics
 from .proxy import ModuleProxy, ProxySettings
+from .spool import storage_error_cause
 from .store import BlobStore
 from .storage import StorageManager
 from .sumdb import ChecksumDatabases, SumDB, parse_sumdb_spec
@@ -94,6 +95,7 @@ class Node:
             negative_ttl=cfg.negative_ttl,
             stream_threshold=cfg.stream_threshold,
             offline=cfg.offline,
+            passthrough_memory=cfg.passthrough_memory,
         )
         self.proxy = ModuleProxy(
             self.store, self.index, self.chain, self.metrics, settings, self.hooks, self.sumdbs,
@@ -102,11 +104,12 @@ class Node:
         # Storage limits: evicts after writes (a store observer) and on the periodic tick.
         self.storage = StorageManager(self.store, self.index, self.proxy, self.metrics, cfg.max_size)
         self.hooks.observers.append(self.storage)
+        self.proxy.refuse_store = self.storage.refusal
         self.access = load_policy(cfg)
         self.access.authenticators = self.hooks.authenticators
         self.app = build_app(
             self.proxy, self.metrics, self.health, lambda: self._ready, self.sumdbs,
-            [self.access.middleware()],
+            [self.access.middleware()], cfg.write_idle_timeout,
         )
         add_admin_routes(self.app, self)
         await self._update_stats()
@@ -201,16 +204,24 @@ class Node:
             {"name": u.name, "breaker": u.breaker.state, "consecutive_failures": u.breaker.failures}
             for u in self.chain.upstreams
         ]
-        degraded = bool(ups) and all(u["breaker"] != "closed" for u in ups)
-        degraded = degraded or self.sumdbs.forked
+        reasons = []
+        if ups and all(u["breaker"] != "closed" for u in ups):
+            reasons.append("every upstream is failing")
+        if self.sumdbs.forked:
+            reasons.append("a checksum database presented a forked tree")
+        refusal = self.store.status.refusal
+        if refusal is not None:
+            reasons.append(f"the store cannot take files ({refusal.cause}): {refusal.files} passed through "
+                           f"uncached since {_iso(refusal.since)}, first {refusal.first}")
         disk = shutil.disk_usage(self.config.data)
         return {
-            "status": "degraded" if degraded else "ok",
+            "status": "degraded" if reasons else "ok",
+            "reasons": reasons,
             "version": VERSION,
             "uptime_s": round(time.time() - self.started_at, 1),
             "upstreams": ups,
             "sumdb": self.sumdbs.health(),
-            "store": {"epoch": self.index.epoch, "disk_free_bytes": disk.free},
+            "store": {"epoch": self.index.epoch, "disk_free_bytes": disk.free, **self.store.status.health()},
         }
 
     async def _update_stats(self) -> None:
@@ -220,13 +231,25 @@ class Node:
         self.storage.observe(size)  # over max_size: an eviction pass starts in the background
 
     async def _stats_loop(self) -> None:
+        full = False
         while True:
             await asyncio.sleep(STATS_INTERVAL)
             try:
                 await self.index.flush_access()
                 await self._update_stats()
-            except Exception:
-                log.exception("periodic index maintenance failed")
+            except Exception as e:
+                cause = storage_error_cause(e)
+                if cause is None:
+                    log.exception("periodic index maintenance failed")
+                elif not full:  # once per incident, not every few seconds
+                    log.warning("periodic index maintenance paused: %s", cause)
+                full = cause is not None
+            else:
+                full = False
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 @contextlib.asynccontextmanager

@@ -53,7 +53,7 @@ from .index import Entry, Index, Usage
 from .metrics import Metrics
 from .patterns import match_prefix_patterns
 from .protocol import Kind, ModRequest
-from .proxy import Download, ModuleProxy
+from .proxy import ModuleProxy
 from .store import BlobStore
 
 log = logging.getLogger(__name__)
@@ -233,6 +233,7 @@ class StorageManager:
         #: Set after a pass that could not get under the cap (pins alone exceed
         #: it): writes stop triggering passes until the next periodic check.
         self._saturated = False
+        self._pin_globs = ""
         r = metrics.registry
         self._m_max = Gauge("modmesh_store_max_bytes", "The configured cap (max_size), 0 if none", registry=r)
         self._m_max.set(max_size or 0)
@@ -255,6 +256,18 @@ class StorageManager:
         self._saturated = False
         if self._over():
             self._schedule()
+
+    def refusal(self, module: str, size: int) -> str | None:
+        """Why the store must not take a file of `size` bytes of `module`, or None. A file
+        larger than the cap, or any unpinned file while pinned ones fill the cap, would
+        only evict everything else and then itself: it passes through to clients instead."""
+        if self.max_size is None:
+            return None
+        if size > self.max_size:
+            return f"the file is larger than max_size ({self.max_size} bytes)"
+        if self._saturated and not (self._pin_globs and match_prefix_patterns(self._pin_globs, module)):
+            return f"pinned modules fill max_size ({self.max_size} bytes)"
+        return None
 
     def _over(self) -> bool:
         return self.max_size is not None and self._used > self.max_size
@@ -311,13 +324,17 @@ class StorageManager:
     async def pin(self, pattern: str) -> bool:
         """Add a pin; False if it was there. ValueError unless it is one path pattern."""
         pattern = normalize_pattern(pattern)
-        return await self.index.add_pin(pattern, self.clock())
+        added = await self.index.add_pin(pattern, self.clock())
+        await self._pinned_matcher()
+        return added
 
     async def unpin(self, pattern: str) -> bool:
-        return await self.index.remove_pin(normalize_pattern(pattern))
+        removed = await self.index.remove_pin(normalize_pattern(pattern))
+        await self._pinned_matcher()
+        return removed
 
     async def _pinned_matcher(self) -> Callable[[str], bool]:
-        globs = ",".join(p for p, _ in await self.index.pins())
+        globs = self._pin_globs = ",".join(p for p, _ in await self.index.pins())
         cache: dict[str, bool] = {}
 
         def pinned(module: str) -> bool:
@@ -503,8 +520,9 @@ class StorageManager:
     async def _refetch(self, p: Problem, old: Entry) -> None:
         req = ModRequest(old.module, old.version, cast(Kind, old.kind))
         try:
-            res = await self.proxy.versioned(req)
-            entry = await asyncio.shield(res.result) if isinstance(res, Download) else res.entry
+            entry, stored = await self.proxy.fetch(req)
+            if not stored:
+                raise ModmeshError(f"refetched, but the store could not take it: {self.store.status.health()}")
         except ModmeshError as e:
             p.status, p.detail = "unrepairable", str(e)
             log.warning("verify: cannot repair %s: %s", req.key, e)

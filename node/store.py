@@ -31,6 +31,42 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
+class Refusal:
+    """The store could not take a file: why, which file first, since when, how many."""
+
+    cause: str
+    first: str
+    since: float
+    files: int = 1
+
+
+class StoreStatus:
+    """Whether the store takes files. Set by the first refusal (a full disk, a quota,
+    a file larger than `max_size` allows), cleared by the next file it stores."""
+
+    def __init__(self) -> None:
+        self.refusal: Refusal | None = None
+
+    def refused(self, cause: str, what: str, now: float) -> None:
+        r = self.refusal
+        if r is None:
+            self.refusal = Refusal(cause, what, now)
+        else:
+            self.refusal = Refusal(cause, r.first, r.since, r.files + 1)
+
+    def stored(self) -> bool:
+        """A file was stored; True if that ended a refusal."""
+        ended, self.refusal = self.refusal is not None, None
+        return ended
+
+    def health(self) -> dict[str, object]:
+        r = self.refusal
+        if r is None:
+            return {"caching": True}
+        return {"caching": False, "reason": r.cause, "since": r.since, "first": r.first, "files_passed": r.files}
+
+
+@dataclass(frozen=True, slots=True)
 class StoredBlob:
     sha256: str
     size: int
@@ -43,6 +79,7 @@ class BlobStore:
         self.blob_dir = root / "blobs"
         self.tmp_root = root / "tmp"
         self.tmp_dir = self.tmp_root / f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.status = StoreStatus()
 
     def open(self) -> int:
         """Create the directories and delete dead processes' temp files; returns how many."""
@@ -97,7 +134,10 @@ class BlobWriter:
     def __init__(self, store: BlobStore) -> None:
         self.store = store
         self.tmp_path = store.tmp_dir / f"{secrets.token_hex(8)}.part"
-        self._fd: int | None = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            self._fd: int | None = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as e:
+            raise _storage_error(e) from e
         self._hash = hashlib.sha256()
         self.size = 0
 
@@ -124,6 +164,10 @@ class BlobWriter:
     @property
     def sha256(self) -> str:
         return self._hash.hexdigest()
+
+    def hash_state(self) -> hashlib._Hash:
+        """A copy of the running sha256 over every byte written so far."""
+        return self._hash.copy()
 
     def commit(self) -> StoredBlob:
         assert self._fd is not None, "commit after commit/abort"
@@ -188,6 +232,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _storage_error(e: OSError) -> Exception:
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StorageFull("node storage is full; the file was not cached")
+    if e.errno == errno.ENOSPC:
+        return StorageFull("node storage is full; the file was not cached", cause="disk full (ENOSPC)")
+    if e.errno == errno.EDQUOT:
+        return StorageFull("node storage quota is exceeded; the file was not cached",
+                           cause="disk quota exceeded (EDQUOT)")
     return e

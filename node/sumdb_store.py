@@ -12,6 +12,7 @@ position never change, so slicing is not making anything up).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import secrets
@@ -32,6 +33,7 @@ class SumDBStore:
         self.height = height
         #: (level, index) -> widest width cached, for hash tiles.
         self._widths: dict[tuple[int, int], int] = {}
+        self._full = False  # the last write found the disk full (warned once)
 
     def open(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -50,14 +52,27 @@ class SumDBStore:
 
     # ---- files -----------------------------------------------------------
 
-    def _write(self, path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def _write(self, path: Path, data: bytes) -> bool:
+        """Store verified bytes; False (and nothing half-written) if the disk is full:
+        the caller still has them, only the cache misses them."""
         tmp = self.tmp_dir / f"sumdb-{secrets.token_hex(8)}.part"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            if not self._full:
+                log.warning("checksum database cache %s not written: %s", self.root, e.strerror)
+            self._full = True
+            return False
+        self._full = False
+        return True
 
     @staticmethod
     def _read(path: Path) -> bytes | None:
@@ -142,7 +157,8 @@ class SumDBStore:
         have = self._widths.get((tile.l, tile.n), 0)
         if tile.w <= have:
             return
-        self._write(self.root / tile.path(), data)
+        if not self._write(self.root / tile.path(), data):
+            return
         self._widths[(tile.l, tile.n)] = tile.w
         if have:  # the narrower version is a prefix of this one: drop it
             try:

@@ -46,7 +46,6 @@ from .config import Config
 from .errors import ModmeshError, NotFound
 from .goinputs import InputError, Target, UnreadableInput, load_inputs
 from .protocol import Kind, ModRequest
-from .proxy import Download
 from .upstream import redact
 
 if TYPE_CHECKING:
@@ -172,14 +171,19 @@ class LocalFetcher:
         self.databases = [db.name for db in node.sumdbs.dbs]
 
     async def file(self, module: str, version: str, kind: Kind) -> FileAnswer:
+        proxy = self.node.proxy
+        req = ModRequest(module, version, kind)
         try:
-            res = await self.node.proxy.versioned(ModRequest(module, version, kind))
-            if isinstance(res, Download):  # a large zip: wait for the whole of it
-                entry = await asyncio.shield(res.result)
-                return FileAnswer("miss", entry.size, entry.h1)
+            hit = await proxy.lookup(req)
+            if hit is not None:
+                return FileAnswer("hit", hit.entry.size, hit.entry.h1)
+            entry, stored = await proxy.fetch(req)
         except ModmeshError as e:
             raise FetchError(f".{kind}: {e}") from None
-        return FileAnswer(res.cache, res.entry.size, res.entry.h1)
+        if not stored:
+            refusal = self.node.store.status.refusal
+            raise FetchError(f".{kind}: fetched but not cached: {refusal.cause if refusal else 'the store refused it'}")
+        return FileAnswer("miss", entry.size, entry.h1)
 
     async def record(self, db: str, module: str, version: str) -> str:
         if self.node.sumdbs.is_private(module):

@@ -23,6 +23,7 @@ from node.hooks import PeerCandidate
 from node.protocol import ModRequest
 from node.service import Node
 from node.upstream import Timeouts, Upstream
+from tests.disk import FillingDisk
 from tests.modules import big_module, module_files, module_set
 from tests.upstream_fixture import Fault
 
@@ -255,25 +256,7 @@ async def test_verify_repairs_from_a_peer_when_upstream_is_down(fake_proxy, make
 # ---- a full disk -------------------------------------------------------------------------
 
 
-class FillingDisk:
-    """The OS as seen by node/store.py, with a disk that fills after `room` bytes."""
-
-    def __init__(self) -> None:
-        self.room: int | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(os, name)
-
-    def write(self, fd: int, data: Any) -> int:
-        if self.room is not None:
-            if self.room <= 0:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            data = bytes(data[: self.room])
-            self.room -= len(data)
-        return os.write(fd, data)
-
-
-async def test_full_disk_answers_507_and_corrupts_nothing(  # type: ignore[no-untyped-def]
+async def test_full_disk_passes_files_through_and_corrupts_nothing(  # type: ignore[no-untyped-def]
     fake_proxy, make_node, client, monkeypatch
 ) -> None:
     m, big = "example.com/full", "example.com/fullbig"
@@ -287,27 +270,31 @@ async def test_full_disk_answers_507_and_corrupts_nothing(  # type: ignore[no-un
     monkeypatch.setattr(store_module, "os", disk)  # the OS boundary, not our code
 
     disk.room = 0
-    for kind in ("mod", "zip"):
-        async with client.get(f"{node.url}/{m}/@v/v1.0.0.{kind}") as r:
-            assert r.status == 507 and r.headers["Cache-Control"] == "no-store"
-            assert "storage is full" in await r.text()
+    for kind, want in (("mod", files[1]), ("zip", files[2])):
+        assert (await get(client, f"{node.url}/{m}/@v/v1.0.0.{kind}"))[:2] == (200, want)
     # A big zip streams to the client while it downloads; the disk fills halfway.
     disk.room = 512 << 10
-    with pytest.raises(aiohttp.ClientPayloadError):
-        async with client.get(f"{node.url}/{big}/@v/v1.0.0.zip") as r:
-            assert r.status == 200
-            await r.read()  # cut before the end: never a complete bad zip
+    assert (await get(client, f"{node.url}/{big}/@v/v1.0.0.zip"))[:2] == (200, big_files[2])
     # Nothing half-written is visible, and what was there is intact.
     assert {n: hashlib.sha256(node.store.path_for(n).read_bytes()).hexdigest() for n in on_disk(data)} == before
     assert all(n == s for n, s in before.items())
     assert not [p for p in (data / "tmp").rglob("*") if p.is_file()]
     for mod, kind in ((m, "mod"), (m, "zip"), (big, "zip")):
         assert await node.index.get(mod, "v1.0.0", kind) is None
+    health = (await (await client.get(f"{node.url}/healthz")).json())
+    assert health["status"] == "degraded" and health["store"]["files_passed"] == 3
+    assert health["store"]["reason"] == "disk full (ENOSPC)" and health["store"]["first"] == f"{m}@v1.0.0"
+    metrics = (await get(client, f"{node.url}/metrics"))[1].decode()
+    assert 'modmesh_passthrough_files_total{cause="disk full (ENOSPC)"} 3.0' in metrics
+    assert node.metrics.passthrough_bytes._value.get() == len(files[1]) + len(files[2]) + len(big_files[2])
 
     disk.room = None  # space is back
     for kind, want in zip(KINDS, files):
         assert (await get(client, f"{node.url}/{m}/@v/v1.0.0.{kind}"))[:2] == (200, want)
     assert (await get(client, f"{node.url}/{big}/@v/v1.0.0.zip"))[:2] == (200, big_files[2])
+    for mod, kind in ((m, "mod"), (m, "zip"), (big, "zip")):
+        assert await node.index.get(mod, "v1.0.0", kind) is not None
+    assert (await (await client.get(f"{node.url}/healthz")).json())["status"] == "ok"
 
 
 # ---- configuration and the commands ---------------------------------------------------------

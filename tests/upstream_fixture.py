@@ -42,7 +42,8 @@ __all__ = ["Fault", "FaultKind", "FakeProxy", "ModuleSet", "Reply", "VersionFile
 VersionFiles = tuple[bytes | None, bytes | None, bytes | None]
 ModuleSet = Mapping[str, Mapping[str, VersionFiles]]
 FaultKind = Literal[
-    "status", "empty_200", "reset_mid_body", "truncate", "wrong_body", "hang", "delay", "slow_body"
+    "status", "empty_200", "reset_mid_body", "truncate", "wrong_body", "hang", "delay", "slow_body",
+    "chunked", "chunked_cut", "chunked_short",
 ]
 
 _TEXT = "text/plain; charset=utf-8"
@@ -89,6 +90,21 @@ class Fault:
     def wrong_body(cls, data: bytes) -> Fault:
         """200 with other bytes: what a poisoned or confused upstream sends."""
         return cls("wrong_body", body=data)
+
+    @classmethod
+    def chunked(cls, rate: float = 0.0) -> Fault:
+        """The whole body without Content-Length (chunked), at `rate` bytes/s if given."""
+        return cls("chunked", rate=float(rate))
+
+    @classmethod
+    def chunked_cut(cls, rate: float = 0.0) -> Fault:
+        """No Content-Length; half the body, then the connection closes mid-stream."""
+        return cls("chunked_cut", rate=float(rate))
+
+    @classmethod
+    def chunked_short(cls, rate: float = 0.0) -> Fault:
+        """No Content-Length; half the body, ended cleanly: a short body nothing flags."""
+        return cls("chunked_short", rate=float(rate))
 
     @classmethod
     def hang(cls) -> Fault:
@@ -347,6 +363,8 @@ class FakeProxy:
             return await _half_body(request, reply, reset=kind == "reset_mid_body")
         if kind == "slow_body":
             return await _slow_body(request, reply, fault.rate, state.stopping if state else None)
+        if kind in ("chunked", "chunked_cut", "chunked_short"):
+            return await _chunked(request, reply, kind, fault.rate, state.stopping if state else None)
         raise AssertionError(f"unknown fault kind {kind!r}")
 
 
@@ -453,6 +471,30 @@ async def _slow_body(
             return resp
         if ahead > 0 and stopping is None:
             await asyncio.sleep(ahead)
+    await resp.write_eof()
+    return resp
+
+
+async def _chunked(
+    request: web.Request, reply: Reply, kind: str, rate: float, stopping: asyncio.Event | None
+) -> web.StreamResponse:
+    resp = web.StreamResponse(status=reply.status, headers={"Content-Type": reply.content_type})
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    body = reply.body if kind == "chunked" else reply.body[: len(reply.body) // 2]
+    step = max(1, int(rate / 20)) if rate else 64 << 10
+    start = time.monotonic()
+    for i in range(0, len(body), step):
+        await resp.write(body[i : i + step])
+        ahead = start + (i + step) / rate - time.monotonic() if rate else 0.0
+        if ahead > 0 and stopping is not None and await _wait(stopping, ahead):
+            _drop(request, reset=True)
+            return resp
+    if kind == "chunked_cut":
+        await _flushed(request)
+        await asyncio.sleep(0.05)
+        _drop(request, reset=False)  # FIN without the last chunk: the body is incomplete
+        return resp
     await resp.write_eof()
     return resp
 
