@@ -356,14 +356,17 @@ class FastPathRunner(web.AppRunner):
     """Answers in-memory cache hits below aiohttp (node/fastpath.py); everything else
     goes to the application as usual. Only used while client access is open."""
 
-    def __init__(self, app: web.Application, proxy: ModuleProxy, recorder: RequestRecorder, **kwargs: Any) -> None:
+    def __init__(self, app: web.Application, proxy: ModuleProxy, recorder: RequestRecorder,
+                 write_idle: float = 60.0, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.proxy = proxy
         self.recorder = recorder
+        self.write_idle = write_idle
 
     async def _make_server(self) -> web.Server:
         await super()._make_server()  # startup signals, freezing
-        return FastServer(self._answer, self.app._handle, request_factory=self.app._make_request, **self._kwargs)
+        return FastServer(self._answer, self.app._handle, request_factory=self.app._make_request,
+                          write_idle=self.write_idle, **self._kwargs)
 
     def _answer(self, path: str) -> tuple[bytes, bytes, Callable[[float, str | None], None]] | None:
         try:

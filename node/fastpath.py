@@ -47,15 +47,21 @@ class _Date:
 
 class FastConnection(asyncio.Protocol):
     def __init__(self, answer: Answer, fallback: Callable[[], asyncio.Protocol], date: _Date,
-                 live: set[FastConnection]) -> None:
+                 live: set[FastConnection], write_idle: float = 60.0) -> None:
         self._answer = answer
         self._fallback = fallback
         self._date = date
         self._live = live
+        self._write_idle = write_idle
         self._buf = bytearray()
         self._transport: asyncio.Transport | None = None
         self._peer: str | None = None
         self._idle: asyncio.TimerHandle | None = None
+        #: The client is not reading our answers: stop reading its requests (so answers
+        #: cannot pile up in memory) and cut it if it takes nothing for `write_idle`.
+        self._paused = False
+        self._stall: asyncio.TimerHandle | None = None
+        self._stall_pending = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -67,6 +73,38 @@ class FastConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._live.discard(self)
         self._disarm_idle()
+        self._disarm_stall()
+
+    def pause_writing(self) -> None:
+        self._paused = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+            self._stall_pending = self._transport.get_write_buffer_size()
+        self._disarm_stall()
+        self._stall = asyncio.get_running_loop().call_later(self._write_idle, self._check_stall)
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._disarm_stall()
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+            self.data_received(b"")  # answer what arrived while we waited
+
+    def _check_stall(self) -> None:
+        t = self._transport
+        if t is None or not self._paused:
+            return
+        now = t.get_write_buffer_size()
+        if now < self._stall_pending:  # slow, but reading
+            self._stall_pending = now
+            self._stall = asyncio.get_running_loop().call_later(self._write_idle, self._check_stall)
+            return
+        t.abort()
+
+    def _disarm_stall(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
 
     def _arm_idle(self) -> None:
         self._disarm_idle()
@@ -78,13 +116,19 @@ class FastConnection(asyncio.Protocol):
             self._idle = None
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        t = self._transport
+        if t is None:
+            return
+        if t.get_write_buffer_size():
+            t.abort()  # a client that stopped reading: close() would wait for it forever
+        else:
+            t.close()
 
     def data_received(self, data: bytes) -> None:
-        self._arm_idle()
+        if data:
+            self._arm_idle()
         self._buf += data
-        while self._buf:
+        while self._buf and not self._paused:
             end = self._buf.find(b"\r\n\r\n")
             if end < 0:
                 if len(self._buf) > MAX_HEAD:
@@ -139,6 +183,7 @@ class FastConnection(asyncio.Protocol):
         transport, self._transport = self._transport, None
         self._live.discard(self)
         self._disarm_idle()
+        self._disarm_stall()
         if transport is None or transport.is_closing():
             return
         proto = self._fallback()
@@ -152,14 +197,15 @@ class FastConnection(asyncio.Protocol):
 class FastServer(web.Server):
     """aiohttp's connection factory, with every connection starting on the fast path."""
 
-    def __init__(self, answer: Answer, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, answer: Answer, *args: Any, write_idle: float = 60.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._answer = answer
+        self._write_idle = write_idle
         self._date = _Date()
         self._fast: set[FastConnection] = set()
 
     def __call__(self) -> Any:
-        return FastConnection(self._answer, super().__call__, self._date, self._fast)
+        return FastConnection(self._answer, super().__call__, self._date, self._fast, self._write_idle)
 
     async def shutdown(self, timeout: float | None = None) -> None:
         for conn in list(self._fast):

@@ -156,7 +156,7 @@ class Node:
             handler_cancellation=True, shutdown_timeout=5.0,
         )
         if self.access.open_to_clients:
-            self._runner = FastPathRunner(self.app, self.proxy, recorder, **runner_args)
+            self._runner = FastPathRunner(self.app, self.proxy, recorder, self.config.write_idle_timeout, **runner_args)
         else:
             self._runner = web.AppRunner(self.app, **runner_args)
         await self._runner.setup()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import aiohttp
 import pytest
@@ -108,4 +109,44 @@ async def test_idle_keepalive_connections_are_closed(warm, monkeypatch: pytest.M
     first = await asyncio.wait_for(reader.read(65536), 2)
     assert first.startswith(b"HTTP/1.1 200 OK")
     assert await asyncio.wait_for(reader.read(65536), 2) == b""  # closed by the server when idle
+    writer.close()
+
+
+async def test_a_client_that_pipelines_but_never_reads_is_bounded_then_cut(fake_proxy, make_node) -> None:  # type: ignore[no-untyped-def]
+    """Answers must not pile up in memory for a client that sends requests and reads
+    nothing: the node stops reading its requests, then cuts it after write_idle_timeout."""
+    import socket
+
+    files = module_files(M, V, {"go.mod": f"module {M}\n".encode(), "data.bin": os.urandom(40000)})
+    up = await fake_proxy(module_set((M, V, files)))
+    node = await make_node(up.url, write_idle_timeout=3.0)
+    async with aiohttp.ClientSession() as s:
+        for _ in range(2):  # a miss, then a hit: now it is in memory
+            async with s.get(f"{node.url}/example.com/%21hello/@v/{V}.zip") as r:
+                assert r.status == 200 and 30000 < len(await r.read()) <= 64 << 10
+    port = int(node.url.rsplit(":", 1)[1])
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 10)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=16 << 10)
+    one = get(f"/example.com/%21hello/@v/{V}.zip", f"X-Pad: {'p' * 2000}\r\n")
+    sent, cut = 0, False
+    try:
+        for _ in range(4000):  # 80 MB of requests, 1.6 GB of answers if they were all written
+            writer.write(one * 10)
+            await asyncio.wait_for(writer.drain(), 0.5)
+            sent += 10
+    except (ConnectionError, asyncio.TimeoutError):
+        cut = True  # the node stopped reading: our requests back up (or it cut us)
+    fast = list(node._runner.server._fast)  # type: ignore[union-attr]
+    assert fast, "the connection left the fast path"
+    buffered = max((c._transport.get_write_buffer_size() for c in fast if c._transport), default=0)
+    assert buffered < 4 << 20, f"{buffered} bytes of answers held for a client that reads nothing"
+    assert cut and sent < 4000 * 10
+    # Nothing was read for the write-idle time: the node drops the connection.
+    deadline = asyncio.get_running_loop().time() + 10
+    while any(c._transport is not None and not c._transport.is_closing() for c in node._runner.server._fast):  # type: ignore[union-attr]
+        assert asyncio.get_running_loop().time() < deadline, "a client that reads nothing was never cut"
+        await asyncio.sleep(0.1)
     writer.close()
