@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k upstream -x"`.
 PYTEST_ARGS ?=
 
-.PHONY: serve test bench clean system-test-deps
+.PHONY: serve test bench conformance clean system-test-deps
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,5 +37,10 @@ test: $(VENV)/.installed-test system-test-deps
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/run_all.py
 
+# Every script of Go's own cmd/go tests, directly and through a node (about 20 minutes);
+# `make test` runs the ones that use a module proxy (tests/test_conformance.py).
+conformance: $(VENV)/.installed-test
+	$(BIN)/python -m tests.conformance.harness --every
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis .cache

@@ -40,6 +40,7 @@ CONTENT_TYPES = {
     "mod": "text/plain; charset=utf-8",
     "list": "text/plain; charset=utf-8",
     "zip": "application/zip",
+    "query": "application/json",
 }
 IMMUTABLE = "public, max-age=31536000, immutable"
 CACHE_HEADER = "X-Modmesh-Cache"

@@ -82,8 +82,10 @@ class Config:
     #: Checksum databases, GOSUMDB syntax each: "NAME+HASH+KEY [URL]". Without a URL the
     #: node finds the database through its upstreams' /sumdb/ endpoints, else at https://NAME.
     sumdb: tuple[str, ...] = (DEFAULT_SUMDB,)
-    #: "sumdb": every public .zip/.mod must match the database before it is cached;
-    #: "off": no checks against a database (the node still proxies it for clients).
+    #: "sumdb": a public .zip/.mod whose h1 differs from the database is refused; one the
+    #: database cannot confirm (unreachable, no record) is cached *unverified* and checked
+    #: again in the background; "require": that is refused too (fail closed); "off": no
+    #: checks against a database (the node still proxies it for clients).
     sumdb_verify: str = "sumdb"
     #: GOPRIVATE-syntax patterns of private modules: never checked against or sent to a
     #: checksum database.
@@ -257,8 +259,8 @@ def load_config(
         raise ConfigError(f"write_idle_timeout must be a positive duration, not {cfg.write_idle_timeout}")
     if cfg.max_size is not None and cfg.max_size <= 0:
         raise ConfigError(f"max_size must be a positive size, not {cfg.max_size}")
-    if cfg.sumdb_verify not in ("sumdb", "off"):
-        raise ConfigError(f"sumdb_verify must be 'sumdb' or 'off', not {cfg.sumdb_verify!r}")
+    if cfg.sumdb_verify not in ("sumdb", "require", "off"):
+        raise ConfigError(f"sumdb_verify must be 'sumdb', 'require' or 'off', not {cfg.sumdb_verify!r}")
     if cfg.log_format not in ("json", "text"):
         raise ConfigError(f"log_format must be 'json' or 'text', not {cfg.log_format!r}")
     return cfg

@@ -292,6 +292,7 @@ class Dashboard:
                 "url": node.url,
                 "epoch": health["store"]["epoch"],
                 "offline": node.config.offline,
+                "reasons": health["reasons"],
             },
             "requests": {
                 "total": sum(now.by_cache.values()),
@@ -302,6 +303,8 @@ class Dashboard:
                 "bytes": now.store_bytes,
                 "blobs": now.blobs,
                 "disk_free_bytes": health["store"]["disk_free_bytes"],
+                "caching": health["store"]["caching"],
+                "unverified": health["unverified"],
             },
             "series": series(history),
             "upstreams": self._upstreams(health["upstreams"]),

@@ -107,7 +107,7 @@ class Direct:
                 resp = LocalResponse.of_bytes(json.dumps({k: v for k, v in info.items() if v}).encode())
             else:
                 out = await self._go(["mod", "download", "-json", f"{req.module}@{req.version}"])
-                key = {"info": "Info", "mod": "GoMod", "zip": "Zip"}[req.kind]
+                key = {"info": "Info", "query": "Info", "mod": "GoMod", "zip": "Zip"}[req.kind]
                 if not out.get(key):
                     raise UpstreamError(f"direct: go gave no {req.kind} file for {req.module}@{req.version}")
                 resp = LocalResponse.of_file(Path(out[key]))

@@ -138,7 +138,18 @@ async def local_checks(node: Node) -> list[Check]:
     st = os.statvfs(node.config.data)
     out = disk_checks(node.config.data, st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize, st.f_favail, st.f_files)
     count, size = await node.index.totals()
-    return out + [store_check(node.store.status.refusal), cache_check(count, size, *request_counts(node))]
+    return out + [store_check(node.store.status.refusal), unverified_check(node.reverifier.pending),
+                  cache_check(count, size, *request_counts(node))]
+
+
+def unverified_check(pending: int) -> Check:
+    if not pending:
+        return Check("node", "unverified", "ok", "every cached .zip/.mod the checksum database checks is confirmed")
+    return Check("node", "unverified", "warn",
+                 f"{pending} cached .zip/.mod files are not confirmed by the checksum database yet (it did not "
+                 "answer when they were fetched); they are served, not offered to peers or exported, and "
+                 "checked again in the background: make the database reachable (or set private/nosumdb "
+                 "for modules it does not know)", "sumdb-unverified")
 
 
 def store_check(refusal: Refusal | None) -> Check:

@@ -13,8 +13,10 @@
 Pure protocol modules (modpath, modzip, gomod) raise their own ValueError
 subclasses; the layer that calls them translates at the boundary.
 
-The go command prints the first line of a `text/plain; charset=utf-8` error body
-(see docs/protocol notes, 2.3), so every error carries exactly one short line.
+The go command prints a `text/plain; charset=utf-8` error body up to its first blank
+line (see docs/protocol notes, 2.3), so every error of the node's own carries exactly
+one short line, and never an upstream's address; an upstream's 404/410 text is passed
+on as it said it (cleaned, cut to a few KiB).
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ class ModmeshError(Exception):
     #: Errors are never cached by intermediaries unless a subclass says so.
     cache_control = "no-store"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, body: str | None = None) -> None:
         # One line only: the go command shows the body up to the first blank line.
         super().__init__(" ".join(message.split()))
+        #: Text clients get verbatim instead of the one line: an upstream's own 404/410
+        #: body, which the go command prints (and Go's tests check). Never names an upstream.
+        self.body = body
 
     @property
     def message(self) -> str:
@@ -75,5 +80,8 @@ class StorageFull(ModmeshError):
 
 
 def error_body(err: ModmeshError) -> bytes:
-    """The text/plain body: one line, then a blank line (the go command stops there)."""
+    """The text/plain body: one line, then a blank line (the go command stops there);
+    or an upstream's own text, as it said it."""
+    if err.body is not None:
+        return err.body.encode()
     return (err.message + "\n\n").encode()

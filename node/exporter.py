@@ -203,6 +203,10 @@ async def plan_export(node: Node, sel: Selection, clock: Callable[[], float] = t
     for e in entries:
         if not sel.in_scope(e.module) or (sel.since is not None and e.fetched_at <= sel.since):
             continue
+        if e.unverified:
+            warnings.append(f"{e.module}@{e.version} {e.kind}: not confirmed by the checksum database yet; "
+                            "not exported")
+            continue
         if sel.gosum is not None:
             want = sel.gosum.get((e.module, e.version))
             if want is None or (e.kind == "zip" and "zip" not in want):

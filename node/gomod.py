@@ -20,7 +20,7 @@ import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-__all__ = ["GoModError", "parse_module_path", "go_version", "legacy_go_mod"]
+__all__ = ["GoModError", "check", "parse_module_path", "go_version", "legacy_go_mod"]
 
 
 class GoModError(ValueError):
@@ -275,6 +275,12 @@ def _parse(data: bytes) -> _ModFile:
             else:
                 go_ok = False
     return _ModFile(module, go if go_ok else None)
+
+
+def check(data: bytes) -> str | None:
+    """Vet a dependency's go.mod as `modfile.ParseLax` does; the declared module path, or
+    None when it has no `module` directive (the go command accepts that too)."""
+    return _parse(data).module
 
 
 def parse_module_path(data: bytes) -> str:

@@ -18,6 +18,7 @@ import contextlib
 import secrets
 import sqlite3
 from collections.abc import Sequence
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,7 @@ CREATE TABLE IF NOT EXISTS entries (
     fetched_at  REAL NOT NULL,
     last_access REAL,
     hits        INTEGER NOT NULL DEFAULT 0,
+    unverified  INTEGER NOT NULL DEFAULT 0,
     UNIQUE (module, version, kind)
 );
 CREATE INDEX IF NOT EXISTS entries_sha256 ON entries (sha256);
@@ -50,6 +52,15 @@ CREATE TABLE IF NOT EXISTS meta (
 CREATE TABLE IF NOT EXISTS node_state (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
+);
+-- version queries (`.info` of a branch, tag name or commit prefix) and what they resolved to
+CREATE TABLE IF NOT EXISTS queries (
+    module     TEXT NOT NULL,
+    query      TEXT NOT NULL,
+    body       BLOB NOT NULL,
+    source     TEXT NOT NULL,
+    fetched_at REAL NOT NULL,
+    PRIMARY KEY (module, query)
 );
 -- storage limits (node/storage.py): GOPRIVATE-style patterns eviction never touches
 CREATE TABLE IF NOT EXISTS pins (
@@ -70,6 +81,9 @@ class Entry:
     source: str
     fetched_at: float
     serial: int = 0
+    #: The checksum database could not confirm its h1 yet (sumdb_verify = "sumdb" while
+    #: the database did not answer): served to clients, never offered to peers or exported.
+    unverified: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +109,12 @@ class Usage:
     fetched_at: float
 
 
-_ENTRY_COLS = "module, version, kind, sha256, size, h1, source, fetched_at, serial"
+_ENTRY_COLS = "module, version, kind, sha256, size, h1, source, fetched_at, serial, unverified"
+
+
+def _entry(row: Sequence[Any]) -> Entry:
+    m, v, k, sha, size, h1, source, fetched_at, serial, unverified = row
+    return Entry(m, v, k, sha, size, h1, source, fetched_at, serial, bool(unverified))
 
 
 class Index:
@@ -116,6 +135,10 @@ class Index:
         # NORMAL is durable against process crashes (kill -9) in WAL mode.
         await self.db.execute("PRAGMA synchronous=NORMAL")
         await self.db.executescript(SCHEMA)
+        async with self.db.execute("PRAGMA table_info(entries)") as cur:
+            columns = {row[1] for row in await cur.fetchall()}
+        if "unverified" not in columns:  # an index from before sumdb_verify's unverified state
+            await self.db.execute("ALTER TABLE entries ADD COLUMN unverified INTEGER NOT NULL DEFAULT 0")
         async with self.db.execute("SELECT value FROM node_state WHERE key='epoch'") as cur:
             row = await cur.fetchone()
         if row is None:
@@ -137,7 +160,7 @@ class Index:
             (module, version, kind),
         ) as cur:
             row = await cur.fetchone()
-        return Entry(*row) if row else None
+        return _entry(row) if row else None
 
     async def _write(self, sql: str, params: Sequence[object]) -> aiosqlite.Cursor:
         """One statement in its own transaction; rolled back if it fails (a full disk)."""
@@ -153,9 +176,9 @@ class Index:
     async def put(self, e: Entry) -> Entry:
         """Record a verified blob. Versioned files are immutable: an existing row wins."""
         await self._write(
-            "INSERT INTO entries (module, version, kind, sha256, size, h1, source, fetched_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (module, version, kind) DO NOTHING",
-            (e.module, e.version, e.kind, e.sha256, e.size, e.h1, e.source, e.fetched_at),
+            "INSERT INTO entries (module, version, kind, sha256, size, h1, source, fetched_at, unverified)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (module, version, kind) DO NOTHING",
+            (e.module, e.version, e.kind, e.sha256, e.size, e.h1, e.source, e.fetched_at, int(e.unverified)),
         )
         got = await self.get(e.module, e.version, e.kind)
         assert got is not None
@@ -167,12 +190,51 @@ class Index:
         )
         await self.db.commit()
 
-    async def changes_since(self, serial: int, limit: int = 1000) -> list[Entry]:
+    async def changes_since(self, serial: int, limit: int = 1000, verified_only: bool = False) -> list[Entry]:
+        """Rows after `serial`, oldest first. A row that becomes verified gets a new serial
+        (mark_verified), so a reader of verified rows sees it then."""
+        where = "serial > ? AND unverified = 0" if verified_only else "serial > ?"
         async with self.db.execute(
-            f"SELECT {_ENTRY_COLS} FROM entries WHERE serial > ? ORDER BY serial LIMIT ?",
+            f"SELECT {_ENTRY_COLS} FROM entries WHERE {where} ORDER BY serial LIMIT ?",
             (serial, limit),
         ) as cur:
-            return [Entry(*r) for r in await cur.fetchall()]
+            return [_entry(r) for r in await cur.fetchall()]
+
+    async def unverified(self, limit: int = 500) -> list[Entry]:
+        async with self.db.execute(
+            f"SELECT {_ENTRY_COLS} FROM entries WHERE unverified = 1 ORDER BY serial LIMIT ?", (limit,)
+        ) as cur:
+            return [_entry(r) for r in await cur.fetchall()]
+
+    async def count_unverified(self) -> int:
+        async with self.db.execute("SELECT COUNT(*) FROM entries WHERE unverified = 1") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def mark_verified(self, e: Entry) -> Entry | None:
+        """The database confirmed the row's h1: clear the mark and give the row a new
+        serial (it enters the change log now). None if the row changed meanwhile."""
+        try:
+            cur = await self.db.execute(
+                "DELETE FROM entries WHERE module=? AND version=? AND kind=? AND sha256=? AND unverified=1"
+                " RETURNING hits, last_access",
+                (e.module, e.version, e.kind, e.sha256),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                await self.db.rollback()
+                return None
+            await self.db.execute(
+                "INSERT INTO entries (module, version, kind, sha256, size, h1, source, fetched_at, hits, last_access)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (e.module, e.version, e.kind, e.sha256, e.size, e.h1, e.source, e.fetched_at, row[0], row[1]),
+            )
+            await self.db.commit()
+        except sqlite3.Error:
+            with contextlib.suppress(sqlite3.Error):
+                await self.db.rollback()
+            raise
+        return await self.get(e.module, e.version, e.kind)
 
     async def get_meta(self, module: str, kind: str) -> MetaEntry | None:
         async with self.db.execute(
@@ -194,6 +256,31 @@ class Index:
             "INSERT OR REPLACE INTO meta VALUES (?, ?, ?, ?, ?)",
             (m.module, m.kind, m.body, m.source, m.fetched_at),
         )
+
+    async def get_query(self, module: str, query: str) -> MetaEntry | None:
+        """A query's answer, as a MetaEntry whose kind is the query."""
+        async with self.db.execute(
+            "SELECT module, query, body, source, fetched_at FROM queries WHERE module=? AND query=?",
+            (module, query),
+        ) as cur:
+            row = await cur.fetchone()
+        return MetaEntry(row[0], row[1], bytes(row[2]), row[3], row[4]) if row else None
+
+    async def put_query(self, m: MetaEntry) -> None:
+        await self._write(
+            "INSERT OR REPLACE INTO queries VALUES (?, ?, ?, ?, ?)",
+            (m.module, m.kind, m.body, m.source, m.fetched_at),
+        )
+
+    async def held_versions(self, module: str) -> list[tuple[str, str | None]]:
+        """(version, sha256 of its .info or None) for every version of `module` the store
+        holds a file of."""
+        async with self.db.execute(
+            "SELECT version, MAX(CASE WHEN kind='info' THEN sha256 END) FROM entries WHERE module=?"
+            " GROUP BY version",
+            (module,),
+        ) as cur:
+            return [(str(v), s) for v, s in await cur.fetchall()]
 
     async def totals(self) -> tuple[int, int]:
         """(number of entries, bytes of distinct blobs)."""

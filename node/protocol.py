@@ -14,7 +14,9 @@ from typing import Literal
 from . import modpath, semver
 from .errors import InvalidRequest, NotFound
 
-Kind = Literal["list", "latest", "info", "mod", "zip"]
+#: `query`: a `.info` for something that is not a canonical version (a branch, a tag
+#: name, a commit prefix, `v1.2.3+meta`): the upstream resolves it to one.
+Kind = Literal["list", "latest", "info", "mod", "zip", "query"]
 VERSIONED_KINDS: tuple[Kind, ...] = ("info", "mod", "zip")
 
 #: Longest request path we look at. Go puts no limit on module paths, but real
@@ -43,6 +45,8 @@ class ModRequest:
             return f"{self.module}/@v/list"
         if self.kind == "latest":
             return f"{self.module}/@latest"
+        if self.kind == "query":  # never a canonical version: no clash with an .info
+            return f"{self.module}@{self.version}.info"
         return f"{self.module}@{self.version}.{self.kind}"
 
     @property
@@ -53,7 +57,8 @@ class ModRequest:
             return f"{mod}/@v/list"
         if self.kind == "latest":
             return f"{mod}/@latest"
-        return f"{mod}/@v/{modpath.escape_version(self.version)}.{self.kind}"
+        ext = "info" if self.kind == "query" else self.kind
+        return f"{mod}/@v/{modpath.escape_version(self.version)}.{ext}"
 
 
 @functools.lru_cache(maxsize=16384)  # hot paths repeat; errors are not cached
@@ -61,9 +66,11 @@ def parse_request(path: str) -> ModRequest:
     """Parse a decoded request path such as `/rsc.io/!quote/@v/v1.5.2.zip`.
 
     Raises InvalidRequest (400) for malformed paths or escaping, NotFound (404) for
-    shapes the protocol does not have and for versions a proxy never serves
-    (non-canonical queries, versions that do not fit the module path): a 404 lets
-    a client with `GOPROXY=node,direct` fall through, as it would at proxy.golang.org.
+    shapes the protocol does not have and for versions a proxy never serves (a `.mod`
+    or `.zip` of a non-canonical version, versions that do not fit the module path):
+    a 404 lets a client with `GOPROXY=node,direct` fall through, as it would at
+    proxy.golang.org. A `.info` of a non-canonical version is a `query` the upstream
+    resolves (`go get m@master`, `m@<commit>`).
     """
     if len(path) > MAX_REQUEST_PATH:
         raise InvalidRequest(f"request path longer than {MAX_REQUEST_PATH} bytes")
@@ -79,7 +86,10 @@ def parse_request(path: str) -> ModRequest:
         return ModRequest(module, "", "list")
     for suffix, kind in _SUFFIXES.items():
         if rest.endswith(suffix):
-            return ModRequest(module, _version(module, rest[: -len(suffix)]), kind)
+            escaped = rest[: -len(suffix)]
+            if kind == "info" and _is_query(module, escaped):
+                return ModRequest(module, _query(escaped), "query")
+            return ModRequest(module, _version(module, escaped), kind)
     raise NotFound(f"unknown file {_clip(rest)!r}: want list, .info, .mod or .zip")
 
 
@@ -88,6 +98,32 @@ def _module(escaped: str) -> str:
         return modpath.unescape_path(escaped)
     except ValueError as e:
         raise InvalidRequest(f"invalid module path: {e}") from None
+
+
+def _is_query(module: str, escaped: str) -> bool:
+    """Anything but a canonical version that fits the module path: `v2.0.0` of a path
+    without /v2 is a query too (the upstream may resolve it to v2.0.0+incompatible)."""
+    try:
+        version = modpath.unescape_version(escaped)
+    except ValueError:
+        return False
+    if not semver.is_valid(version) or modpath.canonical_version(version) != version:
+        return True
+    try:
+        modpath.check(module, version)
+    except ValueError:
+        return True
+    return False
+
+
+def _query(escaped: str) -> str:
+    """A non-canonical version for `.info`, as the go command escapes it (EscapeVersion)."""
+    version = modpath.unescape_version(escaped)
+    try:
+        modpath.escape_version(version)
+    except ValueError as e:
+        raise InvalidRequest(f"invalid version query: {e}") from None
+    return version
 
 
 def _version(module: str, escaped: str) -> str:

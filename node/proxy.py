@@ -31,7 +31,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import aiohttp
 
-from . import modzip, verify
+from . import modpath, modzip, verify
 from .errors import IntegrityError, ModmeshError, NotFound, StorageFull, UpstreamError
 from .hooks import Hooks
 from .index import Entry, Index, MetaEntry
@@ -41,7 +41,7 @@ from .patterns import match_prefix_patterns
 from .protocol import ModRequest
 from .spool import MemoryBudget, Spool, storage_error_cause
 from .store import BlobStore
-from .upstream import Source, UpstreamChain
+from .upstream import Source, Upstream, UpstreamChain
 from .zipstream import ZipStreamHasher
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,9 @@ class BlobVerifier(Protocol):
 
     def start_lookup(self, module: str, version: str) -> None: ...
 
-    async def verify(self, module: str, version: str, kind: str, h1: str) -> None: ...
+    async def verify(self, module: str, version: str, kind: str, h1: str, require: bool = False) -> bool:
+        """True if confirmed (or not checked), False if the authority could not say;
+        IntegrityError if it disagrees (or could not say, with `require`)."""
 
 
 @dataclass(frozen=True)
@@ -172,8 +174,10 @@ class ModuleProxy:
         if served is not None:
             if not local_only:
                 self.hooks.accessed(req, "hit")
-            return served
-        if local_only:
+                return served
+            if not served.entry.unverified:
+                return served
+        if local_only:  # a peer gets only what the checksum database confirmed
             raise NotFound(f"{req.key} is not cached on this node")
         self._check_negative(req)
         dl = self._flights.get(req.key)
@@ -249,7 +253,7 @@ class ModuleProxy:
             self.index.touch(req.module, req.version, req.kind, self.clock())
             self.hooks.accessed(req, "hit")
             return Served(entry, None, body, "hit")
-        cached = self._meta.get((req.module, req.kind))
+        cached = self._meta.get(_meta_key(req))
         if cached is None:
             return None
         age = self.clock() - cached.fetched_at
@@ -293,7 +297,7 @@ class ModuleProxy:
             if self.verifier is not None and req.kind != "info":
                 self.verifier.start_lookup(req.module, req.version)  # overlaps the download
             consume = self._consume_zip if req.kind == "zip" else self._consume_small
-            h1, up = await self._from_peers(dl, consume)
+            h1, up, verified = await self._from_peers(dl, consume)
             if up is None:
                 h1, up = await self.chain_for(req.module).fetch(
                     req.upstream_path,
@@ -301,8 +305,8 @@ class ModuleProxy:
                     small=req.kind != "zip",
                     may_fall_through=dl.abandon,
                 )
-                await self._verify(req, h1)
-            entry = await self._keep(dl, h1, up.name)
+                verified = await self._verify(req, h1)
+            entry = await self._keep(dl, h1, up.name, verified)
             dl.source = up.name
             dl.result.set_result(entry)
             if dl.stored:
@@ -334,7 +338,7 @@ class ModuleProxy:
             if dl.result.done() and not dl.result.cancelled():
                 dl.result.exception()
 
-    async def _keep(self, dl: Download, h1: str | None, origin: str) -> Entry:
+    async def _keep(self, dl: Download, h1: str | None, origin: str, verified: bool = True) -> Entry:
         """Commit verified bytes into the store and the index; when the store cannot
         take them, the entry describes bytes only the download holds (`dl.stored` False)."""
         req, spool = dl.req, dl.spool
@@ -342,7 +346,8 @@ class ModuleProxy:
         if refusal is not None:
             spool.refuse(refusal)
         blob = await spool.commit()
-        entry = Entry(req.module, req.version, req.kind, spool.sha256, spool.size, h1, origin, self.clock())
+        entry = Entry(req.module, req.version, req.kind, spool.sha256, spool.size, h1, origin, self.clock(),
+                      unverified=not verified)
         if blob is None:
             dl.stored = False
             return entry
@@ -365,18 +370,20 @@ class ModuleProxy:
             self._small.put(entry.sha256, spool.read(0, entry.size))
         return entry
 
-    async def _verify(self, req: ModRequest, h1: str | None) -> None:
+    async def _verify(self, req: ModRequest, h1: str | None, require: bool = False) -> bool:
+        """Whether the checksum database confirmed the file (True when nothing is checked)."""
         if self.verifier is not None and h1 is not None:
-            await self.verifier.verify(req.module, req.version, req.kind, h1)
+            return await self.verifier.verify(req.module, req.version, req.kind, h1, require)
+        return True
 
     async def _from_peers(
         self, dl: Download, consume: Callable[[Download, Source, aiohttp.ClientResponse], Awaitable[str | None]]
-    ) -> tuple[str | None, Source | None]:
+    ) -> tuple[str | None, Source | None, bool]:
         """Ask the mesh's peers first; every byte is verified exactly as from an upstream,
         and a peer that fails (or lies) is reported and skipped."""
         peers = self.hooks.peers
         if peers is None:
-            return None, None
+            return None, None, True
         req = dl.req
         for cand in peers.peers_for(req):
             peer = cand.upstream
@@ -388,15 +395,15 @@ class ModuleProxy:
                     raise IntegrityError(
                         f"peer {peer.name} sent bytes for {req.key} that differ from what it advertised"
                     )
-                await self._verify(req, h1)
+                verified = await self._verify(req, h1)
             except ModmeshError as e:
                 peers.report(peer, req, e)
                 if not dl.abandon():  # a client already has bytes from this peer
                     raise
                 continue
             peers.report(peer, req, None)
-            return h1, peer
-        return None, None
+            return h1, peer, verified
+        return None, None, True
 
     async def _consume_small(self, dl: Download, up: Source, resp: aiohttp.ClientResponse) -> str | None:
         limit = verify.MAX_INFO if dl.req.kind == "info" else verify.MAX_MOD
@@ -426,7 +433,8 @@ class ModuleProxy:
                 received.inc(len(chunk))
                 yield chunk
 
-        return await self._take_zip(dl, f"upstream {up.name}", chunks(), None if encoded else resp.content_length)
+        origin = "the upstream" if isinstance(up, Upstream) and not up.label else up.name
+        return await self._take_zip(dl, origin, chunks(), None if encoded else resp.content_length)
 
     async def _take_zip(self, dl: Download, origin: str, chunks: AsyncIterable[bytes], length: int | None) -> str:
         """Write a zip as it arrives, hashing every entry on the way; verify; return h1."""
@@ -448,7 +456,10 @@ class ModuleProxy:
         try:
             checked = await asyncio.to_thread(_check_zip, dl.spool, req.module, req.version, hasher.digests())
         except ValueError as e:
-            raise IntegrityError(f"zip for {what} from {origin} is unsound: {e}") from None
+            # Worded as the go command words it when it unzips such a file itself.
+            raise IntegrityError(
+                f"unzip {req.upstream_path}: {e} (the zip {origin} sent breaks the module zip rules; not cached)"
+            ) from None
         return checked.h1
 
     async def admit(
@@ -468,7 +479,7 @@ class ModuleProxy:
             else:
                 body = b"".join([c async for c in chunks])
                 h1 = self._take_small(dl, body)
-            await self._verify(req, h1)
+            await self._verify(req, h1, require=True)  # a bundle or a peer must bring its proof
             entry = await self._keep(dl, h1, origin)
             if not dl.stored:
                 cause = dl.spool.passthrough or "the store refused it"
@@ -483,36 +494,21 @@ class ModuleProxy:
         self.hooks.stored(entry)
         return entry, True
 
-    async def admit_meta(
-        self, req: ModRequest, origin: str, body: bytes, fetched_at: float
-    ) -> tuple[MetaEntry, bool]:
-        """Take an `@v/list` / `@latest` answer from an import, vetted like an upstream's
-        (IntegrityError), keeping its original fetch time. The newer answer wins: returns
-        (entry kept, True) if this one was stored, (current entry, False) if not."""
-        body = verify.normalize_list(req, body) if req.kind == "list" else verify.check_latest(req, body)
-        fetched_at = min(fetched_at, self.clock())  # a clock ahead must not make it fresh forever
-        current = await self.index.get_meta(req.module, req.kind)
-        if current is not None and current.fetched_at >= fetched_at:
-            return current, False
-        m = MetaEntry(req.module, req.kind, body, origin, fetched_at)
-        await self.index.put_meta(m)
-        self._meta.put((req.module, req.kind), m)
-        self._negative.pop(req.key)
-        return m, True
-
-    # ---- list and latest -------------------------------------------------
+    # ---- list, latest and version queries ----------------------------------
 
     async def meta(self, req: ModRequest, local_only: bool = False) -> MetaAnswer:
-        key = (req.module, req.kind)
+        """`@v/list`, `@latest` or a version query (`.info` of a branch, tag or commit):
+        fresh for meta_ttl, then stale-while-revalidate, then refreshed. When every
+        upstream fails: the cached answer (stale), a peer's, or (list/latest) one built
+        from the versions the store holds."""
         now = self.clock()
-        cached = self._meta.get(key)
-        if cached is None:
-            cached = await self.index.get_meta(req.module, req.kind)
-            if cached is not None:
-                self._meta.put(key, cached)
+        cached = await self._cached_meta(req)
         s = self.settings
         if local_only or s.offline:
             if cached is None:
+                held = await self._from_held(req) if s.offline else None
+                if held is not None:
+                    return held
                 raise NotFound(f"{req.key} is not cached on this node" + (" (offline)" if s.offline else ""))
             age = max(0.0, now - cached.fetched_at)
             if age < s.meta_ttl:
@@ -528,18 +524,79 @@ class ModuleProxy:
         self._check_negative(req)
         try:
             fresh = await self._meta_refresh(req)
-        except NotFound as e:
-            self._remember_missing(req, e)
-            raise
         except ModmeshError as e:
-            if cached is None:
-                from_peer = await self._meta_from_peers(req)
-                if from_peer is None:
-                    raise
-                return from_peer
-            log.warning("serving stale %s: %s", req.key, e)
-            return MetaAnswer(cached.body, "stale", now - cached.fetched_at, cached.source, "upstream-failed")
+            not_found = isinstance(e, NotFound)
+            # A list never vanishes: an upstream that now says "no such module" (or fails)
+            # does not take away versions clients have built with. A query may be gone.
+            if cached is not None and not (not_found and req.kind == "query"):
+                log.warning("serving stale %s: %s", req.key, e)
+                return MetaAnswer(cached.body, "stale", now - cached.fetched_at, cached.source, "upstream-failed")
+            answer = None if not_found else await self._meta_from_peers(req)
+            if answer is None:
+                answer = await self._from_held(req)
+            if answer is not None:
+                return answer
+            if isinstance(e, NotFound):
+                self._remember_missing(req, e)
+            raise
         return MetaAnswer(fresh.body, "miss" if cached is None else "revalidated", 0.0, fresh.source)
+
+    async def admit_meta(
+        self, req: ModRequest, origin: str, body: bytes, fetched_at: float
+    ) -> tuple[MetaEntry, bool]:
+        """Take an `@v/list` / `@latest` answer from an import, vetted like an upstream's
+        (IntegrityError), keeping its original fetch time. The newer answer wins: returns
+        (entry kept, True) if this one was stored, (current entry, False) if not."""
+        body = verify.normalize_list(req, body) if req.kind == "list" else verify.check_latest(req, body)
+        fetched_at = min(fetched_at, self.clock())  # a clock ahead must not make it fresh forever
+        current = await self.index.get_meta(req.module, req.kind)
+        if current is not None and current.fetched_at >= fetched_at:
+            return current, False
+        if req.kind == "list" and current is not None:
+            body = verify.merge_lists(body, current.body)
+        m = MetaEntry(req.module, req.kind, body, origin, fetched_at)
+        await self.index.put_meta(m)
+        self._meta.put(_meta_key(req), m)
+        self._negative.pop(req.key)
+        return m, True
+
+    async def _cached_meta(self, req: ModRequest) -> MetaEntry | None:
+        key = _meta_key(req)
+        cached = self._meta.get(key)
+        if cached is None:
+            if req.kind == "query":
+                cached = await self.index.get_query(req.module, req.version)
+            else:
+                cached = await self.index.get_meta(req.module, req.kind)
+            if cached is not None:
+                self._meta.put(key, cached)
+        return cached
+
+    async def _from_held(self, req: ModRequest) -> MetaAnswer | None:
+        """A list, or `@latest`, built from the versions the store holds files of; served
+        as stale and never cached as an upstream's answer."""
+        if req.kind not in ("list", "latest"):
+            return None
+        held = await self.index.held_versions(req.module)
+        if not held:
+            return None
+        age = self.settings.meta_ttl
+        if req.kind == "list":
+            tagged = [v for v, _ in held if not modpath.is_pseudo_version(v)]
+            body = verify.merge_lists("".join(v + "\n" for v in tagged).encode())
+            return MetaAnswer(body, "stale", age, "store", "upstream-failed")
+        infos = {v: sha for v, sha in held if sha is not None}
+        latest = verify.latest_of(list(infos))
+        if latest is None:
+            return None
+        served = await self.lookup(ModRequest(req.module, latest, "info"))
+        if served is None:
+            return None
+        info = served.body
+        if info is None:
+            assert served.path is not None
+            info = await asyncio.to_thread(served.path.read_bytes)
+        return MetaAnswer(info, "stale", age, "store", "upstream-failed")
 
     async def _meta_from_peers(self, req: ModRequest) -> MetaAnswer | None:
         """Every upstream failed and nothing is cached: a peer's copy (vetted like an
@@ -553,7 +610,7 @@ class ModuleProxy:
             except ModmeshError as e:
                 self.hooks.peers.report(peer, req, e)
                 continue
-            m = MetaEntry(req.module, req.kind, body, peer.name, self.clock() - self.settings.meta_ttl)
+            m = MetaEntry(req.module, _meta_kind(req), body, peer.name, self.clock() - self.settings.meta_ttl)
             await self._save_meta(req, m)
             return MetaAnswer(body, "stale", self.settings.meta_ttl, peer.name, "from-peer")
         return None
@@ -563,10 +620,11 @@ class ModuleProxy:
         self.metrics.upstream_bytes.labels(up.name).inc(len(body))
         if req.kind == "list":
             return verify.normalize_list(req, body)
-        return verify.check_latest(req, body)
+        verify.resolved_version(req, body)
+        return body
 
     def _meta_refresh(self, req: ModRequest) -> asyncio.Task[MetaEntry]:
-        key = (req.module, req.kind)
+        key = _meta_key(req)
         task = self._meta_flights.get(key)
         if task is None:
             task = asyncio.ensure_future(self._fetch_meta(req))
@@ -583,17 +641,40 @@ class ModuleProxy:
         body, up = await self.chain_for(req.module).fetch(
             req.upstream_path, functools.partial(self._vet_meta, req), small=True
         )
-        m = MetaEntry(req.module, req.kind, body, up.name, self.clock())
+        if req.kind == "list":
+            body = await self._merged_list(req, body)
+        m = MetaEntry(req.module, _meta_kind(req), body, up.name, self.clock())
         await self._save_meta(req, m)
         self._negative.pop(req.key)
+        if req.kind == "query":
+            await self._keep_resolved_info(req, body, up.name)
         return m
 
-    async def _save_meta(self, req: ModRequest, m: MetaEntry) -> None:
-        """Keep a list/latest answer; if the index cannot grow (a full disk), the answer
-        is still served, from memory."""
-        self._meta.put((req.module, req.kind), m)
+    async def _merged_list(self, req: ModRequest, fresh: bytes) -> bytes:
+        """An upstream's list plus every version seen before: in the last list, or held."""
+        previous = await self._cached_meta(req)
+        held = [v for v, _ in await self.index.held_versions(req.module) if not modpath.is_pseudo_version(v)]
+        return verify.merge_lists(fresh, previous.body if previous else b"", "".join(v + "\n" for v in held).encode())
+
+    async def _keep_resolved_info(self, req: ModRequest, body: bytes, origin: str) -> None:
+        """A query's answer is the `.info` of the version it resolved to: keep it if the
+        store has none yet (a later `.info` request is then a hit)."""
+        info = ModRequest(req.module, verify.resolved_version(req, body), "info")
         try:
-            await self.index.put_meta(m)
+            if await self.lookup(info) is None:
+                await self.admit(info, origin, _once(body))
+        except ModmeshError as e:
+            log.info("not keeping %s from the answer to %s: %s", info.key, req.key, e)
+
+    async def _save_meta(self, req: ModRequest, m: MetaEntry) -> None:
+        """Keep a list/latest/query answer; if the index cannot grow (a full disk), the
+        answer is still served, from memory."""
+        self._meta.put(_meta_key(req), m)
+        try:
+            if req.kind == "query":
+                await self.index.put_query(m)
+            else:
+                await self.index.put_meta(m)
         except Exception as e:
             cause = storage_error_cause(e)
             if cause is None:
@@ -615,6 +696,19 @@ class ModuleProxy:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _meta_key(req: ModRequest) -> tuple[str, str]:
+    return (req.module, "query " + req.version) if req.kind == "query" else (req.module, req.kind)
+
+
+def _meta_kind(req: ModRequest) -> str:
+    """The `kind` of a MetaEntry: list or latest, or for a query, the query itself."""
+    return req.version if req.kind == "query" else req.kind
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 def _check_zip(

@@ -29,6 +29,7 @@ from .hooks import Hooks
 from .index import Index
 from .metrics import Metrics
 from .proxy import ModuleProxy, ProxySettings
+from .reverify import Reverifier
 from .spool import storage_error_cause
 from .store import BlobStore
 from .storage import StorageManager
@@ -105,6 +106,10 @@ class Node:
         self.storage = StorageManager(self.store, self.index, self.proxy, self.metrics, cfg.max_size)
         self.hooks.observers.append(self.storage)
         self.proxy.refuse_store = self.storage.refusal
+        self.reverifier = Reverifier(self.index, self.sumdbs, self.proxy, self.store, self.hooks,
+                                     self.metrics.registry)
+        self.hooks.observers.append(self.reverifier)
+        await self.reverifier.start()
         self.access = load_policy(cfg)
         self.access.authenticators = self.hooks.authenticators
         self.app = build_app(
@@ -139,7 +144,7 @@ class Node:
         ]
         # Routed modules are private: never sent to a checksum database.
         private = ",".join(p for p in (cfg.private, cfg.nosumdb, *(r.pattern for r in cfg.routes)) if p)
-        return ChecksumDatabases(dbs, cfg.sumdb_verify == "sumdb", private, self.metrics)
+        return ChecksumDatabases(dbs, cfg.sumdb_verify, private, self.metrics)
 
     async def listen(self, host: str | None = None, port: int | None = None) -> str:
         """Start serving HTTP; returns the base URL (port 0 picks a free one).
@@ -181,6 +186,8 @@ class Node:
             self._stats_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._stats_task
+        if hasattr(self, "reverifier"):
+            await self.reverifier.aclose()
         if hasattr(self, "storage"):
             await self.storage.aclose()
         if hasattr(self, "proxy"):
@@ -209,6 +216,9 @@ class Node:
             reasons.append("every upstream is failing")
         if self.sumdbs.forked:
             reasons.append("a checksum database presented a forked tree")
+        if self.reverifier.pending:
+            reasons.append(f"{self.reverifier.pending} cached files are not confirmed by the checksum database "
+                           "yet (it did not answer); they are checked again in the background")
         refusal = self.store.status.refusal
         if refusal is not None:
             reasons.append(f"the store cannot take files ({refusal.cause}): {refusal.files} passed through "
@@ -221,6 +231,7 @@ class Node:
             "uptime_s": round(time.time() - self.started_at, 1),
             "upstreams": ups,
             "sumdb": self.sumdbs.health(),
+            "unverified": self.reverifier.pending,
             "store": {"epoch": self.index.epoch, "disk_free_bytes": disk.free, **self.store.status.health()},
         }
 

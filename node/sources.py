@@ -189,6 +189,14 @@ def _module_dir(root: Path, module: str | None, version: str | None, tmp_dir: Pa
         last = module.rsplit("/", 1)[-1]
         if at and stem not in (last, modpath.escape_path(module).rsplit("/", 1)[-1]):
             raise SourceError(f"{root}: the directory's name does not match go.mod's module {module}; pass --module")
+    elif mod is not None:
+        try:
+            declared = gomod.check(mod)
+        except ValueError as e:
+            raise SourceError(f"{go_mod}: {e}") from None
+        if declared is not None and declared != module:
+            raise SourceError(f"{go_mod} declares module {declared}, not {module}: a directory is imported as "
+                              "the module its go.mod names")
     try:
         parse_module_member(module_member(module, version, "zip"))
     except ValueError as e:

@@ -61,6 +61,10 @@ class ForkDetected(SumDBError):
     """The database presented a tree that does not extend the verified one."""
 
 
+class Unverifiable(SumDBError):
+    """The database could not confirm or deny a hash: unreachable, or it has no record."""
+
+
 @dataclass(frozen=True)
 class DatabaseSpec:
     name: str
@@ -372,13 +376,14 @@ class SumDB:
         await self.with_tiles(latest, lambda r: tlog.prove_record(latest.n, record_id, r))
 
     async def check(self, module: str, version: str, kind: str, h1: str) -> None:
-        """Refuse bytes whose h1 differs from the database's record (IntegrityError)."""
+        """Refuse bytes whose h1 differs from the database's record (IntegrityError).
+        Raises Unverifiable when the database cannot say (unreachable, no record)."""
         try:
             reply, _ = await self.lookup(module, version)
-        except NotFound:
-            raise IntegrityError(
-                f"checksum database {self.name} has no record of {module}@{version}; not cached"
-            ) from None
+        except NotFound as e:
+            raise Unverifiable(f"checksum database {self.name} has no record of {module}@{version}") from e
+        except ModmeshError as e:
+            raise Unverifiable(f"checksum database {self.name} did not answer for {module}@{version}: {e}") from e
         _, text, _ = tlog.split_lookup(reply)
         want = record_hashes(text, module, version).get(kind)
         what = f"{module}@{version}" + ("/go.mod" if kind == "mod" else "")
@@ -468,6 +473,12 @@ async def _read_reply(resp: aiohttp.ClientResponse) -> bytes:
     return body
 
 
+#: `sumdb_verify` modes. "sumdb": a mismatch is refused; what the database cannot
+#: confirm (it does not answer, it has no record) is kept *unverified* and checked again
+#: later. "require": that is refused too (fail closed). "off": no checks.
+VERIFY_MODES = ("sumdb", "require", "off")
+
+
 class ChecksumDatabases:
     """Every configured database, the private patterns, and the verification mode.
 
@@ -475,11 +486,16 @@ class ChecksumDatabases:
     exactly one GOSUMDB); all of them are proxied for clients.
     """
 
-    def __init__(self, dbs: list[SumDB], verify: bool, private: str, metrics: Metrics) -> None:
+    def __init__(self, dbs: list[SumDB], mode: str, private: str, metrics: Metrics) -> None:
+        if mode not in VERIFY_MODES:
+            raise SumDBConfigError(f"sumdb_verify must be one of {', '.join(VERIFY_MODES)}, not {mode!r}")
         self.dbs = dbs
-        self.verify_enabled = verify and bool(dbs)
+        self.mode = mode
+        self.verify_enabled = mode != "off" and bool(dbs)
         self.private = private
         self.metrics = metrics
+        #: Called when the database answered again after failing (the re-verifier's cue).
+        self.answered: list[Callable[[], None]] = []
 
     def open(self) -> None:
         for db in self.dbs:
@@ -509,9 +525,34 @@ class ChecksumDatabases:
             db = self.dbs[0]
             db.spawn(db.lookup(module, version), f"lookup of {module}@{version}")
 
-    async def verify(self, module: str, version: str, kind: str, h1: str) -> None:
-        if self.checks(module) and kind in ("zip", "mod"):
+    async def verify(self, module: str, version: str, kind: str, h1: str, require: bool = False) -> bool:
+        """True when the database confirmed `h1` (or no check applies); False when it could
+        not say and the mode keeps such files unverified. IntegrityError on a mismatch,
+        and when the database cannot say in "require" mode (or with `require`: imports)."""
+        if not (self.checks(module) and kind in ("zip", "mod")):
+            return True
+        try:
             await self.dbs[0].check(module, version, kind, h1)
+        except Unverifiable as e:
+            if require or self.mode == "require":
+                raise IntegrityError(f"{e}; not cached") from None
+            return False
+        for cue in self.answered:
+            cue()
+        return True
+
+    async def recheck(self, module: str, version: str, kind: str, h1: str) -> str:
+        """For an unverified file: "verified" (or no longer checked), "mismatch" (logged
+        and counted by the check), "absent" (the database has no record) or "unreachable"."""
+        if not self.checks(module):
+            return "verified"
+        try:
+            await self.dbs[0].check(module, version, kind, h1)
+        except Unverifiable as e:
+            return "absent" if isinstance(e.__cause__, NotFound) else "unreachable"
+        except IntegrityError:
+            return "mismatch"
+        return "verified"
 
     def stored(self, entry: Entry) -> None:
         """Store observer: prefetch what offline clients need (record and tiles)."""

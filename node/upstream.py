@@ -189,8 +189,7 @@ class Upstream:
         (including those raised while `consume` reads the body) to our error tree."""
         if not self.breaker.allow():
             raise UpstreamError(
-                f"upstream {self.name} is failing; not retried for another "
-                f"{self.breaker.retry_in():.0f}s"
+                f"the upstream is failing; not retried for another {self.breaker.retry_in():.0f}s"
             )
         url = f"{self.base}/{path}"
         to = self.timeouts
@@ -216,15 +215,15 @@ class Upstream:
             self._failed(type(e).__name__, e)
             raise
         except asyncio.TimeoutError:
-            err: UpstreamError = UpstreamTimeout(f"upstream {self.name} did not answer {path} in time")
+            err: UpstreamError = UpstreamTimeout(f"the upstream did not answer {path} in time")
             self._failed("timeout", err)
             raise err from None
         except aiohttp.ClientPayloadError as e:
-            err = UpstreamError(f"upstream {self.name} sent a truncated body for {path}: {e}")
+            err = UpstreamError(f"the upstream sent a truncated body for {path}")
             self._failed("truncated", err)
             raise err from None
         except aiohttp.ClientError as e:
-            err = UpstreamError(f"upstream {self.name} failed for {path}: {type(e).__name__}: {e}")
+            err = UpstreamError(f"the upstream failed for {path}: {_describe(e)}")
             self._failed("connection", err)
             raise err from None
         self.breaker_ok()
@@ -246,27 +245,49 @@ class Upstream:
             )
 
     async def _status_error(self, resp: aiohttp.ClientResponse, path: str) -> ModmeshError:
-        detail = await _first_line(resp)
-        what = f"upstream {self.name} answered {resp.status} for {path}" + (f": {detail}" if detail else "")
-        if resp.status == 404:
-            return NotFound(what)
-        if resp.status == 410:
-            return Gone(what)
+        text = await _error_text(resp)
+        first = text.split("\n", 1)[0].strip()[:200]
+        what = f"the upstream answered {resp.status} for {path}" + (f": {first}" if first else "")
+        if resp.status in (404, 410):
+            # The go command prints a proxy's 404/410 text: pass the upstream's on as it is.
+            return (NotFound if resp.status == 404 else Gone)(what, body=text)
         if resp.status == 504:
             return UpstreamTimeout(what)
         return UpstreamError(what)
 
 
-async def _first_line(resp: aiohttp.ClientResponse) -> str:
-    """The upstream's one-line reason, if it sent a plain-text one (bounded read)."""
+#: Most of an upstream's error text passed on to clients (the go command shows 8 lines).
+MAX_ERROR_TEXT = 4096
+
+
+async def _error_text(resp: aiohttp.ClientResponse) -> str:
+    """An upstream's plain-text error body, bounded, without control characters (the go
+    command ignores any other kind of body, and refuses text with control characters)."""
     if resp.content_type != "text/plain":
         return ""
     try:
-        head = await resp.content.read(512)
+        head = await resp.content.read(MAX_ERROR_TEXT)
     except (aiohttp.ClientError, asyncio.TimeoutError):
         return ""
-    line = head.decode("utf-8", "replace").split("\n", 1)[0].strip()
-    return "".join(c for c in line if c.isprintable())[:200]
+    return clean_text(head.decode("utf-8", "replace"))
+
+
+def clean_text(text: str) -> str:
+    """Printable characters, newlines and tabs only; cut to MAX_ERROR_TEXT."""
+    return "".join(c for c in text if c.isprintable() or c in "\n\t")[:MAX_ERROR_TEXT]
+
+
+def _describe(e: BaseException) -> str:
+    """An aiohttp error without the URL or address it names."""
+    if isinstance(e, aiohttp.ClientConnectorError):
+        return f"cannot connect ({e.os_error.strerror or type(e.os_error).__name__})" if e.os_error else "cannot connect"
+    if isinstance(e, aiohttp.ServerDisconnectedError):
+        return "the connection was closed"
+    if isinstance(e, aiohttp.TooManyRedirects):
+        return "too many redirects"
+    if isinstance(e, aiohttp.ClientResponseError):
+        return f"{e.status} {e.message}"
+    return type(e).__name__
 
 
 class Source(Protocol):

@@ -33,32 +33,38 @@ def check_info(req: ModRequest, body: bytes) -> bytes:
 
 def check_latest(req: ModRequest, body: bytes) -> bytes:
     """`@latest` has the shape of `.info`; its Version must be canonical and fit the path."""
-    obj = _json_object(req, body)
-    v = obj.get("Version")
-    if not isinstance(v, str) or modpath.canonical_version(v) != v:
-        raise IntegrityError(f"upstream @latest for {req.module} has no canonical Version")
-    try:
-        modpath.check(req.module, v)
-    except ValueError as e:
-        raise IntegrityError(f"upstream @latest for {req.module}: {e}") from None
-    _check_time(req, obj)
+    resolved_version(req, body)
     return body
 
 
+def resolved_version(req: ModRequest, body: bytes) -> str:
+    """The Version an `@latest` or a query (`.info` of a branch, tag or commit) answer
+    resolved to: a JSON object whose Version is canonical and fits the module path."""
+    what = f"{req.module}@{req.version}" if req.version else f"{req.module}@latest"
+    obj = _json_object(req, body)
+    v = obj.get("Version")
+    if not isinstance(v, str) or not semver.is_valid(v) or modpath.canonical_version(v) != v:
+        raise IntegrityError(f"upstream answer for {what} has no canonical Version")
+    try:
+        modpath.check(req.module, v)
+    except ValueError as e:
+        raise IntegrityError(f"upstream answer for {what}: {e}") from None
+    _check_time(req, obj)
+    return v
+
+
 def check_mod(req: ModRequest, body: bytes) -> bytes:
-    """A `.mod` must parse and declare the requested module path."""
+    """A `.mod` must be non-empty, bounded and parse. Which module it declares is the go
+    command's business: a fork used through `replace`, a renamed or a retracted-and-renamed
+    module all declare another path, and proxies serve them as they are."""
     if not body:
         raise IntegrityError(f"upstream sent an empty .mod for {req.module}@{req.version}")
     if len(body) > MAX_MOD:
         raise IntegrityError(f"upstream .mod for {req.module}@{req.version} is larger than 16 MiB")
     try:
-        declared = gomod.parse_module_path(body)
+        gomod.check(body)
     except ValueError as e:
         raise IntegrityError(f"upstream .mod for {req.module}@{req.version} does not parse: {e}") from None
-    if declared != req.module:
-        raise IntegrityError(
-            f"upstream .mod for {req.module}@{req.version} declares module {declared[:200]!r}"
-        )
     return body
 
 
@@ -98,6 +104,33 @@ def normalize_list(req: ModRequest, body: bytes) -> bytes:
 
 def list_versions(body: bytes) -> list[str]:
     return [line.split()[0] for line in body.decode().splitlines() if line.strip()]
+
+
+def merge_lists(*bodies: bytes) -> bytes:
+    """Normalised lists merged into one: every version any of them has (a proxy never
+    withdraws a version, so a lagging or empty answer must not hide one), sorted,
+    with the latest timestamp seen for each."""
+    versions: dict[str, str] = {}
+    for body in bodies:
+        for line in body.decode("utf-8", "replace").splitlines():
+            fields = line.split()
+            if fields:
+                stamp = fields[1] if len(fields) > 1 else ""
+                versions[fields[0]] = max(stamp, versions.get(fields[0], ""))
+    lines = [f"{v} {versions[v]}".rstrip() for v in sorted(versions, key=semver.sort_key)]
+    return "".join(line + "\n" for line in lines).encode()
+
+
+def latest_of(versions: list[str]) -> str | None:
+    """What `@latest` means among known versions (the go command's and proxy.golang.org's
+    rule): the highest release, else the highest pre-release, else the newest pseudo-version."""
+    pseudo = [v for v in versions if modpath.is_pseudo_version(v)]
+    tagged = [v for v in versions if not modpath.is_pseudo_version(v)]
+    releases = [v for v in tagged if not semver.prerelease(v)]
+    for pool in (releases, tagged, pseudo):
+        if pool:
+            return max(pool, key=semver.sort_key)
+    return None
 
 
 def _json_object(req: ModRequest, body: bytes) -> dict[str, object]:

@@ -60,7 +60,7 @@ class Inventory:
         reset = epoch != mine
         if reset:
             after = 0
-        rows = await self.index.changes_since(after, limit)
+        rows = await self.index.changes_since(after, limit, verified_only=True)
         entries = tuple(e for e in map(inv_entry, rows) if fits(e))
         last = rows[-1].serial if rows else after
         return InventoryPage(mine, max(self.head, last), reset, len(rows) == limit, entries, last)

@@ -233,6 +233,8 @@ class Mesh:
     # ---- observers (node.hooks) ------------------------------------------------------
 
     def stored(self, entry: Entry) -> None:
+        if entry.unverified:  # offered to peers once the checksum database confirms it
+            return
         self.inventory.stored(entry)
         self.presync.store_bytes += entry.size
         self.presync.stored(key_of(entry.module, entry.version, entry.kind))

@@ -130,8 +130,8 @@ FAULTS = {
     "reset": (Fault.reset_mid_body(), 502, ""),
     "truncate": (Fault.truncate(), 502, ""),
     "empty-200": (Fault.empty_200(), 502, "empty"),
-    "wrong-content": (None, 502, "unsound"),
-    "html-200": (Fault.wrong_body(b"<html>oops</html>"), 502, "unsound"),
+    "wrong-content": (None, 502, "breaks the module zip rules"),
+    "html-200": (Fault.wrong_body(b"<html>oops</html>"), 502, "breaks the module zip rules"),
     "hang": (Fault.hang(), 504, "did not answer"),
 }
 
@@ -162,7 +162,7 @@ async def test_zip_faults_never_cached(name: str, fake_proxy, make_node, client)
         ("info", b'{"Version":"v9.9.9"}'),
         ("info", b"not json"),
         ("info", b""),
-        ("mod", b"module example.com/other\n"),
+        ("mod", b"module a b c\n"),
         ("mod", b'module "unterminated\n'),
         ("mod", b""),
     ],
@@ -300,8 +300,11 @@ async def test_admit_verifies_like_an_upstream(make_node) -> None:  # type: igno
     _, again = await node.proxy.admit(req, "bundle x", once(FILES[2]))
     assert not again  # importing twice changes nothing
     bad = ModRequest(M, "v1.1.0", "zip")
-    with pytest.raises(IntegrityError, match="unsound"):
+    with pytest.raises(IntegrityError, match="breaks the module zip rules"):
         await node.proxy.admit(bad, "bundle x", once(FILES[2]))  # entries under v1.0.0/
     assert await node.index.get(M, "v1.1.0", "zip") is None
-    with pytest.raises(IntegrityError, match="declares module"):
-        await node.proxy.admit(ModRequest(M, V, "mod"), "bundle x", once(b"module example.com/other\n"))
+    with pytest.raises(IntegrityError, match="does not parse"):
+        await node.proxy.admit(ModRequest(M, V, "mod"), "bundle x", once(b"module a b c\n"))
+    # A .mod that names another module (a fork, a renamed module) is the go command's business.
+    entry, new = await node.proxy.admit(ModRequest(M, V, "mod"), "bundle x", once(b"module example.com/other\n"))
+    assert new and entry.size == len(b"module example.com/other\n")

@@ -38,6 +38,24 @@ def test_parse_valid(path: str, want: ModRequest) -> None:
 
 
 @pytest.mark.parametrize(
+    ("path", "query"),
+    [
+        ("/rsc.io/quote/@v/master.info", "master"),
+        ("/rsc.io/quote/@v/v1.5.info", "v1.5"),
+        ("/rsc.io/quote/@v/v1.5.2+meta.info", "v1.5.2+meta"),
+        ("/rsc.io/quote/@v/5d9f230b.info", "5d9f230b"),
+        ("/rsc.io/quote/@v/!release-1.0.info", "Release-1.0"),
+        ("/rsc.io/quote/@v/latest.info", "latest"),
+        ("/rsc.io/breaker/@v/v2.0.0.info", "v2.0.0"),  # may resolve to v2.0.0+incompatible
+    ],
+)
+def test_info_of_a_non_canonical_version_is_a_query(path: str, query: str) -> None:
+    req = parse_request(path)
+    assert req.version == query and req.kind == "query" and not req.versioned
+    assert req.upstream_path == path.lstrip("/")  # asked upstream exactly as the go command asked
+
+
+@pytest.mark.parametrize(
     ("path", "error", "text"),
     [
         ("/rsc.io/Quote/@v/list", InvalidRequest, "invalid module path"),  # bare uppercase
@@ -47,8 +65,8 @@ def test_parse_valid(path: str, want: ModRequest) -> None:
         ("/rsc.io//quote/@v/list", InvalidRequest, "invalid module path"),
         ("/quote/@v/list", InvalidRequest, "invalid module path"),  # no dot in first element
         ("/rsc.io/quote/@v/v1.5.!2.info", InvalidRequest, "invalid version"),
-        ("/rsc.io/quote/@v/master.info", NotFound, "not a canonical version"),
-        ("/rsc.io/quote/@v/v1.5.info", NotFound, "not a canonical version"),
+        ("/rsc.io/quote/@v/master.mod", NotFound, "not a canonical version"),
+        ("/rsc.io/quote/@v/v1.5.zip", NotFound, "not a canonical version"),
         ("/rsc.io/quote/@v/v1.5.2+meta.zip", NotFound, "not a canonical version"),
         ("/rsc.io/quote/@v/v2.0.0.zip", NotFound, "v2"),  # major version does not fit the path
         ("/rsc.io/quote/@v/v1.5.2.tar.gz", NotFound, "unknown file"),

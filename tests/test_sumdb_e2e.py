@@ -154,14 +154,22 @@ async def test_private_modules_never_reach_the_database(  # type: ignore[no-unty
     assert not any("sampler" in p for p in sumdb.log), sumdb.log
 
 
-async def test_wrong_key_is_refused(corpus_modules, fake_proxy, make_node, sumdb) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("mode", ["sumdb", "require"])
+async def test_wrong_key_is_refused(mode: str, corpus_modules, fake_proxy, make_node, sumdb) -> None:  # type: ignore[no-untyped-def]
+    """A database signed with another key is never believed. By default the zip it cannot
+    vouch for is served unverified (the go command checks go.sum or its own database);
+    with sumdb_verify = "require" it is refused, not cached."""
     sumdb.sign_with(generate_keys(DB))  # same name, another key
     up = await fake_proxy(corpus_modules)
-    node = await make_node(up.url, sumdb=db_spec(sumdb))
+    node = await make_node(up.url, sumdb=db_spec(sumdb), sumdb_verify=mode)
     async with aiohttp.ClientSession() as s:
         async with s.get(f"{node.url}/sumdb/{DB}/lookup/rsc.io/quote@v1.5.2") as r:
             assert r.status == 502 and "not signed by the configured key" in await r.text()
         async with s.get(f"{node.url}/rsc.io/quote/@v/v1.5.2.zip") as r:
-            assert r.status == 502  # unverifiable: not cached
+            assert r.status == (200 if mode == "sumdb" else 502)
     assert node.sumdbs.dbs[0].latest is None
-    assert await node.index.get("rsc.io/quote", "v1.5.2", "zip") is None
+    entry = await node.index.get("rsc.io/quote", "v1.5.2", "zip")
+    if mode == "require":
+        assert entry is None
+    else:
+        assert entry is not None and entry.unverified and node.health()["status"] == "degraded"

@@ -116,6 +116,9 @@ function renderNode(d) {
   const bits = [`v${n.version}`, `up ${fmtDuration(n.uptime_s)}`, n.url, `store ${n.epoch}`];
   if (n.offline) bits.push("OFFLINE mode");
   document.getElementById("node-meta").textContent = bits.filter(Boolean).join(" · ");
+  const reasons = document.getElementById("reasons");
+  reasons.textContent = (n.reasons || []).join(" · ");
+  reasons.hidden = !(n.reasons || []).length;
   document.getElementById("updated").textContent = "updated " + fmtTime(d.generated_at);
   document.title = `modmesh ${n.status} · ${n.url}`;
 }
@@ -126,6 +129,7 @@ function renderCache(d) {
   figure("store_bytes", d.store.bytes, fmtBytes(d.store.bytes));
   figure("store_blobs", d.store.blobs, fmtNum(d.store.blobs));
   figure("disk_free", d.store.disk_free_bytes, fmtBytes(d.store.disk_free_bytes));
+  figure("unverified", d.store.unverified, fmtNum(d.store.unverified));
   const kinds = { hit: "ok", stale: "warn", miss: "", revalidated: "", error: "bad" };
   replace("by-cache", ...Object.entries(d.requests.by_cache).map(([k, v]) =>
     el("span", { class: "pill " + (v ? kinds[k] || "" : ""), "data-figure": "by_cache." + k, "data-value": String(v) }, `${k} ${v}`)));
