@@ -4,8 +4,9 @@ Every list, .info, .mod and .zip is fetched through the node once (a miss that
 fills its cache) and written, byte for byte as the node answered, to
 `<tree>/<escaped module>/@v/...`. A second pass checks the node now answers
 every one of them from its cache, and that nginx serves the same bytes. A
-version the node refuses (e.g. a .mod naming another module) is left out of
-both, so node and nginx are always compared on the same set.
+version the node refuses is not mirrored (there are no bytes to mirror) and is
+named in `refused`; the corpus run still asks for it, so it fails there, in the
+report, instead of disappearing from the comparison.
 """
 
 from __future__ import annotations

@@ -168,7 +168,9 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any], bool]:
                 versions.append((ctx.zip_module.module, ctx.zip_module.version))
             ctx.mirror = warm_and_mirror(ctx.node.url, versions, workdir / "tree")
             big_names = {m.module for m in bigs}
-            ctx.corpus_args = [f"{m}@{v}" for m, v in ctx.mirror.versions if m not in big_names]
+            # Every corpus version, refused or not: a version the node refuses fails the
+            # corpus run (and shows in the report) instead of being left out of it.
+            ctx.corpus_args = [f"{m}@{v}" for m, v in versions if m not in big_names]
             assert nginx is not None
             ctx.nginx = start_nginx(procs, nginx, workdir, "nginx", workdir / "tree", 1, server_cpus)
             verify_static(ctx.nginx.url, ctx.mirror)
@@ -179,7 +181,8 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any], bool]:
                 "refused_by_node": ctx.mirror.refused,
             }
             log(f"    {len(ctx.mirror.versions)} versions of {len(ctx.mirror.modules)} modules cached and "
-                f"mirrored; {len(ctx.mirror.refused)} refused by the node and left out of both "
+                f"mirrored; {len(ctx.mirror.refused)} refused by the node (the corpus run keeps them: "
+                f"they fail it) "
                 f"({time.monotonic() - t0:.0f} s)")
             for name in ("info", "list"):
                 if name in sel:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -245,7 +246,7 @@ class Upstream:
             )
 
     async def _status_error(self, resp: aiohttp.ClientResponse, path: str) -> ModmeshError:
-        text = await _error_text(resp)
+        text = mask_address(await _error_text(resp), self.base)
         first = text.split("\n", 1)[0].strip()[:200]
         what = f"the upstream answered {resp.status} for {path}" + (f": {first}" if first else "")
         if resp.status in (404, 410):
@@ -272,6 +273,16 @@ async def _error_text(resp: aiohttp.ClientResponse) -> str:
     return clean_text(head.decode("utf-8", "replace"))
 
 
+def mask_address(text: str, base: str) -> str:
+    """`text` without the upstream's URL or host name (they may be internal, or carry
+    credentials): clients never learn where the node fetches from."""
+    parts = urlsplit(base)
+    for secret in (base, redact(base), parts.netloc, parts.hostname or ""):
+        if secret:
+            text = text.replace(secret, "<upstream>")
+    return text
+
+
 def clean_text(text: str) -> str:
     """Printable characters, newlines and tabs only; cut to MAX_ERROR_TEXT."""
     return "".join(c for c in text if c.isprintable() or c in "\n\t")[:MAX_ERROR_TEXT]
@@ -280,7 +291,8 @@ def clean_text(text: str) -> str:
 def _describe(e: BaseException) -> str:
     """An aiohttp error without the URL or address it names."""
     if isinstance(e, aiohttp.ClientConnectorError):
-        return f"cannot connect ({e.os_error.strerror or type(e.os_error).__name__})" if e.os_error else "cannot connect"
+        err = e.os_error
+        return f"cannot connect ({os.strerror(err.errno) if err.errno else type(err).__name__})"
     if isinstance(e, aiohttp.ServerDisconnectedError):
         return "the connection was closed"
     if isinstance(e, aiohttp.TooManyRedirects):

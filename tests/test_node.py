@@ -308,3 +308,39 @@ async def test_admit_verifies_like_an_upstream(make_node) -> None:  # type: igno
     # A .mod that names another module (a fork, a renamed module) is the go command's business.
     entry, new = await node.proxy.admit(ModRequest(M, V, "mod"), "bundle x", once(b"module example.com/other\n"))
     assert new and entry.size == len(b"module example.com/other\n")
+
+
+async def test_no_answer_names_an_upstream(fake_proxy, make_node, client) -> None:  # type: ignore[no-untyped-def]
+    """Every fault the tests above provoke, and then some: the answers (status line,
+    headers, body) never contain the upstream's address, even when its own 404 text does."""
+    up = await fake_proxy(MODS)
+    where = up.url.removeprefix("http://")
+    faults = [Fault.status(500, f"disk on fire at {up.url}/x\n".encode()), Fault.status(503),
+              Fault.reset_mid_body(), Fault.truncate(), Fault.empty_200(), Fault.wrong_body(b"<html>x</html>"),
+              Fault.hang(), Fault.status(404, f"not found: {up.url}/{M}\n".encode()),
+              Fault.status(410, f"gone from {where}\n".encode()), Fault.chunked_cut()]
+    node = await make_node(f"{up.url}|{up.url}/second", read_timeout=0.5, negative_ttl=0, breaker_threshold=100)
+    answers: list[tuple[int, bytes, str]] = []
+
+    async def ask(path: str) -> None:
+        async with client.get(node.url + path) as r:
+            try:
+                body = await r.read()
+            except aiohttp.ClientPayloadError:
+                body = b""
+            answers.append((r.status, body, repr(dict(r.headers))))
+
+    for fault in faults:
+        for path in (ZIP, f"/{M}/@v/{V}.info", f"/{M}/@v/{V}.mod", f"/{M}/@v/list", f"/{M}/@latest",
+                     f"/{M}/@v/master.info"):
+            up.clear_faults()
+            up.inject(path.replace(f"/{M}", ""), fault)
+            await ask(path)
+    await up.stop()  # connection refused, then the breaker
+    for _ in range(5):
+        await ask(f"/{M}/@v/v1.1.0.zip")
+        await ask(f"/{M}/@v/v9.0.0.info")
+        await ask("/example.com/elsewhere/@v/list")
+    assert len(answers) > 70 and {s for s, *_ in answers} >= {404, 410, 502, 504}
+    leaks = [a for a in answers if where.encode() in a[1] or where in a[2] or "127.0.0.1" in a[2]]
+    assert not leaks, leaks[:3]

@@ -171,6 +171,10 @@ class FakeProxy:
         self.port = port
         self.requests: collections.Counter[str] = collections.Counter()
         self.log: list[str] = []
+        #: module -> query (a branch or tag name) -> the version it resolves to, like a
+        #: VCS-backed proxy (proxy.golang.org); commit prefixes and `+build` suffixes
+        #: resolve without an entry.
+        self.queries: dict[str, dict[str, str]] = {}
         self._rules: list[_Rule] = []
         self._state: _State | None = None
 
@@ -325,8 +329,8 @@ class FakeProxy:
         except ValueError:
             return _not_found(f"bad version {enc_ver}")
         files = versions.get(version)
-        if files is None and _HEX.fullmatch(version):
-            resolved = _resolve_commit(version, versions)
+        if files is None and ext == "info":
+            resolved = self.resolve(mod_path, version)
             files = versions.get(resolved) if resolved else None
         if files is None:
             return _not_found(f"{mod_path}@{version}")
@@ -334,6 +338,19 @@ class FakeProxy:
         if data is None:
             return _not_found(f"{mod_path}@{version} has no .{ext}")
         return Reply(200, data, _CONTENT_TYPES[ext])
+
+    def resolve(self, module: str, query: str) -> str | None:
+        """The version a `.info` query names: a branch or tag name from `queries`, a
+        commit prefix, or a version with build metadata (v1.2.3+meta -> v1.2.3)."""
+        versions = self.modules.get(module, {})
+        if query in self.queries.get(module, {}):
+            return self.queries[module][query]
+        if _HEX.fullmatch(query):
+            return _resolve_commit(query, versions)
+        base, plus, build = query.partition("+")
+        if plus and build != "incompatible" and base in versions:
+            return base
+        return None
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path  # percent-decoded; "+" stays "+"
