@@ -24,7 +24,7 @@ from pathlib import Path
 from aiohttp import web
 
 from bench.bigzip import VERSION, go_mod, info_json
-from node.modpath import escape_path, escape_version
+from node.golang.modpath import escape_path, escape_version
 
 CHUNK = 128 * 1024
 

@@ -16,8 +16,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from node import modzip
-from node.modpath import escape_path, escape_version
+from node.golang import modzip
+from node.golang.modpath import escape_path, escape_version
 
 VERSION = "v1.0.0"
 #: Bump to invalidate zips cached by an older bench.

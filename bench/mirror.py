@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.load import fetch
-from node.modpath import escape_path, escape_version
+from node.golang.modpath import escape_path, escape_version
 
 EXTS = ("info", "mod", "zip")
 

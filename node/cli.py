@@ -17,17 +17,17 @@ import importlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import Config, ConfigError, load_config
-from .logs import setup_logging
-from .plugins import Plugin, load_plugins
-from .sumdb import SumDBConfigError, parse_sumdb_spec
-from .upstream import GoproxyError, parse_goproxy
+from node.config import Config, ConfigError, load_config
+from node.logs import setup_logging
+from node.plugins import Plugin, load_plugins
+from node.sumdb.client import SumDBConfigError, parse_sumdb_spec
+from node.cache.upstream import GoproxyError, parse_goproxy
 
 log = logging.getLogger("modmesh")
 
 
 #: Modules providing `register(subparsers)` for their subcommands.
-COMMAND_MODULES: list[str] = ["node.warm", "node.doctor", "node.storage_cli", "node.airgap"]
+COMMAND_MODULES: list[str] = ["node.tools.warm.warm", "node.tools.doctor.report", "node.tools.storage", "node.tools.bundle.commands"]
 
 
 def build_parser(plugins: Sequence[Plugin] = ()) -> argparse.ArgumentParser:
@@ -87,7 +87,7 @@ def serve(args: argparse.Namespace, plugins: Sequence[Plugin] = ()) -> int:
 
 
 async def _serve(cfg: Config, args: argparse.Namespace, plugins: Sequence[Plugin]) -> int:
-    from .service import Node
+    from node.service import Node
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -113,7 +113,7 @@ async def _serve(cfg: Config, args: argparse.Namespace, plugins: Sequence[Plugin
 
 
 async def _close(node: object, plugins: Sequence[Plugin]) -> None:
-    from .service import Node
+    from node.service import Node
 
     for plugin in reversed(plugins):
         try:

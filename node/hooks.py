@@ -14,9 +14,9 @@ from typing import Protocol
 
 from aiohttp import web
 
-from .index import Entry
-from .protocol import ModRequest
-from .upstream import Upstream
+from node.cache.index import Entry
+from node.cache.protocol import ModRequest
+from node.cache.upstream import Upstream
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from .service import Node
+    from node.service import Node
 
 log = logging.getLogger(__name__)
 

@@ -19,23 +19,23 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .access import load_policy
-from .admin import add_admin_routes
-from .app import FastPathRunner, RequestRecorder, access_logger, add_goproxy_route, build_app
-from .config import Config
-from .credentials import route_credentials
-from .direct import Direct
-from .hooks import Hooks
-from .index import Index
-from .metrics import Metrics
-from .proxy import ModuleProxy, ProxySettings
-from .reverify import Reverifier
-from .spool import storage_error_cause
-from .store import BlobStore
-from .storage import StorageManager
-from .sumdb import ChecksumDatabases, SumDB, parse_sumdb_spec
-from .sumdb_store import SumDBStore
-from .upstream import CircuitBreaker, Off, Timeouts, Upstream, UpstreamChain, build_chain
+from node.server.access import load_policy
+from node.server.admin import add_admin_routes
+from node.server.app import FastPathRunner, RequestRecorder, access_logger, add_goproxy_route, build_app
+from node.config import Config
+from node.cache.credentials import route_credentials
+from node.cache.direct import Direct
+from node.hooks import Hooks
+from node.cache.index import Index
+from node.metrics import Metrics
+from node.cache.proxy import ModuleProxy, ProxySettings
+from node.cache.reverify import Reverifier
+from node.cache.spool import storage_error_cause
+from node.cache.store import BlobStore
+from node.cache.storage import StorageManager
+from node.sumdb.client import ChecksumDatabases, SumDB, parse_sumdb_spec
+from node.sumdb.cache import SumDBStore
+from node.cache.upstream import CircuitBreaker, Off, Timeouts, Upstream, UpstreamChain, build_chain
 
 log = logging.getLogger(__name__)
 

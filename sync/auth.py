@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from node import app as node_app
+from node.server import app as node_app
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import aiohttp
 
-from node.index import Entry, Index
+from node.cache.index import Entry, Index
 
 from .catalog import Catalog
 from .client import PeerClient

@@ -28,10 +28,10 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from node.index import Entry
-from node.protocol import ModRequest
+from node.cache.index import Entry
+from node.cache.protocol import ModRequest
 from node.service import Node
-from node.upstream import CircuitBreaker, Timeouts, Upstream
+from node.cache.upstream import CircuitBreaker, Timeouts, Upstream
 
 from . import peerapi
 from .auth import HOP_HEADER, AuthError, RateLimitedLog, Signer, Verifier, auth_middleware

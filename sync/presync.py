@@ -17,8 +17,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from node.errors import ModmeshError
-from node.index import Index
-from node.protocol import ModRequest, parse_request
+from node.cache.index import Index
+from node.cache.protocol import ModRequest, parse_request
 
 from .catalog import Catalog, Holding, key_of, slots_of
 from .config import MeshConfig

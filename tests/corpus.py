@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from node import modpath, modzip
+from node.golang import modpath, modzip
 from tests.goenv import go_binary, remove_modcache
 
 __all__ = [

@@ -6,7 +6,7 @@ import io
 import json
 import os
 
-from node import modzip
+from node.golang import modzip
 
 
 def module_files(path: str, version: str, files: dict[str, bytes] | None = None,

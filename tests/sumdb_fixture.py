@@ -39,7 +39,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from node import modpath, modzip
+from node.golang import modpath, modzip
 from tests.upstream_fixture import FakeProxy, ModuleSet, Reply
 
 __all__ = [

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from node.access import TokenBucket
+from node.server.access import TokenBucket
 from tests.goenv import go_env, run_go
 from tests.modules import module_files, module_set
 from tests.test_e2e_go import decode_stream

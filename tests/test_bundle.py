@@ -22,13 +22,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node import modzip
-from node.airgap import export_main, import_main
-from node.bundle import MANIFEST_NAME, Manifest, TarReader
+from node.golang import modzip
+from node.tools.bundle.commands import export_main, import_main
+from node.tools.bundle.format import MANIFEST_NAME, Manifest, TarReader
 from node.cli import build_parser
-from node.modpath import escape_path
-from node.exporter import Selection, parse_gosum, parse_since, plan_export
-from node.sources import FileSource
+from node.golang.modpath import escape_path
+from node.tools.bundle.export import Selection, parse_gosum, parse_since, plan_export
+from node.tools.bundle.sources import FileSource
 from tests.goenv import go_env, run_go
 from tests.modules import big_module, module_files
 from tests.sumdb_fixture import FakeSumDB, generate_keys
@@ -549,7 +549,7 @@ async def test_forked_database_in_a_bundle_is_refused(  # type: ignore[no-untype
 
 
 async def test_long_paths_and_pax_headers_round_trip(tmp_path: Path) -> None:
-    from node.bundle import TarWriter, once
+    from node.tools.bundle.format import TarWriter, once
 
     name = "example.com/" + "x" * 150 + "/@v/v1.0.0.zip"
     out = io.BytesIO()
@@ -643,7 +643,7 @@ class _Chunky:
 @given(names=_names, sizes=st.lists(st.integers(0, 3000), min_size=6, max_size=6),
        cuts=st.lists(st.integers(1, 1500), max_size=5))
 def test_tar_stream_round_trips_and_its_size_is_known(names: list[str], sizes: list[int], cuts: list[int]) -> None:
-    from node.bundle import TarWriter, once, tar_size
+    from node.tools.bundle.format import TarWriter, once, tar_size
 
     members = [(n, bytes([i % 251]) * sizes[i], float(i * 1000)) for i, n in enumerate(names)]
 
@@ -676,7 +676,7 @@ def test_tar_stream_round_trips_and_its_size_is_known(names: list[str], sizes: l
                           st.one_of(st.none(), st.from_regex(r"h1:[A-Za-z0-9+/]{43}=", fullmatch=True))),
                 max_size=8))
 def test_manifest_round_trips(rows: list[tuple[str, int, float | None, str | None]]) -> None:
-    from node.bundle import ManifestEntry
+    from node.tools.bundle.format import ManifestEntry
 
     entries = [ManifestEntry(f"p/{i}", kind, size, "ab" * 32, "m", "v1.0.0", h1, t, "db" if kind.startswith("sumdb") else "")
                for i, (kind, size, t, h1) in enumerate(rows)]

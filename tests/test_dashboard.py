@@ -27,8 +27,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from node import dashboard
-from node.app import Handler
+from node.server import dashboard
+from node.server.app import Handler
 from node.service import Node
 from tests.modules import module_files, module_set
 from tests.node_fixtures import NodeFactory, node_config

@@ -15,10 +15,10 @@ import aiohttp
 import pytest
 from rich.console import Console
 
-from node.doctor import diagnose, render
+from node.tools.doctor.report import diagnose, render
 from node.config import Route
-from node.direct import Direct
-from node.doctor_checks import (
+from node.cache.direct import Direct
+from node.tools.doctor.client import (
     Check,
     auth_checks,
     env_file_value,
@@ -32,8 +32,8 @@ from node.doctor_checks import (
     read_go_env,
     redact_list,
 )
-from node.doctor_node import Probe, View, consistency_checks, direct_check, disk_checks
-from node.index import MetaEntry
+from node.tools.doctor.node import Probe, View, consistency_checks, direct_check, disk_checks
+from node.cache.index import MetaEntry
 from tests.goenv import go_env
 from tests.modules import module_files
 from tests.node_fixtures import node_config

@@ -100,7 +100,7 @@ async def test_garbage_is_aiohttps_400(warm) -> None:  # type: ignore[no-untyped
 
 
 async def test_idle_keepalive_connections_are_closed(warm, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
-    from node import fastpath
+    from node.server import fastpath
 
     monkeypatch.setattr(fastpath, "KEEPALIVE", 0.2)
     _, port = warm

@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 import yarl
 
-from node import modpath, modzip, semver
+from node.golang import modpath, modzip, semver
 from tests.conftest import FakeProxyFactory, NameResolutionDenied, NetworkDenied
 from tests.corpus import CorpusVersion, broken, parse_txtar, servable
 from tests.goenv import go_env, remove_modcache, run_go

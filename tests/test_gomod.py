@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node import modpath
-from node.gomod import GoModError, go_version, legacy_go_mod, parse_module_path
+from node.golang import modpath
+from node.golang.gomod import GoModError, go_version, legacy_go_mod, parse_module_path
 from tests.corpus import corpus_root, parse_txtar
 from tests.goenv import go_env
 

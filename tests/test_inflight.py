@@ -25,13 +25,13 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-import node.store as store_module
+from node.cache import store as store_module
 from node.errors import StorageFull, UpstreamError
-from node.index import Entry
-from node.inflight import Aborted, Download, Transfer, send
-from node.protocol import ModRequest
-from node.spool import MemoryBudget, Spool
-from node.store import BlobStore
+from node.cache.index import Entry
+from node.cache.inflight import Aborted, Download, Transfer, send
+from node.cache.protocol import ModRequest
+from node.cache.spool import MemoryBudget, Spool
+from node.cache.store import BlobStore
 from tests.disk import FillingDisk
 
 HOLDBACK = 7

@@ -23,8 +23,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from node import modpath, patterns, semver
-from node.modpath import InvalidPathError, InvalidVersionError
+from node.golang import modpath, patterns, semver
+from node.golang.modpath import InvalidPathError, InvalidVersionError
 from tests.goenv import go_binary, go_env
 
 T, F = True, False

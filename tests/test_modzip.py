@@ -29,8 +29,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node import modpath
-from node.modzip import (
+from node.golang import modpath
+from node.golang.modzip import (
     MAX_ENTRIES,
     MAX_GO_MOD,
     MAX_LICENSE,
@@ -773,7 +773,7 @@ func main() {
 
 @pytest.mark.e2e
 def test_case_folding_matches_go(go_bin: str, go_build_cache: Path, tmp_path: Path) -> None:
-    from node.modzip import _fold  # the collision key; equal keys must mean strings.EqualFold
+    from node.golang.modzip import _fold  # the collision key; equal keys must mean strings.EqualFold
 
     (tmp_path / "go.mod").write_text("module foldcheck\n\ngo 1.21\n")
     (tmp_path / "main.go").write_text(_FOLD_PROGRAM)

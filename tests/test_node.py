@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
-from node import modzip
+from node.golang import modzip
 from tests.modules import big_module, module_files, module_set
 from tests.upstream_fixture import Fault
 
@@ -287,7 +287,7 @@ async def test_missing_blob_is_refetched(fake_proxy, make_node, client) -> None:
 
 async def test_admit_verifies_like_an_upstream(make_node) -> None:  # type: ignore[no-untyped-def]
     from node.errors import IntegrityError
-    from node.protocol import ModRequest
+    from node.cache.protocol import ModRequest
 
     node = await make_node("off")
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from node import note as N
-from node.note import (
+from node.sumdb import note as N
+from node.sumdb.note import (
     InvalidSignatureError,
     MalformedKeyError,
     MalformedNoteError,

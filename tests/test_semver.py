@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node import semver
-from node.modpath import is_pseudo_version
+from node.golang import semver
+from node.golang.modpath import is_pseudo_version
 from tests.goenv import go_binary, go_env
 
 # (input, canonical form), in increasing order; equal canonical forms compare equal and

@@ -16,13 +16,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from node import store as store_module
+from node.cache import store as store_module
 from node.cli import build_parser
 from node.config import ConfigError, load_config
 from node.hooks import PeerCandidate
-from node.protocol import ModRequest
+from node.cache.protocol import ModRequest
 from node.service import Node
-from node.upstream import Timeouts, Upstream
+from node.cache.upstream import Timeouts, Upstream
 from tests.disk import FillingDisk
 from tests.modules import big_module, module_files, module_set
 from tests.upstream_fixture import Fault
@@ -374,7 +374,7 @@ async def test_commands_on_node_and_data(fake_proxy, make_node, client, tmp_path
 
 
 async def _entry(data: Path, module: str, version: str) -> str:
-    from node.index import Index
+    from node.cache.index import Index
 
     idx = Index(data / "index.sqlite")
     await idx.open()

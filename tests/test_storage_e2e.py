@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from node.modpath import escape_path, escape_version
+from node.golang.modpath import escape_path, escape_version
 from tests.corpus import CorpusVersion, servable
 from tests.goenv import go_env, run_go
 from tests.test_e2e_go import _main_module

@@ -4,7 +4,7 @@ import hashlib
 import subprocess
 from pathlib import Path
 
-from node.store import BlobStore
+from node.cache.store import BlobStore
 
 
 def dead_pid() -> int:

@@ -17,10 +17,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from node import modzip
-from node.app import HOP_HEADER
-from node.doctor import diagnose
-from node.exporter import Selection, plan_export
+from node.golang import modzip
+from node.server.app import HOP_HEADER
+from node.tools.doctor.report import diagnose
+from node.tools.bundle.export import Selection, plan_export
 from tests.goenv import go_env, run_go
 from tests.mesh_fixtures import MeshNodeFactory, make_mesh_node, mesh_secret  # noqa: F401
 from tests.modules import module_files

@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from node import modpath
+from node.golang import modpath
 from tests.conftest import FakeProxyFactory
 from tests.corpus import CorpusVersion, servable
 from tests.goenv import decode_stream, go_env, run_go

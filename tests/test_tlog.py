@@ -15,9 +15,9 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node import modzip
-from node.note import Signer, Verifier, generate_key, open_note, parse_signer, parse_verifier, sign_note
-from node.tiles import (
+from node.golang import modzip
+from node.sumdb.note import Signer, Verifier, generate_key, open_note, parse_signer, parse_verifier, sign_note
+from node.sumdb.tiles import (
     Tile,
     hash_from_tile,
     new_tiles,
@@ -28,7 +28,7 @@ from node.tiles import (
     tiles_needed_for_record,
     tiles_needed_for_tree_proof,
 )
-from node.tlog import (
+from node.sumdb.tlog import (
     EMPTY_TREE_HASH,
     HASH_SIZE,
     MAX_TREE_SIZE,

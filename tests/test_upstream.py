@@ -8,7 +8,7 @@ import pytest
 
 from node.errors import LookupDisabled, NotFound, UpstreamError, UpstreamTimeout
 from node.metrics import Metrics
-from node.upstream import (
+from node.cache.upstream import (
     CircuitBreaker,
     GoproxyError,
     Timeouts,

@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node import modpath, semver, verify
+from node.golang import modpath, semver
+from node.cache import verify
 from node.errors import IntegrityError
-from node.protocol import ModRequest
+from node.cache.protocol import ModRequest
 
 Q = ModRequest("example.com/m", "master", "query")
 

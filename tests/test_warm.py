@@ -18,10 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from node import modzip
-from node.protocol import Kind
-from node.cmdtarget import UsageError
-from node.goinputs import (
+from node.golang import modzip
+from node.cache.protocol import Kind
+from node.tools.target import UsageError
+from node.tools.warm.inputs import (
     Target,
     UnreadableInput,
     apply_replaces,
@@ -30,7 +30,7 @@ from node.goinputs import (
     parse_list,
     parse_modfile,
 )
-from node.warm import FileAnswer, print_summary, report_json, warm, warm_data, warm_node
+from node.tools.warm.warm import FileAnswer, print_summary, report_json, warm, warm_data, warm_node
 from tests.goenv import go_env, run_go
 from tests.modules import big_module, module_files
 from tests.node_fixtures import node_config

@@ -33,7 +33,7 @@ from typing import Literal
 
 from aiohttp import web
 
-from node import modpath, semver
+from node.golang import modpath, semver
 from tests.corpus import CorpusVersion, build_zip
 
 __all__ = ["Fault", "FaultKind", "FakeProxy", "ModuleSet", "Reply", "VersionFiles", "modules_from_corpus"]

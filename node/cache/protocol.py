@@ -1,0 +1,146 @@
+"""GOPROXY request paths: parse what the go command sends into a `ModRequest`.
+
+Pure functions only. The HTTP layer hands us the percent-decoded path; we split it
+into module, version and kind, undo Go's case encoding (`!x` -> `X`) and validate
+by Go's own rules, so nothing malformed ever reaches the store or an upstream.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Literal
+
+from node.golang import modpath, semver
+from node.errors import InvalidRequest, NotFound
+
+#: `query`: a `.info` for something that is not a canonical version (a branch, a tag
+#: name, a commit prefix, `v1.2.3+meta`): the upstream resolves it to one.
+Kind = Literal["list", "latest", "info", "mod", "zip", "query"]
+VERSIONED_KINDS: tuple[Kind, ...] = ("info", "mod", "zip")
+
+#: Longest request path we look at. Go puts no limit on module paths, but real
+#: ones are far shorter, and a bound keeps hostile URLs cheap to reject.
+MAX_REQUEST_PATH = 1024
+
+_SUFFIXES: dict[str, Kind] = {".info": "info", ".mod": "mod", ".zip": "zip"}
+
+
+@dataclass(frozen=True, slots=True)
+class ModRequest:
+    """One GOPROXY file: `module` and `version` are unescaped; version is "" for list/latest."""
+
+    module: str
+    version: str
+    kind: Kind
+
+    @property
+    def versioned(self) -> bool:
+        return self.kind in VERSIONED_KINDS
+
+    @property
+    def key(self) -> str:
+        """Stable text key, used for single-flight, negative caching and logs."""
+        if self.kind == "list":
+            return f"{self.module}/@v/list"
+        if self.kind == "latest":
+            return f"{self.module}/@latest"
+        if self.kind == "query":  # never a canonical version: no clash with an .info
+            return f"{self.module}@{self.version}.info"
+        return f"{self.module}@{self.version}.{self.kind}"
+
+    @property
+    def upstream_path(self) -> str:
+        """The escaped path to append to a GOPROXY base URL (no leading slash)."""
+        mod = modpath.escape_path(self.module)
+        if self.kind == "list":
+            return f"{mod}/@v/list"
+        if self.kind == "latest":
+            return f"{mod}/@latest"
+        ext = "info" if self.kind == "query" else self.kind
+        return f"{mod}/@v/{modpath.escape_version(self.version)}.{ext}"
+
+
+@functools.lru_cache(maxsize=16384)  # hot paths repeat; errors are not cached
+def parse_request(path: str) -> ModRequest:
+    """Parse a decoded request path such as `/rsc.io/!quote/@v/v1.5.2.zip`.
+
+    Raises InvalidRequest (400) for malformed paths or escaping, NotFound (404) for
+    shapes the protocol does not have and for versions a proxy never serves (a `.mod`
+    or `.zip` of a non-canonical version, versions that do not fit the module path):
+    a 404 lets a client with `GOPROXY=node,direct` fall through, as it would at
+    proxy.golang.org. A `.info` of a non-canonical version is a `query` the upstream
+    resolves (`go get m@master`, `m@<commit>`).
+    """
+    if len(path) > MAX_REQUEST_PATH:
+        raise InvalidRequest(f"request path longer than {MAX_REQUEST_PATH} bytes")
+    p = path.lstrip("/")
+    if p.endswith("/@latest"):
+        return ModRequest(_module(p[: -len("/@latest")]), "", "latest")
+    at = p.find("/@v/")
+    if at < 0:
+        raise NotFound(f"not a module proxy path: {_clip(path)}")
+    module = _module(p[:at])
+    rest = p[at + len("/@v/") :]
+    if rest == "list":
+        return ModRequest(module, "", "list")
+    for suffix, kind in _SUFFIXES.items():
+        if rest.endswith(suffix):
+            escaped = rest[: -len(suffix)]
+            if kind == "info" and _is_query(module, escaped):
+                return ModRequest(module, _query(escaped), "query")
+            return ModRequest(module, _version(module, escaped), kind)
+    raise NotFound(f"unknown file {_clip(rest)!r}: want list, .info, .mod or .zip")
+
+
+def _module(escaped: str) -> str:
+    try:
+        return modpath.unescape_path(escaped)
+    except ValueError as e:
+        raise InvalidRequest(f"invalid module path: {e}") from None
+
+
+def _is_query(module: str, escaped: str) -> bool:
+    """Anything but a canonical version that fits the module path: `v2.0.0` of a path
+    without /v2 is a query too (the upstream may resolve it to v2.0.0+incompatible)."""
+    try:
+        version = modpath.unescape_version(escaped)
+    except ValueError:
+        return False
+    if not semver.is_valid(version) or modpath.canonical_version(version) != version:
+        return True
+    try:
+        modpath.check(module, version)
+    except ValueError:
+        return True
+    return False
+
+
+def _query(escaped: str) -> str:
+    """A non-canonical version for `.info`, as the go command escapes it (EscapeVersion)."""
+    version = modpath.unescape_version(escaped)
+    try:
+        modpath.escape_version(version)
+    except ValueError as e:
+        raise InvalidRequest(f"invalid version query: {e}") from None
+    return version
+
+
+def _version(module: str, escaped: str) -> str:
+    try:
+        version = modpath.unescape_version(escaped)
+    except ValueError as e:
+        raise InvalidRequest(f"invalid version escaping: {e}") from None
+    if not semver.is_valid(version) or modpath.canonical_version(version) != version:
+        raise NotFound(
+            f"{module}@{_clip(version)}: not a canonical version; this proxy serves canonical versions only"
+        )
+    try:
+        modpath.check(module, version)
+    except ValueError as e:
+        raise NotFound(f"{module}@{version}: {e}") from None
+    return version
+
+
+def _clip(s: str, n: int = 80) -> str:
+    return s if len(s) <= n else s[:n] + "..."

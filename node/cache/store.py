@@ -1,0 +1,240 @@
+"""Content-addressed blob store on disk.
+
+Layout under the data directory:
+
+    blobs/ab/abcdef...   one file per sha256, immutable once renamed into place
+    tmp/<pid>-<id>/      in-progress writes of one store instance (process)
+
+Several processes may use one data directory (a node, and `modmesh warm --data`
+beside it), so each store writes into a temp directory of its own and start-up
+removes only the directories of processes that are gone (their crash orphans).
+
+A blob becomes visible only by `os.replace` of a fully written, fsynced temp file
+in the same file system, so a crash at any moment leaves either no blob or a
+whole one. The sha256 is computed while the bytes are written, never after.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from node.errors import StorageFull
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The store could not take a file: why, which file first, since when, how many."""
+
+    cause: str
+    first: str
+    since: float
+    files: int = 1
+
+
+class StoreStatus:
+    """Whether the store takes files. Set by the first refusal (a full disk, a quota,
+    a file larger than `max_size` allows), cleared by the next file it stores."""
+
+    def __init__(self) -> None:
+        self.refusal: Refusal | None = None
+
+    def refused(self, cause: str, what: str, now: float) -> None:
+        r = self.refusal
+        if r is None:
+            self.refusal = Refusal(cause, what, now)
+        else:
+            self.refusal = Refusal(cause, r.first, r.since, r.files + 1)
+
+    def stored(self) -> bool:
+        """A file was stored; True if that ended a refusal."""
+        ended, self.refusal = self.refusal is not None, None
+        return ended
+
+    def health(self) -> dict[str, object]:
+        r = self.refusal
+        if r is None:
+            return {"caching": True}
+        return {"caching": False, "reason": r.cause, "since": r.since, "first": r.first, "files_passed": r.files}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBlob:
+    sha256: str
+    size: int
+    path: Path
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blob_dir = root / "blobs"
+        self.tmp_root = root / "tmp"
+        self.tmp_dir = self.tmp_root / f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.status = StoreStatus()
+
+    def open(self) -> int:
+        """Create the directories and delete dead processes' temp files; returns how many."""
+        self.blob_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_root.mkdir(parents=True, exist_ok=True)
+        removed = 0
+        for p in self.tmp_root.iterdir():
+            if p.is_dir() and _owner_alive(p.name):
+                continue  # another live process's in-flight writes
+            removed += _remove_tree(p)
+        if removed:
+            log.info("removed %d orphan temp files from %s", removed, self.tmp_root)
+        self.tmp_dir.mkdir()
+        return removed
+
+    def close(self) -> None:
+        """Remove this instance's temp directory (its writers have all finished)."""
+        _remove_tree(self.tmp_dir)
+
+    def path_for(self, sha256: str) -> Path:
+        return self.blob_dir / sha256[:2] / sha256
+
+    def has(self, sha256: str) -> bool:
+        return self.path_for(sha256).is_file()
+
+    def writer(self) -> BlobWriter:
+        return BlobWriter(self)
+
+    def put_bytes(self, data: bytes) -> StoredBlob:
+        """Store a small blob in one go (info, mod): same atomic path as streams."""
+        w = self.writer()
+        try:
+            w.write(data)
+            return w.commit()
+        finally:
+            w.abort()
+
+    def remove(self, sha256: str) -> None:
+        try:
+            self.path_for(sha256).unlink()
+        except FileNotFoundError:
+            pass
+
+
+class BlobWriter:
+    """Writes one blob to a temp file, hashing as it goes.
+
+    `commit()` fsyncs and renames into place (call it in a thread for big blobs:
+    fsync can take a while); `abort()` is idempotent and safe after commit.
+    """
+
+    def __init__(self, store: BlobStore) -> None:
+        self.store = store
+        self.tmp_path = store.tmp_dir / f"{secrets.token_hex(8)}.part"
+        try:
+            self._fd: int | None = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as e:
+            raise _storage_error(e) from e
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        assert self._fd is not None, "write after commit/abort"
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError as e:
+            raise _storage_error(e) from e
+        self._hash.update(data)
+        self.size += len(data)
+
+    def truncate(self) -> None:
+        """Start over (an upstream failed mid-body and the next one is tried)."""
+        assert self._fd is not None
+        os.ftruncate(self._fd, 0)
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def hash_state(self) -> hashlib._Hash:
+        """A copy of the running sha256 over every byte written so far."""
+        return self._hash.copy()
+
+    def commit(self) -> StoredBlob:
+        assert self._fd is not None, "commit after commit/abort"
+        digest = self.sha256
+        final = self.store.path_for(digest)
+        try:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            final.parent.mkdir(exist_ok=True)
+            os.replace(self.tmp_path, final)
+            _fsync_dir(final.parent)
+        except OSError as e:
+            raise _storage_error(e) from e
+        return StoredBlob(digest, self.size, final)
+
+    def abort(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        try:
+            self.tmp_path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _owner_alive(name: str) -> bool:
+    pid, sep, _ = name.partition("-")
+    if not sep or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_tree(path: Path) -> int:
+    """Delete a file or a directory tree; returns how many files went."""
+    if not path.is_dir():
+        try:
+            path.unlink()
+            return 1
+        except FileNotFoundError:
+            return 0
+        except OSError as e:
+            log.warning("cannot remove orphan temp file %s: %s", path, e)
+            return 0
+    count = sum(1 for p in path.rglob("*") if p.is_file())
+    shutil.rmtree(path, ignore_errors=True)
+    return count
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _storage_error(e: OSError) -> Exception:
+    if e.errno == errno.ENOSPC:
+        return StorageFull("node storage is full; the file was not cached", cause="disk full (ENOSPC)")
+    if e.errno == errno.EDQUOT:
+        return StorageFull("node storage quota is exceeded; the file was not cached",
+                           cause="disk quota exceeded (EDQUOT)")
+    return e

@@ -1,0 +1,398 @@
+"""The operator's page at `/` and the live figures behind it.
+
+`/healthz` and `/metrics` answer machines; someone walking up to a node on a
+factory floor wants one page: is it healthy, which upstreams are failing, is the
+checksum database verified, how full and how useful is the cache, what is being
+fetched, what went wrong lately. The page is static HTML + a small script
+(node/static, no build step, no CDN: nodes are often offline) that polls
+`/_dashboard/data.json`.
+
+The figures come from what the node already keeps (its Prometheus registry,
+`Node.health()`, the index) plus three things only a page needs: a ring buffer of
+samples for "over time", a logging handler keeping the last warnings and errors,
+and the mesh's `/_mesh/status` when the mesh plugin registered one (asked
+in-process). The sampler and the handler live from the app's startup to its
+cleanup (they are the only state), so several nodes in one process each get their
+own.
+
+Registered through ADMIN_MODULES, but not under `/_admin/`: it only reads, so it
+is as open as the GOPROXY endpoints (node/access.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeGuard
+
+import aiosqlite
+from aiohttp import web
+from prometheus_client.metrics import MetricWrapperBase
+
+from node.server.app import Handler
+
+if TYPE_CHECKING:
+    from node.service import Node
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+DATA_PATH = "/_dashboard/data.json"
+MESH_STATUS = "/_mesh/status"
+#: One sample every SAMPLE_INTERVAL seconds, SAMPLES of them: an hour of history.
+SAMPLE_INTERVAL = 5.0
+SAMPLES = 720
+ERRORS = 50
+TOP_MODULES = 10
+#: The top-modules query scans the index; viewers polling share one answer this long.
+TOP_TTL = 5.0
+#: The mesh status handler runs in the page's request; it must not hold it up.
+MESH_TIMEOUT = 2.0
+BACKLOG_KEYS = ("backlog", "sync_backlog", "pending")
+#: Request kinds that are not module or checksum database traffic (the page's own polls).
+NOT_TRAFFIC = frozenset({"healthz", "readyz", "metrics", "other"})
+CACHE_RESULTS = ("hit", "stale", "miss", "revalidated", "error")
+FROM_CACHE = ("hit", "stale")
+FETCHED = ("miss", "revalidated")
+ASSETS = {
+    "dashboard.js": "text/javascript",
+    "dashboard.css": "text/css",
+}
+# The page loads only its own files and talks only to this node.
+CSP = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'"
+
+
+def admin_routes(node: Node) -> list[web.RouteDef]:
+    dash = Dashboard(node)
+    # App signals, not Node, own the lifetime: they run at listen() and aclose().
+    node.app.on_startup.append(dash.on_startup)
+    node.app.on_cleanup.append(dash.on_cleanup)
+    return dash.routes()
+
+
+class ErrorLog(logging.Handler):
+    """The last WARNING+ records, for "recent errors" (bounded, never blocks)."""
+
+    def __init__(self, size: int = ERRORS) -> None:
+        super().__init__(logging.WARNING)
+        self.records: deque[dict[str, Any]] = deque(maxlen=size)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                exc = record.exc_info[1]
+                message += f": {type(exc).__name__}: {exc}"
+            self.records.append({
+                "t": record.created,
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "message": message[:500],
+            })
+        except Exception:
+            self.handleError(record)
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    t: float
+    by_cache: Mapping[str, int]  # cumulative requests per cache result
+    store_bytes: int
+    blobs: int
+
+
+def collected(metric: MetricWrapperBase, suffix: str) -> Iterator[tuple[dict[str, str], float]]:
+    """(labels, value) of a labelled metric's samples named `<name><suffix>`."""
+    for family in metric.collect():
+        for s in family.samples:
+            if s.name.endswith(suffix):
+                yield s.labels, s.value
+
+
+def requests_by_cache(samples: Iterable[tuple[dict[str, str], float]]) -> dict[str, int]:
+    """Module and checksum database requests by cache result (the page's own polls left out)."""
+    out = dict.fromkeys(CACHE_RESULTS, 0)
+    for labels, value in samples:
+        if labels.get("kind") in NOT_TRAFFIC:
+            continue
+        cache = labels.get("cache", "none")
+        if cache in out:
+            out[cache] += int(value)
+    return out
+
+
+def hit_ratio(by_cache: Mapping[str, int]) -> float | None:
+    """Answers from the cache over answers that needed a cache decision (errors left out)."""
+    hits = sum(by_cache.get(k, 0) for k in FROM_CACHE)
+    total = hits + sum(by_cache.get(k, 0) for k in FETCHED)
+    return hits / total if total else None
+
+
+def series(samples: Iterable[Sample]) -> list[dict[str, Any]]:
+    """Per-interval figures from cumulative samples: requests, hit ratio, store bytes."""
+    out: list[dict[str, Any]] = []
+    prev: Mapping[str, int] = {}
+    for s in samples:
+        delta = {k: max(0, v - prev.get(k, 0)) for k, v in s.by_cache.items()}
+        ratio = hit_ratio(delta)
+        out.append({
+            "t": s.t,
+            "requests": sum(delta.values()),
+            "hit_ratio": None if ratio is None else round(ratio, 4),
+            "store_bytes": s.store_bytes,
+        })
+        prev = s.by_cache
+    return out
+
+
+def mesh_view(status: object) -> dict[str, Any]:
+    """Peers and sync backlog out of whatever `/_mesh/status` answers.
+
+    The mesh owns that format; the page only needs peers (a list of objects or an
+    object keyed by peer id), a backlog figure and a few scalars, and shows what it
+    finds rather than failing on a field it does not know.
+    """
+    if not isinstance(status, dict):
+        return {"enabled": True, "error": "mesh status is not a JSON object"}
+    raw = status.get("peers", [])
+    peers: list[dict[str, Any]] = []
+    if isinstance(raw, dict):
+        peers = [{"id": k, **v} if isinstance(v, dict) else {"id": k, "state": v} for k, v in raw.items()]
+    elif isinstance(raw, list):
+        peers = [p if isinstance(p, dict) else {"id": p} for p in raw]
+    peers = [{k: v for k, v in p.items() if _scalar(v)} for p in peers]
+    backlog = _backlog(status)
+    if backlog is None:
+        per_peer = [b for b in map(_backlog, peers) if b is not None]
+        backlog = sum(per_peer) if per_peer else None
+    summary = {k: v for k, v in status.items() if k != "peers" and _scalar(v)}
+    return {"enabled": True, "peers": peers[:50], "backlog": backlog, "summary": summary}
+
+
+def _backlog(d: Mapping[str, Any]) -> float | None:
+    for key in BACKLOG_KEYS:
+        v = d.get(key)
+        if _number(v):
+            return float(v)
+    return None
+
+
+def _scalar(v: object) -> bool:
+    return v is None or isinstance(v, (str, int, float, bool))
+
+
+def _number(v: object) -> TypeGuard[int | float]:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+async def top_modules(db: aiosqlite.Connection, limit: int = TOP_MODULES) -> list[dict[str, Any]]:
+    """Modules by cache hits, then by bytes held: what this site actually builds with."""
+    async with db.execute(
+        "SELECT module, SUM(hits), COUNT(DISTINCT version), COUNT(*), SUM(size),"
+        " MAX(COALESCE(last_access, fetched_at))"
+        " FROM entries GROUP BY module ORDER BY SUM(hits) DESC, SUM(size) DESC, module LIMIT ?",
+        (limit,),
+    ) as cur:
+        rows = await cur.fetchall()
+    return [
+        {"module": m, "hits": int(h), "versions": int(v), "files": int(f), "bytes": int(b), "last_used": t}
+        for m, h, v, f, b, t in rows
+    ]
+
+
+class Dashboard:
+    """One per node: the routes, and the little state a page needs beyond the node's own.
+
+    The files are read once here, so a missing static file fails the node's start,
+    not a viewer's request."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.samples: deque[Sample] = deque(maxlen=SAMPLES)
+        self.errors = ErrorLog()
+        self._page = (STATIC / "dashboard.html").read_bytes()
+        self._assets = {name: (STATIC / name).read_bytes() for name in ASSETS}
+        self._sampler: asyncio.Task[None] | None = None
+        self._top: tuple[float, list[dict[str, Any]]] | None = None  # (when, rows)
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/", self.page),
+            web.get(DATA_PATH, self.data_json),
+            web.get(r"/_dashboard/{name:dashboard\.(js|css)}", self.asset),
+        ]
+
+    # --- lifetime (the app's startup and cleanup signals) -------------------------
+
+    async def on_startup(self, app: web.Application) -> None:
+        logging.getLogger().addHandler(self.errors)
+        self.samples.append(await self._sample())
+        self._sampler = asyncio.create_task(self._sample_loop())
+
+    async def on_cleanup(self, app: web.Application) -> None:
+        logging.getLogger().removeHandler(self.errors)
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
+            self._sampler = None
+
+    async def _sample_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SAMPLE_INTERVAL)
+            try:
+                self.samples.append(await self._sample())
+            except Exception:
+                log.exception("dashboard sample failed")
+
+    async def _sample(self) -> Sample:
+        blobs, size = await self.node.index.totals()
+        by_cache = requests_by_cache(collected(self.node.metrics.requests, "_total"))
+        return Sample(time.time(), by_cache, size, blobs)
+
+    # --- handlers ---------------------------------------------------------------
+
+    async def page(self, request: web.Request) -> web.Response:
+        # The CSP makes a log line that slipped into the DOM inert: no inline script runs.
+        return web.Response(
+            body=self._page, content_type="text/html", charset="utf-8",
+            headers={"Cache-Control": "no-cache", "Content-Security-Policy": CSP},
+        )
+
+    async def asset(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        return web.Response(
+            body=self._assets[name], content_type=ASSETS[name], charset="utf-8",
+            headers={"Cache-Control": "no-cache"},
+        )
+
+    async def data_json(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.data(request), headers={"Cache-Control": "no-store"})
+
+    async def data(self, request: web.Request) -> dict[str, Any]:
+        """Everything the page shows, as of now."""
+        node = self.node
+        health = node.health()
+        now = await self._sample()
+        history = [*self.samples, now]
+        return {
+            "generated_at": now.t,
+            "sample_interval_s": SAMPLE_INTERVAL,
+            "node": {
+                "status": health["status"],
+                "version": health["version"],
+                "uptime_s": health["uptime_s"],
+                "url": node.url,
+                "epoch": health["store"]["epoch"],
+                "offline": node.config.offline,
+                "reasons": health["reasons"],
+            },
+            "requests": {
+                "total": sum(now.by_cache.values()),
+                "by_cache": now.by_cache,
+                "hit_ratio": hit_ratio(now.by_cache),
+            },
+            "store": {
+                "bytes": now.store_bytes,
+                "blobs": now.blobs,
+                "disk_free_bytes": health["store"]["disk_free_bytes"],
+                "caching": health["store"]["caching"],
+                "unverified": health["unverified"],
+            },
+            "series": series(history),
+            "upstreams": self._upstreams(health["upstreams"]),
+            "sumdb": self._sumdbs(health["sumdb"]),
+            "top_modules": await self._top_modules(),
+            "mesh": await self._mesh(request),
+            "errors": list(reversed(self.errors.records)),
+        }
+
+    # --- sections ---------------------------------------------------------------
+
+    def _upstreams(self, ups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        m = self.node.metrics
+        errors: dict[str, int] = {}
+        for labels, v in collected(m.upstream_errors, "_total"):
+            errors[labels["upstream"]] = errors.get(labels["upstream"], 0) + int(v)
+        count = {lb["upstream"]: v for lb, v in collected(m.upstream_latency, "_count")}
+        total = {lb["upstream"]: v for lb, v in collected(m.upstream_latency, "_sum")}
+        out = []
+        for u in ups:
+            n = count.get(u["name"], 0.0)
+            out.append({
+                **u,
+                "requests": int(n),
+                "errors": errors.get(u["name"], 0),
+                "avg_latency_ms": round(1000 * total.get(u["name"], 0.0) / n, 1) if n else None,
+            })
+        return out
+
+    def _sumdbs(self, dbs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        m = self.node.metrics
+        mismatches = {lb["db"]: int(v) for lb, v in collected(m.sumdb_mismatches, "_total")}
+        errors: dict[str, int] = {}
+        for lb, v in collected(m.sumdb_errors, "_total"):
+            errors[lb["db"]] = errors.get(lb["db"], 0) + int(v)
+        requests: dict[str, int] = {}
+        for lb, v in collected(m.sumdb_requests, "_total"):
+            requests[lb["db"]] = requests.get(lb["db"], 0) + int(v)
+        return [
+            {
+                **db,
+                "requests": requests.get(db["name"], 0),
+                "mismatches": mismatches.get(db["name"], 0),
+                "verify_errors": errors.get(db["name"], 0),
+            }
+            for db in dbs
+        ]
+
+    async def _top_modules(self) -> list[dict[str, Any]]:
+        if self._top is not None and time.monotonic() - self._top[0] < TOP_TTL:
+            return self._top[1]
+        # Hits are buffered in memory; flush so the page shows the ones just served.
+        await self.node.index.flush_access()
+        rows = await top_modules(self.node.index.db)
+        self._top = (time.monotonic(), rows)
+        return rows
+
+    async def _mesh(self, request: web.Request) -> dict[str, Any]:
+        """The mesh plugin's `GET /_mesh/status`, if it registered one on this node.
+
+        Called in-process, not over HTTP: the mesh signs and checks every request
+        under /_mesh/ (sync/auth.py) and this node has no business forging a peer's
+        signature to ask itself. The handler gets a GET clone of the viewer's request
+        and must answer a plain (JSON) Response.
+        """
+        handler = self._mesh_handler()
+        if handler is None:
+            return {"enabled": False}
+        try:
+            resp = await asyncio.wait_for(handler(request.clone(method="GET", rel_url=MESH_STATUS)), MESH_TIMEOUT)
+        except web.HTTPException as e:
+            resp = e
+        except Exception as e:  # another feature's bug must not take the page down
+            log.warning("dashboard: %s failed: %s: %s", MESH_STATUS, type(e).__name__, e)
+            return {"enabled": True, "error": f"{MESH_STATUS} failed: {type(e).__name__}"}
+        if resp.status != 200:
+            return {"enabled": True, "error": f"{MESH_STATUS} answered {resp.status}"}
+        if not isinstance(resp, web.Response) or not isinstance(resp.body, bytes):
+            return {"enabled": True, "error": f"{MESH_STATUS} did not answer a plain JSON body"}
+        try:
+            return mesh_view(json.loads(resp.body))
+        except ValueError as e:
+            return {"enabled": True, "error": f"{MESH_STATUS} is not JSON: {e}"[:300]}
+
+    def _mesh_handler(self) -> Handler | None:
+        for resource in self.node.app.router.resources():
+            if resource.canonical == MESH_STATUS:
+                for route in resource:
+                    if route.method in ("GET", "*"):
+                        return route.handler
+        return None

@@ -1,0 +1,455 @@
+"""Bundles: one tar stream that carries modules across an air gap.
+
+A bundle unpacked is a GOPROXY tree laid out like GOMODCACHE's cache/download
+(escaped paths, as on the wire), with the manifest in front:
+
+    modmesh-bundle.json                      manifest: always the first member
+    sumdb/<db>/supported                     empty (the tree is a database proxy too)
+    sumdb/<db>/latest                        the exporter's newest verified tree head
+    sumdb/<db>/tile/8/<L>/<NNN>[.p/<W>]      hash tiles at that tree head's widths
+    sumdb/<db>/lookup/<m>@<v>                lookup replies, byte for byte
+    <m>/@v/<v>.info | .mod | .zip            versioned files, byte for byte
+    <m>/@v/list, <m>/@latest                 list and latest answers
+
+The database comes before the modules, so an importer has the records in place
+before the first blob is checked against them. The manifest lists every other
+member with its size and sha256 (and h1, module, version), so a reader checks
+each entry on its own: one bad member is refused, the rest still import.
+
+This module is the format only: manifest, tar writing and tar reading, both
+streaming (`w|`/`r|` semantics, never a whole zip in memory) and async, so the
+same code serves files, pipes and HTTP bodies. `exporter` and `importer` use it.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
+
+from node.golang import modpath
+from node.sumdb import tiles
+from node.errors import InvalidRequest, NotFound
+from node.cache.protocol import ModRequest, parse_request
+
+FORMAT = "modmesh-bundle"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "modmesh-bundle.json"
+#: A manifest lists ~200 bytes per entry; this allows about a million entries.
+MAX_MANIFEST = 256 << 20
+MODULE_KINDS = ("info", "mod", "zip", "list", "latest")
+SUMDB_KINDS = ("sumdb-supported", "sumdb-latest", "sumdb-tile", "sumdb-lookup")
+CHUNK = 256 * 1024
+BLOCK = tarfile.BLOCKSIZE
+RECORD = tarfile.RECORDSIZE
+
+
+#: What an import did with an entry (the report's vocabulary, also over HTTP).
+Status = Literal["admitted", "present", "refused", "skipped"]
+
+
+class BundleError(Exception):
+    """The bundle itself is unreadable (not one entry: the stream or the manifest)."""
+
+
+# ---- manifest ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestEntry:
+    path: str  # the member name: an escaped GOPROXY path, or sumdb/<db>/...
+    kind: str  # info mod zip list latest sumdb-supported sumdb-latest sumdb-tile sumdb-lookup
+    size: int
+    sha256: str | None = None  # None only in bundles built from a directory for upload
+    module: str = ""
+    version: str = ""
+    h1: str | None = None
+    fetched_at: float | None = None
+    db: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: object) -> ManifestEntry:
+        if not isinstance(obj, dict):
+            raise BundleError("manifest entry is not an object")
+        try:
+            e = cls(
+                path=_typed(obj, "path", str), kind=_typed(obj, "kind", str), size=_typed(obj, "size", int),
+                sha256=_typed(obj, "sha256", str, None), module=_typed(obj, "module", str, ""),
+                version=_typed(obj, "version", str, ""), h1=_typed(obj, "h1", str, None),
+                fetched_at=_number(obj.get("fetched_at")), db=_typed(obj, "db", str, ""),
+            )
+        except (TypeError, ValueError) as err:
+            raise BundleError(f"manifest entry {str(obj.get('path'))[:120]!r}: {err}") from None
+        if e.kind not in MODULE_KINDS + SUMDB_KINDS or e.size < 0:
+            raise BundleError(f"manifest entry {e.path[:120]!r}: bad kind or size")
+        if e.sha256 is not None and (len(e.sha256) != 64 or not _is_hex(e.sha256)):
+            raise BundleError(f"manifest entry {e.path[:120]!r}: malformed sha256")
+        return e
+
+    @property
+    def label(self) -> str:
+        """How a report names the entry."""
+        if self.kind in ("info", "mod", "zip"):
+            return f"{self.module}@{self.version}.{self.kind}"
+        return self.path
+
+
+_MISSING = object()
+
+
+def _typed(obj: dict[str, Any], key: str, typ: type, default: Any = _MISSING) -> Any:
+    value = obj.get(key, default)
+    if value is _MISSING:
+        raise ValueError(f"{key} is missing")
+    if value is None and default is None:
+        return None
+    if not isinstance(value, typ) or isinstance(value, bool):
+        raise ValueError(f"{key} must be {typ.__name__}")
+    return value
+
+
+def _number(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("fetched_at must be a number")
+    return float(value)
+
+
+def _is_hex(s: str) -> bool:
+    return all(c in "0123456789abcdef" for c in s)
+
+
+@dataclass
+class Manifest:
+    entries: list[ManifestEntry]
+    created: str
+    #: Where the bundle came from: {"kind": "node", "epoch", "serial", "node_version"}
+    #: for `export`; {"kind": "gomodcache" | "directory", "path"} for uploads of a tree.
+    origin: dict[str, Any] = field(default_factory=dict)
+    #: The export's selection, so `--since-bundle` knows what an earlier bundle covered.
+    selection: dict[str, Any] = field(default_factory=dict)
+    #: Per database: name, vkey, tree_size, tree_hash (base64) of the tree head carried.
+    sumdb: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_bytes(self) -> bytes:
+        obj = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "created": self.created,
+            "origin": self.origin,
+            "selection": self.selection,
+            "sumdb": self.sumdb,
+            "totals": {"entries": len(self.entries), "bytes": sum(e.size for e in self.entries)},
+            "warnings": self.warnings,
+            "entries": [e.to_json() for e in self.entries],
+        }
+        return json.dumps(obj, indent=1, sort_keys=False).encode() + b"\n"
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Manifest:
+        try:
+            obj = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise BundleError(f"manifest is not JSON: {e}") from None
+        if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+            raise BundleError(f"not a modmesh bundle manifest (format is not {FORMAT!r})")
+        if obj.get("format_version") != FORMAT_VERSION:
+            raise BundleError(f"bundle format version {obj.get('format_version')!r} is not supported (want {FORMAT_VERSION})")
+        entries = obj.get("entries")
+        if not isinstance(entries, list):
+            raise BundleError("manifest has no entry list")
+        origin, selection = (obj.get(k) for k in ("origin", "selection"))
+        sumdb = [d for d in obj.get("sumdb") or [] if isinstance(d, dict)]
+        warnings = [str(w) for w in obj.get("warnings") or []]
+        return cls([ManifestEntry.from_json(e) for e in entries], str(obj.get("created", "")),
+                   origin if isinstance(origin, dict) else {}, selection if isinstance(selection, dict) else {},
+                   sumdb, warnings)
+
+    def by_path(self) -> dict[str, ManifestEntry]:
+        return {e.path: e for e in self.entries}
+
+
+# ---- member paths ----------------------------------------------------------------
+
+
+def module_member(module: str, version: str, kind: str) -> str:
+    return ModRequest(module, version, kind).upstream_path  # type: ignore[arg-type]
+
+
+def lookup_member(db: str, module: str, version: str) -> str:
+    return f"sumdb/{db}/lookup/{modpath.escape_path(module)}@{modpath.escape_version(version)}"
+
+
+def parse_module_member(path: str) -> ModRequest:
+    """The ModRequest a member path names (validated by Go's rules), or ValueError."""
+    try:
+        return parse_request("/" + path)
+    except (InvalidRequest, NotFound) as e:
+        raise ValueError(str(e)) from None
+
+
+def parse_lookup_target(target: str) -> tuple[str, str]:
+    esc_m, at, esc_v = target.rpartition("@")
+    if not at:
+        raise ValueError("lookup path must be <module>@<version>")
+    module, version = modpath.unescape_path(esc_m), modpath.unescape_version(esc_v)
+    modpath.check(module, version)
+    if modpath.canonical_version(version) != version:
+        raise ValueError(f"{module}@{version}: not a canonical version")
+    return module, version
+
+
+def parse_sumdb_member(entry: ManifestEntry) -> tiles.Tile | tuple[str, str] | None:
+    """Check a sumdb entry's path against its kind: a Tile, (module, version) for a
+    lookup, None for latest/supported. ValueError if they do not agree."""
+    prefix = f"sumdb/{entry.db}/"
+    if not entry.db or not entry.path.startswith(prefix):
+        raise ValueError(f"path is not under {prefix}")
+    rest = entry.path[len(prefix):]
+    if entry.kind == "sumdb-tile":
+        tile = tiles.parse_tile_path(rest)
+        if tile.l < 0:
+            raise ValueError("data tiles are not carried in bundles")
+        return tile
+    if entry.kind == "sumdb-lookup":
+        if not rest.startswith("lookup/"):
+            raise ValueError("lookup path must start with lookup/")
+        return parse_lookup_target(rest[len("lookup/"):])
+    if rest != entry.kind.removeprefix("sumdb-"):
+        raise ValueError(f"{entry.kind} must be at {prefix}{entry.kind.removeprefix('sumdb-')}")
+    return None
+
+
+# ---- writing ---------------------------------------------------------------------
+
+
+def tar_header(name: str, size: int, mtime: float) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = int(max(0.0, mtime))
+    info.mode = 0o644
+    info.type = tarfile.REGTYPE
+    info.uname = info.gname = ""
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def _padding(size: int) -> int:
+    return -size % BLOCK
+
+
+def tar_size(members: list[tuple[str, int, float]]) -> int:
+    """The exact size of the tar stream TarWriter writes for these (name, size, mtime)."""
+    n = sum(len(tar_header(name, size, mtime)) + size + _padding(size) for name, size, mtime in members)
+    n += 2 * BLOCK
+    return n + -n % RECORD
+
+
+Sink = Callable[[bytes], Awaitable[None]]
+
+
+class TarWriter:
+    """Writes a tar stream to an async sink, member by member, data streamed."""
+
+    def __init__(self, sink: Sink, buffer: int = 1 << 20) -> None:
+        self._sink = sink
+        self._buffer = buffer
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self.written = 0
+
+    async def _write(self, data: bytes) -> None:
+        self._pending.append(data)
+        self._pending_size += len(data)
+        self.written += len(data)
+        if self._pending_size >= self._buffer:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending, self._pending_size = [], 0
+            await self._sink(data)
+
+    async def add(self, name: str, size: int, mtime: float, chunks: AsyncIterable[bytes]) -> None:
+        """One member; `chunks` must yield exactly `size` bytes (BundleError otherwise)."""
+        await self._write(tar_header(name, size, mtime))
+        sent = 0
+        async for chunk in chunks:
+            sent += len(chunk)
+            if sent > size:
+                raise BundleError(f"{name}: more than the {size} bytes announced")
+            await self._write(chunk)
+        if sent != size:
+            raise BundleError(f"{name}: {sent} bytes instead of the {size} announced")
+        if pad := _padding(size):
+            await self._write(bytes(pad))
+
+    async def close(self) -> None:
+        await self._write(bytes(2 * BLOCK))
+        if pad := -self.written % RECORD:
+            await self._write(bytes(pad))
+        await self.flush()
+
+
+async def once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+# ---- reading ---------------------------------------------------------------------
+
+
+class ByteSource(Protocol):
+    async def read(self, n: int) -> bytes:
+        """Up to n bytes; b"" at the end."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class TarMember:
+    name: str
+    size: int
+    type: bytes
+
+
+class TarReader:
+    """Reads a tar stream from an async source: `next()` then the member's `chunks()`.
+
+    Only what a bundle needs is accepted: regular files, PAX and GNU long-name
+    headers; directories are passed through (an unpacked and re-packed tree);
+    anything else raises BundleError. Unread data is skipped by `next()`.
+    """
+
+    def __init__(self, src: ByteSource) -> None:
+        self._src = src
+        self._buf = bytearray()
+        self._pos = 0  # consumed bytes at the front of _buf (dropped when more is read)
+        self._left = 0  # unread data bytes of the current member
+        self._pad = 0
+        self.offset = 0  # bytes consumed from the source
+        self._ended = False
+
+    @property
+    def _avail(self) -> int:
+        return len(self._buf) - self._pos
+
+    async def _fill(self, n: int) -> bool:
+        while self._avail < n:
+            more = await self._src.read(max(CHUNK, n - self._avail))
+            if not more:
+                return False
+            del self._buf[: self._pos]
+            self._pos = 0
+            self._buf += more
+        return True
+
+    def _consume(self, n: int) -> bytes:
+        data = bytes(self._buf[self._pos : self._pos + n])
+        self._pos += n
+        self.offset += n
+        return data
+
+    async def _take(self, n: int) -> bytes:
+        if not await self._fill(n):
+            raise BundleError(f"bundle ends early, at byte {self.offset + self._avail} (truncated?)")
+        return self._consume(n)
+
+    async def _skip(self, n: int) -> None:
+        while n > 0:
+            step = min(n, CHUNK)
+            await self._take(step)
+            n -= step
+
+    async def next(self) -> TarMember | None:
+        """The next member's header, or None at the end of the archive."""
+        await self._skip(self._left + self._pad)
+        self._left = self._pad = 0
+        if self._ended:
+            return None
+        pax: dict[str, str] = {}
+        long_name: str | None = None
+        while True:
+            if not await self._fill(BLOCK):
+                if self._avail:
+                    raise BundleError(f"bundle ends inside a header at byte {self.offset}")
+                self._ended = True  # no end-of-archive blocks: tolerated, like tar
+                return None
+            block = await self._take(BLOCK)
+            if block == bytes(BLOCK):
+                self._ended = True
+                return None
+            try:
+                info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+            except tarfile.HeaderError as e:
+                raise BundleError(f"corrupt tar header at byte {self.offset - BLOCK}: {e}") from None
+            size = info.size
+            if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME):
+                if size > 1 << 20:
+                    raise BundleError(f"oversized extended header at byte {self.offset - BLOCK}")
+                data = await self._take(size)
+                await self._skip(_padding(size))
+                if info.type == tarfile.XHDTYPE:
+                    pax.update(_parse_pax(data))
+                elif info.type == tarfile.GNUTYPE_LONGNAME:
+                    long_name = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
+                continue
+            name = pax.get("path") or long_name or info.name
+            if "size" in pax:
+                if not pax["size"].isdigit():
+                    raise BundleError(f"malformed size in the extended header of {name[:120]!r}")
+                size = int(pax["size"])
+            if info.type == tarfile.DIRTYPE:
+                pax, long_name = {}, None
+                continue
+            if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+                raise BundleError(f"member {name[:120]!r} is not a regular file")
+            self._left, self._pad = size, _padding(size)
+            return TarMember(name, size, info.type)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The current member's data (once)."""
+        while self._left > 0:
+            if not self._avail and not await self._fill(1):
+                raise BundleError(f"bundle ends early, at byte {self.offset} (truncated?)")
+            n = min(self._left, self._avail, CHUNK)
+            self._left -= n
+            yield self._consume(n)
+
+    async def read_all(self, limit: int) -> bytes:
+        if self._left > limit:
+            raise BundleError(f"member larger than {limit} bytes")
+        return b"".join([c async for c in self.chunks()])
+
+
+def _parse_pax(data: bytes) -> dict[str, str]:
+    """POSIX extended header records: `<len> <key>=<value>\\n`."""
+    out: dict[str, str] = {}
+    pos = 0
+    while pos < len(data) and data[pos] != 0:
+        sp = data.find(b" ", pos)
+        if sp < 0 or not data[pos:sp].isdigit():
+            raise BundleError("malformed extended tar header")
+        end = pos + int(data[pos:sp])
+        record = data[sp + 1 : end]
+        if end > len(data) or not record.endswith(b"\n") or b"=" not in record:
+            raise BundleError("malformed extended tar header")
+        key, _, value = record[:-1].partition(b"=")
+        out[key.decode("utf-8", "replace")] = value.decode("utf-8", "surrogateescape")
+        pos = end
+    return out
+
+
+async def read_manifest(reader: TarReader) -> Manifest:
+    """The first member of a bundle stream, which must be the manifest."""
+    first = await reader.next()
+    if first is None:
+        raise BundleError("empty bundle")
+    if first.name != MANIFEST_NAME:
+        raise BundleError(f"not a modmesh bundle: the first member is {first.name[:120]!r}, not {MANIFEST_NAME}")
+    return Manifest.from_bytes(await reader.read_all(MAX_MANIFEST))
