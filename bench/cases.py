@@ -98,13 +98,15 @@ def _pair(ctx: Ctx, servers: dict[str, Server], measure: Measure) -> dict[str, d
         r["server_cpu_util"] = cpu / r["seconds"]
         r["client_cpu_util"] = r.pop("client_cpu") / r["seconds"]
         r["other_cores"] = other.cores
-        ctx.log(f"    {name:7s}: {r['rps']:9,.0f} req/s {r['mb_s']:7,.0f} MB/s  p99 {r['p99_ms']:7.2f} ms  "
-                f"server CPU {r['server_cpu_util']:4.0%}  client CPU {r['client_cpu_util']:4.0%}  "
-                f"other load {other.cores:.2f} cores")
+        ctx.log(
+            f"    {name:7s}: {r['rps']:9,.0f} req/s {r['mb_s']:7,.0f} MB/s  p99 {r['p99_ms']:7.2f} ms  "
+            f"server CPU {r['server_cpu_util']:4.0%}  client CPU {r['client_cpu_util']:4.0%}  "
+            f"other load {other.cores:.2f} cores"
+        )
         return r, other.cores
 
     for i in range(s.rounds):
-        for name in names[i % len(names):] + names[:i % len(names)]:
+        for name in names[i % len(names) :] + names[: i % len(names)]:
             rounds[name].append(ctx.gate.run(partial(one_round, name, servers[name]))[0])
     out: dict[str, dict[str, Any]] = {}
     for name, rs in rounds.items():
@@ -130,16 +132,26 @@ def bench_hits(ctx: Ctx, kind: str) -> list[Row]:
     wrk, workdir, conns = ctx.wrk, ctx.workdir, ctx.settings.small_conns
     paths = ctx.mirror.paths(kind)
     label = ".info" if kind == "info" else "@v/list"
-    ctx.log(f"  {label} hits: wrk -t1 -c{conns}, {len(paths)} paths in rotation, "
-            f"{ctx.settings.rounds} x {ctx.settings.seconds:g} s per server")
+    ctx.log(
+        f"  {label} hits: wrk -t1 -c{conns}, {len(paths)} paths in rotation, "
+        f"{ctx.settings.rounds} x {ctx.settings.seconds:g} s per server"
+    )
 
     def measure(server: Server, seconds: float) -> dict[str, Any]:
         r = run_wrk(wrk, server.url, paths, workdir, seconds, conns, 10)
         if r.error_count:
             raise RuntimeError(f"wrk saw errors against {server.url}: {r.errors}")
-        return {"rps": r.rps, "mb_s": r.bytes_per_s / 1e6, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
-                "max_ms": r.max_ms, "requests": r.requests, "bytes": r.bytes, "seconds": r.seconds,
-                "client_cpu": r.client_cpu}
+        return {
+            "rps": r.rps,
+            "mb_s": r.bytes_per_s / 1e6,
+            "p50_ms": r.p50_ms,
+            "p99_ms": r.p99_ms,
+            "max_ms": r.max_ms,
+            "requests": r.requests,
+            "bytes": r.bytes,
+            "seconds": r.seconds,
+            "client_cpu": r.client_cpu,
+        }
 
     assert ctx.node and ctx.nginx
     servers = {"node": ctx.node, "nginx": ctx.nginx}
@@ -148,14 +160,33 @@ def bench_hits(ctx: Ctx, kind: str) -> list[Row]:
     d = _pair(ctx, servers, measure)
     detail = {"paths": len(paths), "connections": conns, **d}
     rows = [
-        Row(kind, f"{label} cache hits", "req/s", d["node"]["rps"], d["nginx"]["rps"], "nginx",
-            "min_ratio" if kind == "info" else "", 0.25, _notes(d), detail),
+        Row(
+            kind,
+            f"{label} cache hits",
+            "req/s",
+            d["node"]["rps"],
+            d["nginx"]["rps"],
+            "nginx",
+            "min_ratio" if kind == "info" else "",
+            0.25,
+            _notes(d),
+            detail,
+        ),
         Row(kind, f"{label} p99 latency", "ms", d["node"]["p99_ms"], d["nginx"]["p99_ms"], "nginx"),
     ]
     if "aiohttp" in d:
-        rows.append(Row(kind, "minimal aiohttp app, same load", "req/s", d["aiohttp"]["rps"], d["nginx"]["rps"],
-                        "nginx", note="extra: bench/ceiling.py, one catch-all handler returning a fixed body on "
-                        "the node's event loop; the most the node could reach inside aiohttp's web layer"))
+        rows.append(
+            Row(
+                kind,
+                "minimal aiohttp app, same load",
+                "req/s",
+                d["aiohttp"]["rps"],
+                d["nginx"]["rps"],
+                "nginx",
+                note="extra: bench/ceiling.py, one catch-all handler returning a fixed body on "
+                "the node's event loop; the most the node could reach inside aiohttp's web layer",
+            )
+        )
     return rows
 
 
@@ -163,15 +194,24 @@ def bench_zip(ctx: Ctx) -> list[Row]:
     assert ctx.zip_module
     m = ctx.zip_module
     conns = ctx.settings.zip_conns
-    ctx.log(f"  {m.size / 1e6:.0f} MB zip hits: {conns} keep-alive connections downloading it in a loop, "
-            f"{ctx.settings.rounds} x {ctx.settings.seconds:g} s per server")
+    ctx.log(
+        f"  {m.size / 1e6:.0f} MB zip hits: {conns} keep-alive connections downloading it in a loop, "
+        f"{ctx.settings.rounds} x {ctx.settings.seconds:g} s per server"
+    )
 
     def measure(server: Server, seconds: float) -> dict[str, Any]:
         r = stream_load(server.url, m.path("zip"), conns, seconds)
         lat = sorted(r.latencies) or [float("nan")]
-        return {"rps": r.requests / r.seconds, "mb_s": r.bytes_per_s / 1e6,
-                "p50_ms": lat[len(lat) // 2] * 1000, "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
-                "requests": r.requests, "bytes": r.bytes, "seconds": r.seconds, "client_cpu": r.client_cpu}
+        return {
+            "rps": r.requests / r.seconds,
+            "mb_s": r.bytes_per_s / 1e6,
+            "p50_ms": lat[len(lat) // 2] * 1000,
+            "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
+            "requests": r.requests,
+            "bytes": r.bytes,
+            "seconds": r.seconds,
+            "client_cpu": r.client_cpu,
+        }
 
     assert ctx.node and ctx.nginx
     d = _pair(ctx, {"node": ctx.node, "nginx": ctx.nginx}, measure)
@@ -182,10 +222,28 @@ def bench_zip(ctx: Ctx) -> list[Row]:
     detail = {"zip_bytes": m.size, "connections": conns, **d}
     mb = m.size / 1e6
     return [
-        Row("zip", f"{mb:.0f} MB zip hits, throughput", "MB/s", d["node"]["mb_s"], d["nginx"]["mb_s"], "nginx",
-            "min_ratio", 0.80, _notes(d), detail),
-        Row("zip", f"{mb:.0f} MB zip hits, server CPU", "CPU-s/GB", d["node"]["cpu_s_per_gb"],
-            d["nginx"]["cpu_s_per_gb"], "nginx", "max_ratio", 2.0),
+        Row(
+            "zip",
+            f"{mb:.0f} MB zip hits, throughput",
+            "MB/s",
+            d["node"]["mb_s"],
+            d["nginx"]["mb_s"],
+            "nginx",
+            "min_ratio",
+            0.80,
+            _notes(d),
+            detail,
+        ),
+        Row(
+            "zip",
+            f"{mb:.0f} MB zip hits, server CPU",
+            "CPU-s/GB",
+            d["node"]["cpu_s_per_gb"],
+            d["nginx"]["cpu_s_per_gb"],
+            "nginx",
+            "max_ratio",
+            2.0,
+        ),
     ]
 
 
@@ -203,15 +261,24 @@ def _go_download(ctx: Ctx, url: str, tag: str) -> tuple[float, float]:
         env = go_env(tmp, url)
         with Foreign() as other:
             t0 = time.perf_counter()
-            p = subprocess.run([ctx.go, "mod", "download", "-json", *ctx.corpus_args], env=env, cwd=tmp,
-                               capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+            p = subprocess.run(
+                [ctx.go, "mod", "download", "-json", *ctx.corpus_args],
+                env=env,
+                cwd=tmp,
+                capture_output=True,
+                text=True,
+                timeout=600,
+                stdin=subprocess.DEVNULL,
+            )
             seconds = time.perf_counter() - t0
         objs = decode_stream(p.stdout)
         errors = [o for o in objs if "Error" in o]
         if p.returncode != 0 or errors or len(objs) != len(ctx.corpus_args):
             first = errors[0] if errors else p.stderr[-1500:]
-            raise RuntimeError(f"go mod download via {tag} failed ({p.returncode}, {len(errors)} errors, "
-                               f"{len(objs)}/{len(ctx.corpus_args)} modules): {first}")
+            raise RuntimeError(
+                f"go mod download via {tag} failed ({p.returncode}, {len(errors)} errors, "
+                f"{len(objs)}/{len(ctx.corpus_args)} modules): {first}"
+            )
         return seconds, other.cores
     finally:
         remove_modcache(tmp)
@@ -220,8 +287,10 @@ def _go_download(ctx: Ctx, url: str, tag: str) -> tuple[float, float]:
 def bench_corpus(ctx: Ctx) -> list[Row]:
     assert ctx.node and ctx.nginx
     n = ctx.settings.runs
-    ctx.log(f"  go mod download of {len(ctx.corpus_args)} versions, fresh GOMODCACHE in {ctx.go_tmp or ctx.workdir}, "
-            f"1 warm-up + {n} timed runs each")
+    ctx.log(
+        f"  go mod download of {len(ctx.corpus_args)} versions, fresh GOMODCACHE in {ctx.go_tmp or ctx.workdir}, "
+        f"1 warm-up + {n} timed runs each"
+    )
     servers = {"node": ctx.node, "nginx": ctx.nginx}
     times: dict[str, list[float]] = {"node": [], "nginx": []}
     other_max = 0.0
@@ -241,12 +310,29 @@ def bench_corpus(ctx: Ctx) -> list[Row]:
     med = {k: statistics.median(v) for k, v in times.items()}
     notes = [_noisy(other_max)]
     if ctx.go_tmp is not None:
-        notes.append("go's directories on tmpfs: on disk, extracting the zips (about 1 s here) would drown "
-                     "the difference between the servers")
-    return [Row("corpus", f"go mod download, warm corpus ({len(ctx.corpus_args)} versions)", "s",
-                med["node"], med["nginx"], "nginx", "max_ratio", 1.5, "; ".join(n for n in notes if n),
-                detail={"runs": times, "versions": len(ctx.corpus_args), "other_cores_max": other_max,
-                        "go_dir": str(ctx.go_tmp or ctx.workdir)})]
+        notes.append(
+            "go's directories on tmpfs: on disk, extracting the zips (about 1 s here) would drown "
+            "the difference between the servers"
+        )
+    return [
+        Row(
+            "corpus",
+            f"go mod download, warm corpus ({len(ctx.corpus_args)} versions)",
+            "s",
+            med["node"],
+            med["nginx"],
+            "nginx",
+            "max_ratio",
+            1.5,
+            "; ".join(n for n in notes if n),
+            detail={
+                "runs": times,
+                "versions": len(ctx.corpus_args),
+                "other_cores_max": other_max,
+                "go_dir": str(ctx.go_tmp or ctx.workdir),
+            },
+        )
+    ]
 
 
 def _noisy(other_cores: float) -> str:
@@ -273,12 +359,20 @@ def _fresh_node_download(ctx: Ctx, tag: str, module: BigModule, upstream: Server
         ctx.procs.stop(node.proc)
         shutil.rmtree(ctx.workdir / f"{tag}-data", ignore_errors=True)
     if r.status != 200 or r.size != module.size or r.sha256 != module.sha256:
-        raise RuntimeError(f"cold download via node: status {r.status}, {r.size} of {module.size} bytes, "
-                           f"sha256 {'ok' if r.sha256 == module.sha256 else 'WRONG'}")
+        raise RuntimeError(
+            f"cold download via node: status {r.status}, {r.size} of {module.size} bytes, "
+            f"sha256 {'ok' if r.sha256 == module.sha256 else 'WRONG'}"
+        )
     if r.headers.get("x-modmesh-cache") != "miss":
         raise RuntimeError(f"expected a cache miss, got X-Modmesh-Cache: {r.headers.get('x-modmesh-cache')}")
-    return {"seconds": r.seconds, "ttfb": r.ttfb, "cpu_s": cpu, "idle_rss_kib": idle_kib, "peak_rss_kib": peak_kib,
-            "other_cores": other.cores}
+    return {
+        "seconds": r.seconds,
+        "ttfb": r.ttfb,
+        "cpu_s": cpu,
+        "idle_rss_kib": idle_kib,
+        "peak_rss_kib": peak_kib,
+        "other_cores": other.cores,
+    }
 
 
 def _direct_download(module: BigModule, upstream: Server) -> dict[str, Any]:
@@ -293,15 +387,19 @@ def bench_cold(ctx: Ctx) -> list[Row]:
     assert ctx.zip_module and ctx.big_upstream
     m, up = ctx.zip_module, ctx.big_upstream
     n = ctx.settings.runs
-    ctx.log(f"  cold miss, {m.size / 1e6:.0f} MB zip, upstream limited to 800 Mbit/s, {n} runs each "
-            f"(fresh node and data dir per run)")
+    ctx.log(
+        f"  cold miss, {m.size / 1e6:.0f} MB zip, upstream limited to 800 Mbit/s, {n} runs each "
+        f"(fresh node and data dir per run)"
+    )
     _direct_download(m, up)  # page cache and connection set-up, not measured
     runs: dict[str, list[dict[str, Any]]] = {"node": [], "direct": []}
 
     def one_run(side: str, i: int) -> tuple[dict[str, Any], float]:
         res = _direct_download(m, up) if side == "direct" else _fresh_node_download(ctx, f"cold{i}", m, up)
-        ctx.log(f"    run {i + 1} {side:6s}: {res['seconds']:.3f} s, first byte after "
-                f"{res['ttfb'] * 1000:.0f} ms  (other load {res['other_cores']:.2f} cores)")
+        ctx.log(
+            f"    run {i + 1} {side:6s}: {res['seconds']:.3f} s, first byte after "
+            f"{res['ttfb'] * 1000:.0f} ms  (other load {res['other_cores']:.2f} cores)"
+        )
         return res, res["other_cores"]
 
     for i in range(n):
@@ -311,11 +409,27 @@ def bench_cold(ctx: Ctx) -> list[Row]:
     ttfb = {k: statistics.median(r["ttfb"] for r in v) for k, v in runs.items()}
     mb = m.size / 1e6
     return [
-        Row("cold", f"{mb:.0f} MB zip cold miss, time", "s", med["node"], med["direct"], "direct",
-            "max_overhead", 0.10, _noisy(max(r["other_cores"] for v in runs.values() for r in v)),
-            detail={"runs": runs, "rate_bytes_per_s": UPSTREAM_RATE}),
-        Row("cold", f"{mb:.0f} MB zip cold miss, first byte", "ms", ttfb["node"] * 1000, ttfb["direct"] * 1000,
-            "direct", note="the node sends headers once stream_threshold (4 MiB) has arrived"),
+        Row(
+            "cold",
+            f"{mb:.0f} MB zip cold miss, time",
+            "s",
+            med["node"],
+            med["direct"],
+            "direct",
+            "max_overhead",
+            0.10,
+            _noisy(max(r["other_cores"] for v in runs.values() for r in v)),
+            detail={"runs": runs, "rate_bytes_per_s": UPSTREAM_RATE},
+        ),
+        Row(
+            "cold",
+            f"{mb:.0f} MB zip cold miss, first byte",
+            "ms",
+            ttfb["node"] * 1000,
+            ttfb["direct"] * 1000,
+            "direct",
+            note="the node sends headers once stream_threshold (4 MiB) has arrived",
+        ),
     ]
 
 
@@ -328,19 +442,36 @@ def bench_rss(ctx: Ctx, unlimited: Server | None) -> list[Row]:
     mb = m.size / 1e6
     ctx.log(f"  peak RSS, {mb:.0f} MB zip cold through a fresh node (upstream 800 Mbit/s)")
     r = _fresh_node_download(ctx, "rss", m, ctx.big_upstream)
-    ctx.log(f"    {r['seconds']:.2f} s, VmHWM {r['peak_rss_kib'] / 1024:.1f} MiB (idle {r['idle_rss_kib'] / 1024:.1f} MiB)")
-    rows = [Row("rss", f"{mb:.0f} MB zip cold, node peak RSS", "MB", r["peak_rss_kib"] * 1024 / 1e6,
-                target_kind="max", limit=150,
-                note=f"VmHWM; {r['idle_rss_kib'] * 1024 / 1e6:.0f} MB right after start-up, "
-                     f"download took {r['seconds']:.1f} s", detail=r)]
+    ctx.log(
+        f"    {r['seconds']:.2f} s, VmHWM {r['peak_rss_kib'] / 1024:.1f} MiB (idle {r['idle_rss_kib'] / 1024:.1f} MiB)"
+    )
+    rows = [
+        Row(
+            "rss",
+            f"{mb:.0f} MB zip cold, node peak RSS",
+            "MB",
+            r["peak_rss_kib"] * 1024 / 1e6,
+            target_kind="max",
+            limit=150,
+            note=f"VmHWM; {r['idle_rss_kib'] * 1024 / 1e6:.0f} MB right after start-up, "
+            f"download took {r['seconds']:.1f} s",
+            detail=r,
+        )
+    ]
     if unlimited is not None:
         ctx.log("  peak RSS again with an unlimited upstream")
         u = _fresh_node_download(ctx, "rss-unlimited", m, unlimited)
         ctx.log(f"    {u['seconds']:.2f} s, VmHWM {u['peak_rss_kib'] / 1024:.1f} MiB")
-        rows.append(Row("rss", f"{mb:.0f} MB zip cold, peak RSS, unlimited upstream", "MB",
-                        u["peak_rss_kib"] * 1024 / 1e6,
-                        note=f"extra: no bandwidth limit; {m.size / 1e6 / u['seconds']:.0f} MB/s end to end",
-                        detail=u))
+        rows.append(
+            Row(
+                "rss",
+                f"{mb:.0f} MB zip cold, peak RSS, unlimited upstream",
+                "MB",
+                u["peak_rss_kib"] * 1024 / 1e6,
+                note=f"extra: no bandwidth limit; {m.size / 1e6 / u['seconds']:.0f} MB/s end to end",
+                detail=u,
+            )
+        )
     return rows
 
 

@@ -80,8 +80,14 @@ def download(base: str, path: str, timeout: float = 120.0, hash_body: bool = Tru
             if time.perf_counter() - t0 > timeout:
                 raise TimeoutError(f"GET {path} took longer than {timeout:.0f} s")
         seconds = time.perf_counter() - t0
-        return Downloaded(resp.status, {k.lower(): v for k, v in resp.getheaders()}, size,
-                          h.hexdigest() if hash_body else "", ttfb, seconds)
+        return Downloaded(
+            resp.status,
+            {k.lower(): v for k, v in resp.getheaders()},
+            size,
+            h.hexdigest() if hash_body else "",
+            ttfb,
+            seconds,
+        )
     finally:
         conn.close()
 
@@ -151,8 +157,18 @@ def run_wrk(
     script.write_text(_LUA)
     plist = workdir / f"paths-{abs(hash(tuple(paths))):x}.txt"
     plist.write_text("".join(p + "\n" for p in paths))
-    argv = [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-            f"--timeout={max(1, round(request_timeout))}s", "-s", str(script), base + paths[0], "--", str(plist)]
+    argv = [
+        wrk,
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        f"--timeout={max(1, round(request_timeout))}s",
+        "-s",
+        str(script),
+        base + paths[0],
+        "--",
+        str(plist),
+    ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + request_timeout + 30)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -188,8 +204,9 @@ class StreamResult:
         return self.bytes / self.seconds
 
 
-def _stream_worker(host: str, port: int, path: str, deadline: float, out: list[tuple[int, int, list[float]]],
-                   errors: list[str]) -> None:
+def _stream_worker(
+    host: str, port: int, path: str, deadline: float, out: list[tuple[int, int, list[float]]], errors: list[str]
+) -> None:
     buf = bytearray(_BUF)
     view = memoryview(buf)
     req = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
@@ -209,8 +226,14 @@ def _stream_worker(host: str, port: int, path: str, deadline: float, out: list[t
                     head += view[:n]
                 header, _, rest = head.partition(b"\r\n\r\n")
                 status = int(header.split(b" ", 2)[1])
-                length = next((int(line.split(b":", 1)[1]) for line in header.split(b"\r\n")[1:]
-                               if line.lower().startswith(b"content-length:")), None)
+                length = next(
+                    (
+                        int(line.split(b":", 1)[1])
+                        for line in header.split(b"\r\n")[1:]
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    None,
+                )
                 if status != 200 or length is None:
                     raise ConnectionError(f"status {status}, content-length {length}")
                 got = len(rest)
@@ -245,8 +268,12 @@ def stream_load(base: str, path: str, connections: int, seconds: float) -> Strea
     c0 = resource.getrusage(resource.RUSAGE_SELF)
     start = time.monotonic()
     deadline = start + seconds
-    threads = [threading.Thread(target=_stream_worker, args=(u.hostname, u.port or 80, path, deadline, out, errors),
-                                daemon=True) for _ in range(connections)]
+    threads = [
+        threading.Thread(
+            target=_stream_worker, args=(u.hostname, u.port or 80, path, deadline, out, errors), daemon=True
+        )
+        for _ in range(connections)
+    ]
     for t in threads:
         t.start()
     for t in threads:

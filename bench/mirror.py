@@ -48,7 +48,9 @@ class Mirror:
         return [file_path(m, v, ext) for m, v in self.versions]
 
 
-def _pmap(fn: Callable[[str], tuple[str, int, dict[str, str], bytes]], items: Iterable[str]) -> list[tuple[str, int, dict[str, str], bytes]]:
+def _pmap(
+    fn: Callable[[str], tuple[str, int, dict[str, str], bytes]], items: Iterable[str]
+) -> list[tuple[str, int, dict[str, str], bytes]]:
     with ThreadPoolExecutor(8) as pool:
         return list(pool.map(fn, items))
 
@@ -64,8 +66,11 @@ def warm_and_mirror(node_url: str, versions: Iterable[tuple[str, str]], tree: Pa
     wanted = [file_path(m, v, ext) for m, v in versions for ext in EXTS]
     got = {p: (status, body) for p, status, _h, body in _pmap(get, wanted)}
     for m, v in versions:
-        bad = [f"{ext} {got[file_path(m, v, ext)][0]}: {got[file_path(m, v, ext)][1][:120]!r}"
-               for ext in EXTS if got[file_path(m, v, ext)][0] != 200]
+        bad = [
+            f"{ext} {got[file_path(m, v, ext)][0]}: {got[file_path(m, v, ext)][1][:120]!r}"
+            for ext in EXTS
+            if got[file_path(m, v, ext)][0] != 200
+        ]
         if bad:
             mirror.refused[f"{m}@{v}"] = "; ".join(bad)
         else:

@@ -265,10 +265,14 @@ def ensure_packages(tools: dict[str, str]) -> None:
             created = True
         except FileExistsError:
             pass
-        subprocess.run([apt, "update", "-q"], env=env, check=True, timeout=600,
-                       stdout=subprocess.DEVNULL)
-        subprocess.run([apt, "install", "-y", "-q", "--no-install-recommends", *missing], env=env,
-                       check=True, timeout=1200, stdout=subprocess.DEVNULL)
+        subprocess.run([apt, "update", "-q"], env=env, check=True, timeout=600, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [apt, "install", "-y", "-q", "--no-install-recommends", *missing],
+            env=env,
+            check=True,
+            timeout=1200,
+            stdout=subprocess.DEVNULL,
+        )
     finally:
         if created:
             try:
@@ -336,8 +340,9 @@ class QuietGate:
     its other_cores is reported with it.
     """
 
-    def __init__(self, log: Callable[[str], None], threshold: float = NOISE_CORES, retries: int = 3,
-                 budget: float = 120.0) -> None:
+    def __init__(
+        self, log: Callable[[str], None], threshold: float = NOISE_CORES, retries: int = 3, budget: float = 120.0
+    ) -> None:
         self.log = log
         self.threshold = threshold
         self.retries = retries

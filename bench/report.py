@@ -104,9 +104,15 @@ def fmt(v: float | None, unit: str) -> str:
 def table(rows: Sequence[Row]) -> str:
     head = ("benchmark", "unit", "node", "reference", "node/ref", "target", "result")
     body = [
-        (r.label, r.unit, fmt(r.node, r.unit),
-         f"{fmt(r.ref, r.unit)} {r.ref_name}" if r.ref is not None else "-",
-         r.ratio_text(), r.target_text(), r.result_text())
+        (
+            r.label,
+            r.unit,
+            fmt(r.node, r.unit),
+            f"{fmt(r.ref, r.unit)} {r.ref_name}" if r.ref is not None else "-",
+            r.ratio_text(),
+            r.target_text(),
+            r.result_text(),
+        )
         for r in rows
     ]
     widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
@@ -167,8 +173,9 @@ def code_version(root: Path) -> str:
     """The commit under test, and whether node/ has uncommitted changes."""
     head = _first(["git", "-C", str(root), "rev-parse", "--short", "HEAD"])
     try:
-        p = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "node"],
-                           capture_output=True, text=True, timeout=30)
+        p = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "node"], capture_output=True, text=True, timeout=30
+        )
         dirty = " + uncommitted changes in node/" if p.stdout.strip() else ""
     except (OSError, subprocess.TimeoutExpired):
         dirty = ""

@@ -34,7 +34,12 @@ from bench.mirror import verify_static, warm_and_mirror  # noqa: E402
 from bench.procs import NOISE_CORES, Procs, QuietGate, ensure_packages, find_tool, isolate_network  # noqa: E402
 from bench.report import Row, code_version, machine, table, write_json  # noqa: E402
 from bench.servers import (  # noqa: E402
-    NODE_ENV, start_big_upstream, start_ceiling, start_corpus_upstream, start_nginx, start_node,
+    NODE_ENV,
+    start_big_upstream,
+    start_ceiling,
+    start_corpus_upstream,
+    start_nginx,
+    start_node,
 )
 
 OUT = ROOT / "bench" / "out"
@@ -48,8 +53,12 @@ def log(msg: str) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Benchmark a modmesh node against nginx on loopback.")
     p.add_argument("--quick", action="store_true", help="smaller zips, shorter runs, one run per median")
-    p.add_argument("--only", metavar="NAME[,NAME]", action="append",
-                   help=f"run only these benches: {', '.join(NAMES)} (repeatable)")
+    p.add_argument(
+        "--only",
+        metavar="NAME[,NAME]",
+        action="append",
+        help=f"run only these benches: {', '.join(NAMES)} (repeatable)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, trees)")
     args = p.parse_args(argv)
     only = {n.strip() for item in args.only or [] for n in item.split(",") if n.strip()}
@@ -64,12 +73,23 @@ def cpu_plan() -> tuple[list[int] | None, list[int], str]:
     """(server CPUs, client CPUs, description). One core for the server under test."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2 or find_tool("taskset") is None:
-        return None, cpus, f"not pinned ({len(cpus)} CPU{'s' if len(cpus) > 1 else ''} available" + \
-            ("" if find_tool("taskset") else ", no taskset") + ")"
+        return (
+            None,
+            cpus,
+            f"not pinned ({len(cpus)} CPU{'s' if len(cpus) > 1 else ''} available"
+            + ("" if find_tool("taskset") else ", no taskset")
+            + ")",
+        )
     server, client = cpus[:1], cpus[1:]
-    return server, client, (f"server under test (node, or nginx master + 1 worker) on CPU {server[0]}; "
-                            f"clients (wrk, go, downloads), upstreams and this script on CPU "
-                            f"{','.join(map(str, client))}")
+    return (
+        server,
+        client,
+        (
+            f"server under test (node, or nginx master + 1 worker) on CPU {server[0]}; "
+            f"clients (wrk, go, downloads), upstreams and this script on CPU "
+            f"{','.join(map(str, client))}"
+        ),
+    )
 
 
 def go_binary() -> str | None:
@@ -105,12 +125,18 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any], bool]:
         "machine": machine(nginx, wrk, go),
         "code": code_version(ROOT),
         "settings": {
-            "quick": settings.quick, "benches": args.selected, "pinning": pinning, "network": network,
+            "quick": settings.quick,
+            "benches": args.selected,
+            "pinning": pinning,
+            "network": network,
             "nginx": "worker_processes 1 (the node is one process), sendfile on, access_log off, "
-                     "keepalive_requests 1000000",
+            "keepalive_requests 1000000",
             "node": f"python -m node.cli serve --log-level warning, env {NODE_ENV}",
-            "rounds": settings.rounds, "round_seconds": settings.seconds, "warmup_seconds": settings.warmup,
-            "small_connections": settings.small_conns, "zip_connections": settings.zip_conns,
+            "rounds": settings.rounds,
+            "round_seconds": settings.seconds,
+            "warmup_seconds": settings.warmup,
+            "small_connections": settings.small_conns,
+            "zip_connections": settings.zip_conns,
             "runs_per_median": settings.runs,
             "upstream_rate_bits_per_s": 800e6,
             "units": "MB = 10^6 bytes, GB = 10^9 bytes",
@@ -118,7 +144,8 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any], bool]:
     }
     load = Path("/proc/loadavg").read_text().split()[:3]
     info["settings"]["load_at_start"] = f"load average {' '.join(load)} when the bench started" + (
-        " (the machine was not idle: figures may be noisy)" if float(load[0]) > 0.5 else "")
+        " (the machine was not idle: figures may be noisy)" if float(load[0]) > 0.5 else ""
+    )
     log(f"modmesh bench{' (quick)' if settings.quick else ''}: {', '.join(args.selected)}")
     log(f"  {info['settings']['load_at_start']}")
     log(f"  pinning: {pinning}")
@@ -127,8 +154,11 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any], bool]:
     workdir = Path(tempfile.mkdtemp(prefix="modmesh-bench-"))
     os.chmod(workdir, 0o755)  # nginx workers (user nobody) read the tree below it
     shm = Path("/dev/shm")
-    go_tmp = Path(tempfile.mkdtemp(prefix="modmesh-bench-go-", dir=shm)) if (
-        "corpus" in sel and shm.is_dir() and os.access(shm, os.W_OK)) else None
+    go_tmp = (
+        Path(tempfile.mkdtemp(prefix="modmesh-bench-go-", dir=shm))
+        if ("corpus" in sel and shm.is_dir() and os.access(shm, os.W_OK))
+        else None
+    )
     procs = Procs()
     rows: list[Row] = []
     ok = True
@@ -177,13 +207,16 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any], bool]:
             if "info" in sel:
                 ctx.ceiling = start_ceiling(procs, workdir, server_cpus)
             info["settings"]["corpus"] = {
-                "versions": len(ctx.corpus_args), "modules": len(ctx.mirror.modules),
+                "versions": len(ctx.corpus_args),
+                "modules": len(ctx.mirror.modules),
                 "refused_by_node": ctx.mirror.refused,
             }
-            log(f"    {len(ctx.mirror.versions)} versions of {len(ctx.mirror.modules)} modules cached and "
+            log(
+                f"    {len(ctx.mirror.versions)} versions of {len(ctx.mirror.modules)} modules cached and "
                 f"mirrored; {len(ctx.mirror.refused)} refused by the node (the corpus run keeps them: "
                 f"they fail it) "
-                f"({time.monotonic() - t0:.0f} s)")
+                f"({time.monotonic() - t0:.0f} s)"
+            )
             for name in ("info", "list"):
                 if name in sel:
                     attempt(name, cases.bench_hits, ctx, name)
@@ -228,21 +261,30 @@ def main(argv: list[str] | None = None) -> int:
     s = info["settings"]
     log("")
     log(f"machine: {m['cpu']}, {m['cores']} cores, {m['memory']}, {m['kernel']} ({m['os']})")
-    log(f"         Python {m['python']}, aiohttp {m['aiohttp']}, {m['event_loop']}; {m['nginx']}; "
-        f"{m['wrk']}; {m['go']}")
+    log(
+        f"         Python {m['python']}, aiohttp {m['aiohttp']}, {m['event_loop']}; {m['nginx']}; {m['wrk']}; {m['go']}"
+    )
     log(f"code:    {info['code']}")
     log(f"pinning: {s['pinning']}")
     log(f"network: {s['network']}")
     log(f"nginx:   {s['nginx']}")
-    log(f"method:  medians: load {s['rounds']} rounds x {s['round_seconds']:g} s per server in rotating order after "
+    log(
+        f"method:  medians: load {s['rounds']} rounds x {s['round_seconds']:g} s per server in rotating order after "
         f"a {s['warmup_seconds']:g} s warm-up; go mod download and cold miss {s['runs_per_median']} alternating runs "
-        f"per side; {s['units']}")
-    log(f"load:    {s['load_at_start']}; {s.get('remeasured_for_noise', 0)} measurements repeated because other "
-        f"processes or CPU steal took > {NOISE_CORES:g} cores")
+        f"per side; {s['units']}"
+    )
+    log(
+        f"load:    {s['load_at_start']}; {s.get('remeasured_for_noise', 0)} measurements repeated because other "
+        f"processes or CPU steal took > {NOISE_CORES:g} cores"
+    )
     log("")
     log(table(rows))
-    payload = {**info, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-               "wall_seconds": round(time.time() - started, 1), "results": [r.as_json() for r in rows]}
+    payload = {
+        **info,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "wall_seconds": round(time.time() - started, 1),
+        "results": [r.as_json() for r in rows],
+    }
     write_json(OUT / "results.json", payload)
     log(f"\nwritten to {OUT / 'results.json'} ({payload['wall_seconds']:.0f} s)")
     return 0 if ok else 1

@@ -47,8 +47,20 @@ def start_node(procs: Procs, workdir: Path, name: str, upstream: str, cpus: Sequ
     port = free_port()
     data = workdir / f"{name}-data"
     env = dict(os.environ, **NODE_ENV)
-    argv = [sys.executable, "-m", "node.cli", "serve", "--listen", f"127.0.0.1:{port}",
-            "--data", str(data), "--upstream", upstream, "--log-level", "warning"]
+    argv = [
+        sys.executable,
+        "-m",
+        "node.cli",
+        "serve",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--data",
+        str(data),
+        "--upstream",
+        upstream,
+        "--log-level",
+        "warning",
+    ]
     proc = procs.add(Proc(name, argv, workdir / f"{name}.log", cpus=cpus, env=env))
     url = f"http://127.0.0.1:{port}"
     proc.wait_http(url, "/readyz", timeout=60)

@@ -15,9 +15,7 @@ class Metrics:
         self.requests = Counter(
             "modmesh_requests", "GOPROXY requests answered", ["kind", "status", "cache"], registry=r
         )
-        self.bytes_served = Counter(
-            "modmesh_served_bytes", "Response body bytes sent to clients", ["kind"], registry=r
-        )
+        self.bytes_served = Counter("modmesh_served_bytes", "Response body bytes sent to clients", ["kind"], registry=r)
         self.upstream_latency = Histogram(
             "modmesh_upstream_latency_seconds",
             "Time from request to response headers, per upstream",
@@ -32,43 +30,57 @@ class Metrics:
             "modmesh_upstream_bytes", "Bytes received from upstreams", ["upstream"], registry=r
         )
         self.breaker_open = Gauge(
-            "modmesh_upstream_breaker_open", "1 while an upstream's circuit breaker is open",
-            ["upstream"], registry=r,
+            "modmesh_upstream_breaker_open",
+            "1 while an upstream's circuit breaker is open",
+            ["upstream"],
+            registry=r,
         )
         self.coalesced = Counter(
-            "modmesh_coalesced_waits", "Requests that waited on another request's upstream fetch",
-            ["kind"], registry=r,
+            "modmesh_coalesced_waits",
+            "Requests that waited on another request's upstream fetch",
+            ["kind"],
+            registry=r,
         )
         self.rejected = Counter(
             "modmesh_rejected_blobs", "Upstream answers refused by integrity checks", ["kind"], registry=r
         )
         self.sumdb_requests = Counter(
-            "modmesh_sumdb_requests", "Checksum database requests answered for clients",
-            ["db", "endpoint", "cache"], registry=r,
+            "modmesh_sumdb_requests",
+            "Checksum database requests answered for clients",
+            ["db", "endpoint", "cache"],
+            registry=r,
         )
-        self.sumdb_tree_size = Gauge(
-            "modmesh_sumdb_tree_size", "Size of the newest verified tree", ["db"], registry=r
-        )
+        self.sumdb_tree_size = Gauge("modmesh_sumdb_tree_size", "Size of the newest verified tree", ["db"], registry=r)
         self.sumdb_fork = Gauge(
             "modmesh_sumdb_fork_detected", "1 once a database presented a forked tree", ["db"], registry=r
         )
         self.sumdb_mismatches = Counter(
-            "modmesh_sumdb_mismatches", "Blobs refused because their h1 differs from the database",
-            ["db"], registry=r,
+            "modmesh_sumdb_mismatches",
+            "Blobs refused because their h1 differs from the database",
+            ["db"],
+            registry=r,
         )
         self.sumdb_errors = Counter(
-            "modmesh_sumdb_verify_errors", "Database answers that failed verification", ["db", "reason"],
+            "modmesh_sumdb_verify_errors",
+            "Database answers that failed verification",
+            ["db", "reason"],
             registry=r,
         )
         self.passthrough_files = Counter(
-            "modmesh_passthrough_files", "Files delivered to clients without caching them (the store "
-            "could not take them)", ["cause"], registry=r,
+            "modmesh_passthrough_files",
+            "Files delivered to clients without caching them (the store could not take them)",
+            ["cause"],
+            registry=r,
         )
         self.passthrough_bytes = Counter(
-            "modmesh_passthrough_bytes", "Bytes of files delivered to clients without caching them", registry=r,
+            "modmesh_passthrough_bytes",
+            "Bytes of files delivered to clients without caching them",
+            registry=r,
         )
         self.stalled_clients = Counter(
-            "modmesh_stalled_clients", "Client connections cut because they stopped reading", registry=r,
+            "modmesh_stalled_clients",
+            "Client connections cut because they stopped reading",
+            registry=r,
         )
         self.store_bytes = Gauge("modmesh_store_bytes", "Bytes of blobs in the store", registry=r)
         self.store_blobs = Gauge("modmesh_store_blobs", "Index entries for versioned files", registry=r)

@@ -73,14 +73,28 @@ class Node:
         timeouts = Timeouts(cfg.connect_timeout, cfg.read_timeout, cfg.small_timeout)
         self.direct = Direct(cfg.data / "direct", cfg.direct_timeout, cfg.direct_jobs)
         self.chain = build_chain(
-            cfg.upstream, self._session, timeouts, self.metrics, cfg.breaker_threshold, cfg.breaker_reset,
+            cfg.upstream,
+            self._session,
+            timeouts,
+            self.metrics,
+            cfg.breaker_threshold,
+            cfg.breaker_reset,
             self.direct,
         )
         routes = [
-            (r.pattern, build_chain(
-                r.upstream, self._session, timeouts, self.metrics, cfg.breaker_threshold,
-                cfg.breaker_reset, self.direct, route_credentials(r),
-            ))
+            (
+                r.pattern,
+                build_chain(
+                    r.upstream,
+                    self._session,
+                    timeouts,
+                    self.metrics,
+                    cfg.breaker_threshold,
+                    cfg.breaker_reset,
+                    self.direct,
+                    route_credentials(r),
+                ),
+            )
             for r in cfg.routes
         ]
         if cfg.offline:
@@ -99,22 +113,32 @@ class Node:
             passthrough_memory=cfg.passthrough_memory,
         )
         self.proxy = ModuleProxy(
-            self.store, self.index, self.chain, self.metrics, settings, self.hooks, self.sumdbs,
+            self.store,
+            self.index,
+            self.chain,
+            self.metrics,
+            settings,
+            self.hooks,
+            self.sumdbs,
             routes=routes,
         )
         # Storage limits: evicts after writes (a store observer) and on the periodic tick.
         self.storage = StorageManager(self.store, self.index, self.proxy, self.metrics, cfg.max_size)
         self.hooks.observers.append(self.storage)
         self.proxy.refuse_store = self.storage.refusal
-        self.reverifier = Reverifier(self.index, self.sumdbs, self.proxy, self.store, self.hooks,
-                                     self.metrics.registry)
+        self.reverifier = Reverifier(self.index, self.sumdbs, self.proxy, self.store, self.hooks, self.metrics.registry)
         self.hooks.observers.append(self.reverifier)
         await self.reverifier.start()
         self.access = load_policy(cfg)
         self.access.authenticators = self.hooks.authenticators
         self.app = build_app(
-            self.proxy, self.metrics, self.health, lambda: self._ready, self.sumdbs,
-            [self.access.middleware()], cfg.write_idle_timeout,
+            self.proxy,
+            self.metrics,
+            self.health,
+            lambda: self._ready,
+            self.sumdbs,
+            [self.access.middleware()],
+            cfg.write_idle_timeout,
         )
         add_admin_routes(self.app, self)
         await self._update_stats()
@@ -157,8 +181,10 @@ class Node:
         port = p if port is None else port
         recorder = RequestRecorder(self.metrics, logging.getLogger("modmesh.access"))
         runner_args: dict[str, Any] = dict(
-            access_log_class=access_logger(recorder), access_log=recorder.logger,
-            handler_cancellation=True, shutdown_timeout=5.0,
+            access_log_class=access_logger(recorder),
+            access_log=recorder.logger,
+            handler_cancellation=True,
+            shutdown_timeout=5.0,
         )
         if self.access.open_to_clients:
             self._runner = FastPathRunner(self.app, self.proxy, recorder, self.config.write_idle_timeout, **runner_args)
@@ -173,8 +199,12 @@ class Node:
         await site.start()
         sock_port = self._runner.addresses[0][1]
         self.url = f"{'https' if ssl_context else 'http'}://{host}:{sock_port}"
-        log.info("modmesh node listening on %s, upstream %s, data %s", self.url,
-                 ",".join(u.name for u in self.chain.upstreams) or "off", self.config.data)
+        log.info(
+            "modmesh node listening on %s, upstream %s, data %s",
+            self.url,
+            ",".join(u.name for u in self.chain.upstreams) or "off",
+            self.config.data,
+        )
         return self.url
 
     async def aclose(self) -> None:
@@ -217,12 +247,16 @@ class Node:
         if self.sumdbs.forked:
             reasons.append("a checksum database presented a forked tree")
         if self.reverifier.pending:
-            reasons.append(f"{self.reverifier.pending} cached files are not confirmed by the checksum database "
-                           "yet (it did not answer); they are checked again in the background")
+            reasons.append(
+                f"{self.reverifier.pending} cached files are not confirmed by the checksum database "
+                "yet (it did not answer); they are checked again in the background"
+            )
         refusal = self.store.status.refusal
         if refusal is not None:
-            reasons.append(f"the store cannot take files ({refusal.cause}): {refusal.files} passed through "
-                           f"uncached since {_iso(refusal.since)}, first {refusal.first}")
+            reasons.append(
+                f"the store cannot take files ({refusal.cause}): {refusal.files} passed through "
+                f"uncached since {_iso(refusal.since)}, first {refusal.first}"
+            )
         disk = shutil.disk_usage(self.config.data)
         return {
             "status": "degraded" if reasons else "ok",

@@ -103,7 +103,10 @@ class Verifier:
     """Checks incoming signatures against every configured secret (rotation)."""
 
     def __init__(
-        self, secrets_: Sequence[bytes], window: float, clock: Callable[[], float] = time.time,
+        self,
+        secrets_: Sequence[bytes],
+        window: float,
+        clock: Callable[[], float] = time.time,
         max_nonces: int = 65536,
     ) -> None:
         self.secrets = tuple(secrets_)
@@ -178,11 +181,17 @@ def auth_middleware(verifier: Verifier, on_refused: Callable[[str], None] | None
             ok, suppressed = limiter.should_log(f"{request.remote}\n{e.reason}")
             if ok:
                 log.warning(
-                    "refused mesh request %s %s from %s (node %s): %s%s", request.method, request.path[:100],
-                    request.remote, claimed, e.reason, f" ({suppressed} similar suppressed)" if suppressed else "",
+                    "refused mesh request %s %s from %s (node %s): %s%s",
+                    request.method,
+                    request.path[:100],
+                    request.remote,
+                    claimed,
+                    e.reason,
+                    f" ({suppressed} similar suppressed)" if suppressed else "",
                 )
             return web.Response(
-                status=401, text=f"mesh authentication failed: {e.reason}\n\n",
+                status=401,
+                text=f"mesh authentication failed: {e.reason}\n\n",
                 headers={"Cache-Control": "no-store", "WWW-Authenticate": "Modmesh-HMAC"},
             )
         return await handler(request)

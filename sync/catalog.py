@@ -78,8 +78,7 @@ class Catalog:
     def __len__(self) -> int:
         return len(self._keys)
 
-    def add(self, slot: int, module: str, version: str, kind: str, sha256: bytes, h1: bytes | None,
-            size: int) -> bool:
+    def add(self, slot: int, module: str, version: str, kind: str, sha256: bytes, h1: bytes | None, size: int) -> bool:
         """Record that peer `slot` holds these bytes; True if that is news. A peer holds
         one copy of a file: a new one (it re-fetched after an eviction) replaces the old."""
         bit = 1 << slot

@@ -30,8 +30,11 @@ STATUS_PATH = "/_mesh/status"
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("peers", help="show a node's mesh members",
-                              description="Show the mesh members a node knows, their state and sync backlog.")
+    p = subparsers.add_parser(
+        "peers",
+        help="show a node's mesh members",
+        description="Show the mesh members a node knows, their state and sync backlog.",
+    )
     p.add_argument("--node", metavar="URL", default="http://127.0.0.1:3000", help="the node to ask")
     p.add_argument("--mesh-secret-file", metavar="FILE", type=Path, help="the mesh secret (requests are signed)")
     p.add_argument("--config", metavar="FILE", type=Path, help="TOML file whose [mesh] table names the secret")
@@ -50,8 +53,11 @@ async def fetch_status(node_url: str, secret: bytes, timeout: float = 10.0) -> d
     signer = Signer(secret, "cli")
     path = URL(base).raw_path.rstrip("/") + STATUS_PATH
     async with aiohttp.ClientSession() as s:
-        async with s.get(URL(base + STATUS_PATH, encoded=True), headers=signer.headers("GET", path),
-                         timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+        async with s.get(
+            URL(base + STATUS_PATH, encoded=True),
+            headers=signer.headers("GET", path),
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as r:
             if r.status == 401:
                 raise PermissionError("the node refused the signature: is this its mesh secret?")
             if r.status == 404:
@@ -76,8 +82,9 @@ def render(status: dict[str, Any], width: int = 120) -> str:
         table.add_column(col, justify="right" if col in ("inventory", "backlog") else "left")
     for m in status["members"]:
         note = f"quarantined {m['quarantined_s']:.0f}s" if m["quarantined_s"] else m["source"]
-        table.add_row(m["node_id"], m["url"], m["state"], _ago(m["last_seen_s"]), str(m["inventory"]),
-                      str(m["backlog"]), note)
+        table.add_row(
+            m["node_id"], m["url"], m["state"], _ago(m["last_seen_s"]), str(m["inventory"]), str(m["backlog"]), note
+        )
     out = io.StringIO()
     console = Console(file=out, width=width, color_system=None)
     console.print(table)

@@ -36,10 +36,10 @@ class PeerClient:
 
     async def gossip(self, base: str, body: bytes) -> Gossip:
         path = "/_mesh/gossip"
-        headers = {**self.signer.headers("POST", URL(base).raw_path.rstrip("/") + path, body),
-                   "Content-Type": MSGPACK}
-        async with self.session.post(URL(base + path, encoded=True), data=body, headers=headers,
-                                     timeout=self.timeout) as resp:
+        headers = {**self.signer.headers("POST", URL(base).raw_path.rstrip("/") + path, body), "Content-Type": MSGPACK}
+        async with self.session.post(
+            URL(base + path, encoded=True), data=body, headers=headers, timeout=self.timeout
+        ) as resp:
             if resp.status in (401, 409):
                 raise Refused(f"{resp.status} {(await resp.text())[:120].strip()}")
             if resp.status != 200:
@@ -49,8 +49,7 @@ class PeerClient:
     async def page(self, base: str, epoch: str, after: int, limit: int) -> InventoryPage:
         path_qs = f"/_mesh/inventory?epoch={epoch}&after={after}&limit={limit}"
         headers = self.signer.headers("GET", URL(base).raw_path.rstrip("/") + path_qs)
-        async with self.session.get(URL(base + path_qs, encoded=True), headers=headers,
-                                    timeout=self.timeout) as resp:
+        async with self.session.get(URL(base + path_qs, encoded=True), headers=headers, timeout=self.timeout) as resp:
             if resp.status != 200:
                 raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
             return decode_page(await read_bounded(resp, MAX_PAGE_BYTES))

@@ -146,11 +146,15 @@ def load_mesh_config(
 
 def _validate(cfg: MeshConfig, explicit: set[str]) -> None:
     if not cfg.enabled:
-        asked = [what for what, on in (
-            ("static peers", bool(cfg.peers)),
-            ("mDNS discovery", "mdns" in explicit and cfg.mdns),
-            ("mDNS interfaces", bool(cfg.mdns_interfaces)),
-        ) if on]
+        asked = [
+            what
+            for what, on in (
+                ("static peers", bool(cfg.peers)),
+                ("mDNS discovery", "mdns" in explicit and cfg.mdns),
+                ("mDNS interfaces", bool(cfg.mdns_interfaces)),
+            )
+            if on
+        ]
         if asked:
             raise MeshConfigError(
                 f"mesh: {' and '.join(asked)} configured but no shared secret: "
@@ -161,8 +165,18 @@ def _validate(cfg: MeshConfig, explicit: set[str]) -> None:
         raise MeshConfigError(f"mesh name {cfg.name!r}: use 1-63 letters, digits, '.', '_' or '-'")
     for url in (*cfg.peers, *((cfg.advertise,) if cfg.advertise else ())):
         check_url(url)
-    positive = ("gossip_interval", "request_timeout", "suspect_after", "dead_after", "retry_backoff",
-                "retry_backoff_max", "auth_window", "peer_timeout", "half_life", "presync_interval")
+    positive = (
+        "gossip_interval",
+        "request_timeout",
+        "suspect_after",
+        "dead_after",
+        "retry_backoff",
+        "retry_backoff_max",
+        "auth_window",
+        "peer_timeout",
+        "half_life",
+        "presync_interval",
+    )
     for key in positive:
         if getattr(cfg, key) <= 0:
             raise MeshConfigError(f"mesh config key {key!r} must be positive")

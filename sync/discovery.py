@@ -184,9 +184,7 @@ def interface_addresses(names: Iterable[str] | None = None) -> dict[str, list[ip
     for adapter in ifaddr.get_adapters():
         for ip in adapter.ips:
             if isinstance(ip.ip, str):  # IPv4; IPv6 entries are tuples
-                found.setdefault(str(adapter.name), []).append(
-                    ipaddress.IPv4Interface(f"{ip.ip}/{ip.network_prefix}")
-                )
+                found.setdefault(str(adapter.name), []).append(ipaddress.IPv4Interface(f"{ip.ip}/{ip.network_prefix}"))
     if names is None:
         return found
     out: dict[str, list[ipaddress.IPv4Interface]] = {}
@@ -298,7 +296,10 @@ class Discovery:
             raise
         log.info(
             "mDNS discovery on %s as %s (mesh %r, advertising %s)",
-            ", ".join(ifaces), self.service_name or "-", self.mesh, ", ".join(advertise) or "nothing",
+            ", ".join(ifaces),
+            self.service_name or "-",
+            self.mesh,
+            ", ".join(advertise) or "nothing",
         )
 
     async def aclose(self) -> None:
@@ -424,17 +425,14 @@ class Discovery:
         else:
             log.info("mDNS: could not resolve %s; waiting for its next announcement", name)
             return
-        ann = parse_announcement(
-            info.properties, info.parsed_addresses(IPVersion.V4Only), info.port, self._networks
-        )
+        ann = parse_announcement(info.properties, info.parsed_addresses(IPVersion.V4Only), info.port, self._networks)
         if ann is None or ann.mesh != self.mesh or ann.node_id == self.node_id:
             if key not in self._ignored:
                 self._ignored.add(key)
                 if ann is None:
                     log.info("mDNS: ignoring %s: not a usable modmesh announcement", name)
                 elif ann.node_id == self.node_id:
-                    log.warning("mDNS: %s announces our own node id %s (a copied data directory?)",
-                                name, self.node_id)
+                    log.warning("mDNS: %s announces our own node id %s (a copied data directory?)", name, self.node_id)
                 else:
                     log.debug("mDNS: ignoring %s of mesh %r", name, ann.mesh)
             self._forget(key)  # it may have been one of ours before its update
@@ -479,7 +477,10 @@ async def _watch(args: argparse.Namespace, stop: Callable[[], Awaitable[None]]) 
         print(json.dumps({"event": event, **fields}), flush=True)
 
     disc = Discovery(
-        args.node_id, args.mesh, args.port, args.protocol,
+        args.node_id,
+        args.mesh,
+        args.port,
+        args.protocol,
         on_found=lambda a: emit("found", node_id=a.node_id, mesh=a.mesh, protocol=a.protocol, url=a.url),
         on_lost=lambda node_id: emit("lost", node_id=node_id),
         interfaces=args.interface or None,
@@ -500,8 +501,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sync.discovery", description=main.__doc__)
     p.add_argument("--mesh", default="default", help="mesh name (default: default)")
     p.add_argument("--interface", action="append", help="interface name (repeatable; default all)")
-    p.add_argument("--announce", action="store_true",
-                   help="also announce a pseudo node (tests; real nodes will try to reach it)")
+    p.add_argument(
+        "--announce", action="store_true", help="also announce a pseudo node (tests; real nodes will try to reach it)"
+    )
     p.add_argument("--node-id", default=f"probe-{uuid.uuid4().hex[:12]}", help="with --announce")
     p.add_argument("--port", type=int, default=3000, help="port to announce")
     p.add_argument("--protocol", type=int, default=1, help="protocol version to announce")

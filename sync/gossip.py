@@ -69,9 +69,7 @@ class Popularity:
     def top(self, n: int, now: float) -> tuple[Popular, ...]:
         """Our own most popular versions, to gossip."""
         n = min(n, MAX_POPULAR)
-        best = heapq.nlargest(
-            n, self._local.items(), key=lambda kv: decay(kv[1].score, kv[1].at, now, self.half_life)
-        )
+        best = heapq.nlargest(n, self._local.items(), key=lambda kv: decay(kv[1].score, kv[1].at, now, self.half_life))
         return tuple(Popular(m, v, decay(c.score, c.at, now, self.half_life)) for (m, v), c in best)
 
     def report(self, node_id: str, items: Iterable[Popular], now: float) -> None:

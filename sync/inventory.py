@@ -32,8 +32,14 @@ def inv_entry(e: Entry) -> InvEntry:
 
 class Inventory:
     def __init__(
-        self, index: Index, catalog: Catalog, membership: Membership, client: PeerClient, page_size: int,
-        clock: Callable[[], float], concurrency: int = 4,
+        self,
+        index: Index,
+        catalog: Catalog,
+        membership: Membership,
+        client: PeerClient,
+        page_size: int,
+        clock: Callable[[], float],
+        concurrency: int = 4,
     ) -> None:
         self.index = index
         self.catalog = catalog

@@ -190,8 +190,7 @@ class Membership:
             if m is None:
                 if info.state == DEAD or not info.url:
                     continue  # nothing to gain from a stranger someone else thinks is gone
-                m = Member(info.node_id, info.url, self._slot(), "gossip", last_seen=now,
-                           heartbeat=info.heartbeat)
+                m = Member(info.node_id, info.url, self._slot(), "gossip", last_seen=now, heartbeat=info.heartbeat)
                 self.members[info.node_id] = m
                 self._by_slot[m.slot] = m
                 log.info("mesh peer %s learnt through gossip at %s", info.node_id, info.url)

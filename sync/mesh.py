@@ -77,9 +77,17 @@ class Mesh:
         self.signer = Signer(keys[0], self.node_id)
         self.verifier = Verifier(keys, cfg.auth_window)
         self.metrics = MeshMetrics(node.metrics.registry)
-        self.membership = Membership(self.node_id, Timing(
-            cfg.suspect_after, cfg.dead_after, cfg.dead_failures, cfg.retry_backoff, cfg.retry_backoff_max,
-            cfg.forget_after))
+        self.membership = Membership(
+            self.node_id,
+            Timing(
+                cfg.suspect_after,
+                cfg.dead_after,
+                cfg.dead_failures,
+                cfg.retry_backoff,
+                cfg.retry_backoff_max,
+                cfg.forget_after,
+            ),
+        )
         for url in cfg.peers:
             self.membership.add_seed(url)
         self.catalog = Catalog(cfg.max_catalog)
@@ -109,21 +117,30 @@ class Mesh:
             raise RuntimeError("the mesh must start before the node listens (its routes go first)")
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
         self.client = PeerClient(self.session, self.signer, self.cfg.request_timeout)
-        self.inventory = Inventory(node.index, self.catalog, self.membership, self.client, self.cfg.inventory_page,
-                                   self.clock)
+        self.inventory = Inventory(
+            node.index, self.catalog, self.membership, self.client, self.cfg.inventory_page, self.clock
+        )
         await self.inventory.open()
-        node.app.middlewares.append(auth_middleware(
-            self.verifier, lambda reason: self.metrics.auth_failures.labels(reason).inc()))
+        node.app.middlewares.append(
+            auth_middleware(self.verifier, lambda reason: self.metrics.auth_failures.labels(reason).inc())
+        )
         peerapi.add_routes(node.app, self)
-        self.peers = MeshPeers(self.membership, self.catalog, self.upstream_for, self.metrics, self.quarantine,
-                               clock=self.clock)
+        self.peers = MeshPeers(
+            self.membership, self.catalog, self.upstream_for, self.metrics, self.quarantine, clock=self.clock
+        )
         puller = Puller(
-            self.session, self._peer_headers, node.store.tmp_dir, node.proxy, self.cfg.peer_timeout * 2,
-            RateLimiter(self.cfg.presync_bandwidth), self.metrics, self.quarantine, self._missing,
+            self.session,
+            self._peer_headers,
+            node.store.tmp_dir,
+            node.proxy,
+            self.cfg.peer_timeout * 2,
+            RateLimiter(self.cfg.presync_bandwidth),
+            self.metrics,
+            self.quarantine,
+            self._missing,
             lambda node_id: self.membership.failed(node_id, self.clock()),
         )
-        self.presync = PreSync(self.cfg, self.popularity, self.catalog, self.membership, puller, node.index,
-                               self.clock)
+        self.presync = PreSync(self.cfg, self.popularity, self.catalog, self.membership, puller, node.index, self.clock)
         self.presync.store_bytes = (await node.index.totals())[1]
         max_size = getattr(node.config, "max_size", None)  # storage limits, where the node has them
         if max_size:
@@ -137,8 +154,13 @@ class Mesh:
             # The port is known before listening: a discovery failure stops start-up.
             await self._start_discovery(host, port)
         self.tasks.spawn(self._run(), "run")
-        log.info("mesh %r on: node id %s, %d static peers, mDNS %s", self.cfg.name, self.node_id,
-                 len(self.cfg.peers), "on" if self.cfg.mdns else "off")
+        log.info(
+            "mesh %r on: node id %s, %d static peers, mDNS %s",
+            self.cfg.name,
+            self.node_id,
+            len(self.cfg.peers),
+            "on" if self.cfg.mdns else "off",
+        )
 
     async def aclose(self) -> None:
         hooks = self.node.hooks
@@ -216,8 +238,14 @@ class Mesh:
             loop.call_soon_threadsafe(self._lost, node_id)
 
         self.discovery = Discovery(
-            self.node_id, self.cfg.name, port, PROTOCOL, on_found=found, on_lost=lost,
-            interfaces=list(self.cfg.mdns_interfaces) or None, addresses=addresses,
+            self.node_id,
+            self.cfg.name,
+            port,
+            PROTOCOL,
+            on_found=found,
+            on_lost=lost,
+            interfaces=list(self.cfg.mdns_interfaces) or None,
+            addresses=addresses,
         )
         await self.discovery.start()
 
@@ -267,8 +295,12 @@ class Mesh:
             budget = self.cfg.peer_timeout
             base_path = urlsplit(m.url).path.rstrip("/")
             up = Upstream(
-                m.url, self.session, Timeouts(budget, budget, budget), self.node.metrics,
-                fallthrough_on_error=True, breaker=CircuitBreaker(3, max(1.0, self.cfg.retry_backoff_max / 4)),
+                m.url,
+                self.session,
+                Timeouts(budget, budget, budget),
+                self.node.metrics,
+                fallthrough_on_error=True,
+                breaker=CircuitBreaker(3, max(1.0, self.cfg.retry_backoff_max / 4)),
                 headers=lambda path: self._peer_headers(f"{base_path}/{path}", m.node_id),
                 label=f"peer:{m.node_id}",
             )
@@ -290,8 +322,15 @@ class Mesh:
     def _message(self, now: float) -> Gossip:
         self.heartbeat = max(self.heartbeat + 1, time.time_ns() // 1_000_000)
         return Gossip(
-            self.node_id, self.cfg.name, PROTOCOL, self.url, self.heartbeat, self.node.index.epoch,
-            self.inventory.head, self.inventory.count, tuple(self.membership.sample(MAX_MEMBERS, now)),
+            self.node_id,
+            self.cfg.name,
+            PROTOCOL,
+            self.url,
+            self.heartbeat,
+            self.node.index.epoch,
+            self.inventory.head,
+            self.inventory.count,
+            tuple(self.membership.sample(MAX_MEMBERS, now)),
             self.popularity.top(self.cfg.popular_top_n, now),
         )
 
@@ -305,8 +344,10 @@ class Mesh:
         members, seeds = self.membership.targets(self.cfg.fanout, now)
         if members or seeds:
             body = encode_gossip(self._message(now))
-            await asyncio.gather(*(self._exchange(m.url, body, member=m) for m in members),
-                                 *(self._exchange(s.url, body, seed=s) for s in seeds))
+            await asyncio.gather(
+                *(self._exchange(m.url, body, member=m) for m in members),
+                *(self._exchange(s.url, body, seed=s) for s in seeds),
+            )
         self._gauges()
 
     async def _exchange(self, url: str, body: bytes, member: Member | None = None, seed: Seed | None = None) -> None:
@@ -318,8 +359,12 @@ class Mesh:
             if isinstance(e, Refused):
                 ok, n = self._logs.should_log(f"refused {url}")
                 if ok:
-                    log.warning("mesh peer at %s refused our gossip: %s (same --mesh-secret-file and "
-                                "--mesh-name?)%s", url, e, f" ({n} similar suppressed)" if n else "")
+                    log.warning(
+                        "mesh peer at %s refused our gossip: %s (same --mesh-secret-file and --mesh-name?)%s",
+                        url,
+                        e,
+                        f" ({n} similar suppressed)" if n else "",
+                    )
             if member is not None:
                 self.membership.failed(member.node_id, now)
             if seed is not None:
@@ -337,14 +382,21 @@ class Mesh:
         if msg.mesh != self.cfg.name or msg.protocol != PROTOCOL:
             ok, _ = self._logs.should_log(f"mesh {msg.node_id}")
             if ok:
-                log.info("ignoring node %s of mesh %r protocol %d (we are %r protocol %d)", msg.node_id, msg.mesh,
-                         msg.protocol, self.cfg.name, PROTOCOL)
+                log.info(
+                    "ignoring node %s of mesh %r protocol %d (we are %r protocol %d)",
+                    msg.node_id,
+                    msg.mesh,
+                    msg.protocol,
+                    self.cfg.name,
+                    PROTOCOL,
+                )
             return None
         now = self.clock()
         if msg.node_id != self.node_id:
             url = effective_url(msg.url, remote)
-            m = self.membership.heard(msg.node_id, url, msg.heartbeat, now,
-                                      self.membership.seed_source(msg.node_id, url))
+            m = self.membership.heard(
+                msg.node_id, url, msg.heartbeat, now, self.membership.seed_source(msg.node_id, url)
+            )
             if m is not None:
                 self.membership.merge(msg.members, now)
                 self.popularity.report(msg.node_id, msg.popular, now)

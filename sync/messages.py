@@ -124,12 +124,20 @@ def encode_gossip(g: Gossip, limit: int = MAX_GOSSIP_BYTES) -> bytes:
     """Pack `g`, dropping members and popular entries from the end until it fits."""
     g = replace(g, members=g.members[:MAX_MEMBERS], popular=g.popular[:MAX_POPULAR])
     while True:
-        data = _pack({
-            "n": g.node_id, "m": g.mesh, "p": g.protocol, "u": g.url, "hb": g.heartbeat,
-            "e": g.epoch, "h": g.head, "c": g.count,
-            "mb": [[m.node_id, m.url, m.heartbeat, m.state] for m in g.members],
-            "pop": [[p.module, p.version, p.score] for p in g.popular],
-        })
+        data = _pack(
+            {
+                "n": g.node_id,
+                "m": g.mesh,
+                "p": g.protocol,
+                "u": g.url,
+                "hb": g.heartbeat,
+                "e": g.epoch,
+                "h": g.head,
+                "c": g.count,
+                "mb": [[m.node_id, m.url, m.heartbeat, m.state] for m in g.members],
+                "pop": [[p.module, p.version, p.score] for p in g.popular],
+            }
+        )
         if len(data) <= limit:
             return data
         if not g.members and not g.popular:
@@ -149,10 +157,16 @@ def encode_page(page: InventoryPage, limit: int = MAX_PAGE_BYTES) -> bytes:
             more, last = True, entries[-1].serial
         else:
             more, last = True, page.entries[0].serial
-        data = _pack({
-            "e": page.epoch, "h": page.head, "r": page.reset, "more": more, "l": last,
-            "es": [[x.serial, x.module, x.version, x.kind, x.sha256, x.h1, x.size] for x in entries],
-        })
+        data = _pack(
+            {
+                "e": page.epoch,
+                "h": page.head,
+                "r": page.reset,
+                "more": more,
+                "l": last,
+                "es": [[x.serial, x.module, x.version, x.kind, x.sha256, x.h1, x.size] for x in entries],
+            }
+        )
         if len(data) <= limit or not entries:
             return data
         entries = entries[: len(entries) // 2]
@@ -171,9 +185,15 @@ def _unpack(data: bytes, limit: int) -> dict[str, Any]:
         raise MessageError(f"message of {len(data)} bytes exceeds the {limit}-byte bound")
     try:
         obj = msgpack.unpackb(
-            data, raw=False, use_list=True, strict_map_key=True,
-            max_str_len=limit, max_bin_len=limit, max_array_len=4 * MAX_PAGE_ENTRIES,
-            max_map_len=64, max_ext_len=0,
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_str_len=limit,
+            max_bin_len=limit,
+            max_array_len=4 * MAX_PAGE_ENTRIES,
+            max_map_len=64,
+            max_ext_len=0,
         )
     except Exception as e:  # msgpack raises a zoo of types for malformed input
         raise MessageError(f"not a msgpack message: {type(e).__name__}") from None
@@ -213,15 +233,26 @@ def decode_gossip(data: bytes) -> Gossip:
         node_id, url, hb, state = _row(raw, "member", 4)
         if state not in STATES:
             raise MessageError("member state must be alive, suspect or dead")
-        members.append(MemberInfo(_str(node_id, "member id", MAX_ID), _str(url, "member url", MAX_URL, True),
-                                  _int(hb, "member heartbeat"), state))
+        members.append(
+            MemberInfo(
+                _str(node_id, "member id", MAX_ID),
+                _str(url, "member url", MAX_URL, True),
+                _int(hb, "member heartbeat"),
+                state,
+            )
+        )
     popular = []
     for raw in _list(o.get("pop", []), "popular", MAX_POPULAR):
         module, version, score = _row(raw, "popular entry", 3)
         if not isinstance(score, (int, float)) or isinstance(score, bool) or not math.isfinite(score):
             raise MessageError("popularity score must be a finite number")
-        popular.append(Popular(_str(module, "module", MAX_MODULE), _str(version, "version", MAX_VERSION),
-                               min(max(float(score), 0.0), MAX_SCORE)))
+        popular.append(
+            Popular(
+                _str(module, "module", MAX_MODULE),
+                _str(version, "version", MAX_VERSION),
+                min(max(float(score), 0.0), MAX_SCORE),
+            )
+        )
     protocol = o.get("p")
     return Gossip(
         node_id=_str(o.get("n"), "node id", MAX_ID),
@@ -253,8 +284,17 @@ def decode_page(data: bytes) -> InventoryPage:
             raise MessageError("entry sha256 must be 32 bytes")
         if h1 is not None and (not isinstance(h1, bytes) or len(h1) != 32):
             raise MessageError("entry h1 must be 32 bytes or nil")
-        entries.append(InvEntry(serial, _str(module, "module", MAX_MODULE), _str(version, "version", MAX_VERSION),
-                                kind, sha, h1, _int(size, "size")))
+        entries.append(
+            InvEntry(
+                serial,
+                _str(module, "module", MAX_MODULE),
+                _str(version, "version", MAX_VERSION),
+                kind,
+                sha,
+                h1,
+                _int(size, "size"),
+            )
+        )
     reset, more = o.get("r", False), o.get("more", False)
     if not isinstance(reset, bool) or not isinstance(more, bool):
         raise MessageError("reset and more must be booleans")
@@ -262,6 +302,10 @@ def decode_page(data: bytes) -> InventoryPage:
     if entries and last < entries[-1].serial:
         raise MessageError("page's last serial is before its entries")
     return InventoryPage(
-        epoch=_str(o.get("e"), "epoch", MAX_EPOCH), head=_int(o.get("h"), "head"),
-        reset=reset, more=more, entries=tuple(entries), last=last,
+        epoch=_str(o.get("e"), "epoch", MAX_EPOCH),
+        head=_int(o.get("h"), "head"),
+        reset=reset,
+        more=more,
+        entries=tuple(entries),
+        last=last,
     )

@@ -11,15 +11,19 @@ class MeshMetrics:
             "modmesh_mesh_gossip_rounds", "Gossip exchanges with a peer, by result", ["result"], registry=r
         )
         self.peer_fetches = Counter(
-            "modmesh_mesh_peer_fetches", "Files asked of a peer (miss: for a client; presync: in the background)",
-            ["peer", "path", "result"], registry=r,
+            "modmesh_mesh_peer_fetches",
+            "Files asked of a peer (miss: for a client; presync: in the background)",
+            ["peer", "path", "result"],
+            registry=r,
         )
         self.synced_bytes = Counter(
             "modmesh_mesh_synced_bytes", "Bytes of verified blobs taken from peers", ["peer"], registry=r
         )
         self.rejected = Counter(
-            "modmesh_mesh_rejected_blobs", "Blobs from a peer refused by verification (peer quarantined)",
-            ["peer"], registry=r,
+            "modmesh_mesh_rejected_blobs",
+            "Blobs from a peer refused by verification (peer quarantined)",
+            ["peer"],
+            registry=r,
         )
         self.resumed = Counter(
             "modmesh_mesh_resumed_transfers", "Pre-sync transfers resumed with a Range request", registry=r
@@ -29,10 +33,9 @@ class MeshMetrics:
         )
         self.members = Gauge("modmesh_mesh_members", "Known mesh members by state", ["state"], registry=r)
         self.quarantined = Gauge("modmesh_mesh_quarantined_peers", "Peers currently quarantined", registry=r)
-        self.catalog = Gauge(
-            "modmesh_mesh_catalog_entries", "Distinct files known from peers' inventories", registry=r
-        )
+        self.catalog = Gauge("modmesh_mesh_catalog_entries", "Distinct files known from peers' inventories", registry=r)
         self.backlog = Gauge(
-            "modmesh_mesh_sync_backlog", "Inventory entries not yet pulled plus files queued for pre-sync",
+            "modmesh_mesh_sync_backlog",
+            "Inventory entries not yet pulled plus files queued for pre-sync",
             registry=r,
         )

@@ -43,8 +43,14 @@ def valid_request(module: str, version: str, kind: str) -> ModRequest | None:
 
 class PreSync:
     def __init__(
-        self, cfg: MeshConfig, popularity: Popularity, catalog: Catalog, membership: Membership,
-        puller: Puller, index: Index, clock: Callable[[], float] = time.monotonic,
+        self,
+        cfg: MeshConfig,
+        popularity: Popularity,
+        catalog: Catalog,
+        membership: Membership,
+        puller: Puller,
+        index: Index,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cfg = cfg
         self.popularity = popularity
@@ -100,8 +106,9 @@ class PreSync:
                 backlog += 1
                 if self.store_bytes + holding.size > self.budget:
                     if not self._over_budget_logged:
-                        log.warning("pre-sync paused: the store holds %d bytes, budget %d", self.store_bytes,
-                                    self.budget)
+                        log.warning(
+                            "pre-sync paused: the store holds %d bytes, budget %d", self.store_bytes, self.budget
+                        )
                         self._over_budget_logged = True
                     continue
                 if len(self.active) >= cfg.presync_concurrency:

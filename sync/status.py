@@ -11,20 +11,22 @@ if TYPE_CHECKING:
 def mesh_status(mesh: Mesh, now: float) -> dict[str, Any]:
     members = []
     for m in sorted(mesh.membership.members.values(), key=lambda m: m.node_id):
-        members.append({
-            "node_id": m.node_id,
-            "url": m.url,
-            "state": m.state,
-            "source": m.source,
-            "last_seen_s": round(max(0.0, now - m.last_seen), 1),
-            "inventory": m.count,
-            "synced_serial": m.synced,
-            "head_serial": m.head,
-            "backlog": m.backlog,
-            "failures": m.failures,
-            "quarantined_s": round(max(0.0, m.quarantined_until - now), 1),
-            "quarantine_reason": m.quarantine_reason if m.quarantined(now) else "",
-        })
+        members.append(
+            {
+                "node_id": m.node_id,
+                "url": m.url,
+                "state": m.state,
+                "source": m.source,
+                "last_seen_s": round(max(0.0, now - m.last_seen), 1),
+                "inventory": m.count,
+                "synced_serial": m.synced,
+                "head_serial": m.head,
+                "backlog": m.backlog,
+                "failures": m.failures,
+                "quarantined_s": round(max(0.0, m.quarantined_until - now), 1),
+                "quarantine_reason": m.quarantine_reason if m.quarantined(now) else "",
+            }
+        )
     presync = mesh.presync
     return {
         "node_id": mesh.node_id,
@@ -35,8 +37,7 @@ def mesh_status(mesh: Mesh, now: float) -> dict[str, Any]:
         "inventory": mesh.inventory.count,
         "members": members,
         "seeds": [
-            {"url": s.url, "source": s.source, "node_id": s.node_id, "self": s.is_self}
-            for s in mesh.membership.seeds
+            {"url": s.url, "source": s.source, "node_id": s.node_id, "self": s.is_self} for s in mesh.membership.seeds
         ],
         "catalog": {"entries": len(mesh.catalog), "skipped": mesh.catalog.skipped},
         "presync": {

@@ -57,9 +57,15 @@ class MeshPeers:
     """node.hooks.PeerSource over the member table and the catalog."""
 
     def __init__(
-        self, membership: Membership, catalog: Catalog, upstream_for: Callable[[Member], Upstream],
-        metrics: MeshMetrics, quarantine: Callable[[str, str], None], max_candidates: int = 2,
-        clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None,
+        self,
+        membership: Membership,
+        catalog: Catalog,
+        upstream_for: Callable[[Member], Upstream],
+        metrics: MeshMetrics,
+        quarantine: Callable[[str, str], None],
+        max_candidates: int = 2,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
         self.membership = membership
         self.catalog = catalog
@@ -152,9 +158,16 @@ class Puller:
     """Pull one versioned file from peers into the store, resuming where it broke."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, headers: Callable[[str, str], Mapping[str, str]], tmp_dir: Path,
-        proxy: ModuleProxy, timeout: float, limiter: RateLimiter, metrics: MeshMetrics,
-        quarantine: Callable[[str, str], None], missing: Callable[[str, str], None],
+        self,
+        session: aiohttp.ClientSession,
+        headers: Callable[[str, str], Mapping[str, str]],
+        tmp_dir: Path,
+        proxy: ModuleProxy,
+        timeout: float,
+        limiter: RateLimiter,
+        metrics: MeshMetrics,
+        quarantine: Callable[[str, str], None],
+        missing: Callable[[str, str], None],
         failed: Callable[[str], None],
     ) -> None:
         self.session = session
@@ -192,8 +205,14 @@ class Puller:
                     tries.remove(src)
                 except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
                     self.metrics.peer_fetches.labels(src.node_id, "presync", "error").inc()
-                    log.info("pre-sync of %s from %s broke at %d/%d bytes: %s", req.key, src.node_id,
-                             state.offset, want.size, type(e).__name__)
+                    log.info(
+                        "pre-sync of %s from %s broke at %d/%d bytes: %s",
+                        req.key,
+                        src.node_id,
+                        state.offset,
+                        want.size,
+                        type(e).__name__,
+                    )
                     self.failed(src.node_id)
             if state.offset != want.size:
                 return False

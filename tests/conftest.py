@@ -79,9 +79,7 @@ def _resolvable(host: object) -> bool:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "allow_network: let this test open non-loopback connections (avoid)"
-    )
+    config.addinivalue_line("markers", "allow_network: let this test open non-loopback connections (avoid)")
 
 
 @pytest.fixture(autouse=True)
@@ -145,9 +143,7 @@ def corpus(go_bin: str) -> list[CorpusVersion]:
 
 
 @pytest.fixture(scope="session")
-def corpus_modules(
-    corpus: list[CorpusVersion], tmp_path_factory: pytest.TempPathFactory
-) -> ModuleSet:
+def corpus_modules(corpus: list[CorpusVersion], tmp_path_factory: pytest.TempPathFactory) -> ModuleSet:
     """The corpus as a FakeProxy module set; zips are built once per session."""
     return modules_from_corpus(corpus, tmp_path_factory.mktemp("corpus-zips"))
 

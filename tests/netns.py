@@ -211,8 +211,13 @@ class Netns:
             out, err = fh, subprocess.STDOUT
         try:
             proc = await asyncio.create_subprocess_exec(
-                *self.argv(*cmd), stdin=stdin, stdout=out, stderr=err, cwd=ROOT,
-                env={**_clean_env(), **(env or {})}, preexec_fn=_die_with_parent,
+                *self.argv(*cmd),
+                stdin=stdin,
+                stdout=out,
+                stderr=err,
+                cwd=ROOT,
+                env={**_clean_env(), **(env or {})},
+                preexec_fn=_die_with_parent,
             )
         finally:
             if fh is not None:
@@ -223,8 +228,13 @@ class Netns:
     async def run(self, *cmd: str, timeout: float = 20.0) -> tuple[int, str, str]:
         """Run `cmd` to completion inside this namespace: (returncode, stdout, stderr)."""
         proc = await asyncio.create_subprocess_exec(
-            *self.argv(*cmd), stdin=subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, cwd=ROOT, env=_clean_env(), preexec_fn=_die_with_parent,
+            *self.argv(*cmd),
+            stdin=subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=ROOT,
+            env=_clean_env(),
+            preexec_fn=_die_with_parent,
         )
         self.lab.processes.append(proc)
         try:
@@ -269,8 +279,21 @@ class Lab:
         try:
             remove_stale()
             self._add_netns(self.hub)
-            _ip("-n", self.hub, "link", "add", "br0", "type", "bridge",
-                "stp_state", "0", "forward_delay", "0", "mcast_snooping", "0")
+            _ip(
+                "-n",
+                self.hub,
+                "link",
+                "add",
+                "br0",
+                "type",
+                "bridge",
+                "stp_state",
+                "0",
+                "forward_delay",
+                "0",
+                "mcast_snooping",
+                "0",
+            )
             _ip("-n", self.hub, "link", "set", "br0", "up")
             for i, addr in enumerate(addrs):
                 name = f"{self.tag}-{i}"
@@ -384,9 +407,7 @@ async def read_json_lines(
         raise TimeoutError(f"no matching line within {timeout}s; got {seen}") from None
 
 
-async def poll(
-    check: Callable[[], Any], timeout: float, interval: float = 0.25, what: str = "condition"
-) -> Any:
+async def poll(check: Callable[[], Any], timeout: float, interval: float = 0.25, what: str = "condition") -> Any:
     """Await `check()` (an async callable) until it returns something truthy."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -409,6 +430,16 @@ def tail(path: Path, lines: int = 40) -> str:
 
 
 __all__: Sequence[str] = [
-    "IFACE", "Lab", "Netns", "NetnsUnavailable", "Prober", "Response", "lab", "poll",
-    "read_json_lines", "remove_stale", "tail", "unavailable_reason",
+    "IFACE",
+    "Lab",
+    "Netns",
+    "NetnsUnavailable",
+    "Prober",
+    "Response",
+    "lab",
+    "poll",
+    "read_json_lines",
+    "remove_stale",
+    "tail",
+    "unavailable_reason",
 ]

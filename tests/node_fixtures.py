@@ -27,7 +27,6 @@ def node_config(data: Path, upstream: str, **overrides: Any) -> Config:
         breaker_reset=1.0,
         log_format="text",
         sumdb=(),  # no checksum database unless a test configures one
-
     )
     return dataclasses.replace(base, **overrides)
 

@@ -285,9 +285,7 @@ def _tree_hash(levels: list[list[bytes]], n: int) -> bytes:
     return root
 
 
-def _tile_bytes(
-    levels: list[list[bytes]], records: list[bytes], h: int, level: int, n: int, w: int
-) -> bytes | None:
+def _tile_bytes(levels: list[list[bytes]], records: list[bytes], h: int, level: int, n: int, w: int) -> bytes | None:
     """A hash tile (level >= 0) or data tile (level -1), or None if the tree is too small."""
     start = n << h
     if level == -1:
@@ -461,9 +459,7 @@ class FakeSumDB(FakeProxy):
         """Sign tree heads with `key` from now on (None: the real key again)."""
         self._signer = self.key if key is None else key
 
-    def corrupt_record(
-        self, path: str, version: str, zip_h1: str | None = None, mod_h1: str | None = None
-    ) -> int:
+    def corrupt_record(self, path: str, version: str, zip_h1: str | None = None, mod_h1: str | None = None) -> int:
         """Log a wrong record for a logged version and serve it from now on; returns its id.
 
         The bad record is appended (the log stays append-only and consistent, so

@@ -85,25 +85,31 @@ def self_signed(tmp: Path) -> tuple[Path, Path]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "modmesh test")])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
         .sign(key, hashes.SHA256())
     )
     cert_file, key_file = tmp / "cert.pem", tmp / "key.pem"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_file, key_file
 
 
 async def test_go_with_netrc_over_tls(fake_proxy, make_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     up = await fake_proxy(MODS)
     cert, key = self_signed(tmp_path)
-    node = await make_node(up.url, tls_cert_file=cert, tls_key_file=key,
-                           client_basic_file=write(tmp_path / "users", "builder:hunter2\n"))
+    node = await make_node(
+        up.url, tls_cert_file=cert, tls_key_file=key, client_basic_file=write(tmp_path / "users", "builder:hunter2\n")
+    )
     assert node.url.startswith("https://")
     # go matches .netrc machines against the URL's host:port (so the port belongs in it).
     hostport = node.url.removeprefix("https://")

@@ -141,8 +141,9 @@ async def test_export_import_then_go_builds_offline_with_verification(  # type: 
     await db.start()
     try:
         a = await make_node(up.url, sumdb=spec(db))
-        env = go_env(tmp_path / "a", a.url, gosumdb=db.vkey, GOFLAGS="-mod=mod -modcacherw",
-                     GOCACHE=str(go_build_cache))
+        env = go_env(
+            tmp_path / "a", a.url, gosumdb=db.vkey, GOFLAGS="-mod=mod -modcacherw", GOCACHE=str(go_build_cache)
+        )
         await build_hello(tmp_path / "a", env)  # rsc.io/quote, rsc.io/sampler, golang.org/x/text
         await a.sumdbs.dbs[0].idle()
         bundle = tmp_path / "a.bundle"
@@ -169,8 +170,7 @@ async def test_export_import_then_go_builds_offline_with_verification(  # type: 
     assert st["rsc.io/quote/@v/v1.5.2.zip"] == "admitted" and st[f"sumdb/{DB}/latest"] == "admitted"
     assert set(st.values()) == {"admitted", "present"}  # present: sumdb/<db>/supported
 
-    env = go_env(tmp_path / "b", b.url, gosumdb=db.vkey, GOFLAGS="-mod=mod -modcacherw",
-                 GOCACHE=str(go_build_cache))
+    env = go_env(tmp_path / "b", b.url, gosumdb=db.vkey, GOFLAGS="-mod=mod -modcacherw", GOCACHE=str(go_build_cache))
     await build_hello(tmp_path / "b", env)
     gosum = (tmp_path / "b" / "hello" / "go.sum").read_text()
     assert "rsc.io/quote v1.5.2 h1:" in gosum and "golang.org/x/text" in gosum
@@ -233,8 +233,9 @@ async def test_flipped_byte_refuses_that_entry_only(  # type: ignore[no-untyped-
     await db.stop()
 
     data_b = tmp_path / "b"
-    code, report = await cli(capsys, "import", "--data", str(data_b), "--sumdb", spec(db)[0], "--offline",
-                             "--json", str(bundle))
+    code, report = await cli(
+        capsys, "import", "--data", str(data_b), "--sumdb", spec(db)[0], "--offline", "--json", str(bundle)
+    )
     assert code == 1
     assert list(refused(report)) == [bad]
     assert "sha256" in refused(report)[bad] and "manifest" in refused(report)[bad]
@@ -281,8 +282,9 @@ async def test_tampered_database_data_is_refused_and_named(  # type: ignore[no-u
     bad = tmp_path / "lookup.bundle"
     bad.write_bytes(bundle.read_bytes())
     flip_byte(bad, lookup)
-    code, report = await cli(capsys, "import", "--data", str(tmp_path / "b1"), "--sumdb", spec(db)[0],
-                             "--offline", "--json", str(bad))
+    code, report = await cli(
+        capsys, "import", "--data", str(tmp_path / "b1"), "--sumdb", spec(db)[0], "--offline", "--json", str(bad)
+    )
     r = refused(report)
     assert code == 1 and lookup in r
     assert set(r) == {lookup, "example.com/a/@v/v1.0.0.mod", "example.com/a/@v/v1.0.0.zip"}
@@ -291,14 +293,24 @@ async def test_tampered_database_data_is_refused_and_named(  # type: ignore[no-u
     # A tile changed: named, and what can no longer be authenticated is refused with it.
     bad.write_bytes(bundle.read_bytes())
     flip_byte(bad, tiles[-1])
-    code, report = await cli(capsys, "import", "--data", str(tmp_path / "b2"), "--sumdb", spec(db)[0],
-                             "--offline", "--json", str(bad))
+    code, report = await cli(
+        capsys, "import", "--data", str(tmp_path / "b2"), "--sumdb", spec(db)[0], "--offline", "--json", str(bad)
+    )
     r = refused(report)
     assert code == 1 and tiles[-1] in r and len(r) > 1
 
     # A tree head signed by another key: the database part is refused, nothing of it stored.
-    code, report = await cli(capsys, "import", "--data", str(tmp_path / "b3"), "--sumdb",
-                             f"{generate_keys(DB).vkey} {db.url}", "--offline", "--json", str(bundle))
+    code, report = await cli(
+        capsys,
+        "import",
+        "--data",
+        str(tmp_path / "b3"),
+        "--sumdb",
+        f"{generate_keys(DB).vkey} {db.url}",
+        "--offline",
+        "--json",
+        str(bundle),
+    )
     r = refused(report)
     assert code == 1 and "not signed by this node's key" in r[f"sumdb/{DB}/latest"]
     assert not (tmp_path / "b3" / "sumdb" / DB / "latest").exists()
@@ -319,7 +331,9 @@ async def test_truncated_bundle_names_what_is_missing(  # type: ignore[no-untype
     code, report = await cli(capsys, "import", "--data", str(tmp_path / "b"), "--sumdb", "off", "--json", str(cut))
     assert code == 1 and report["errors"] and "ends early" in report["errors"][0]
     r = refused(report)
-    assert r and all(reason in ("missing from the bundle", "the bundle ends inside this entry") for reason in r.values())
+    assert r and all(
+        reason in ("missing from the bundle", "the bundle ends inside this entry") for reason in r.values()
+    )
     assert report["counts"]["admitted"] > 0
 
 
@@ -343,8 +357,11 @@ async def test_gomodcache_import_is_served_byte_identical(  # type: ignore[no-un
     b = await make_node("off", data=data, sumdb=spec(db))
     code, report = await cli(capsys, "import", "--data", str(data), "--sumdb", spec(db)[0], "--json", str(cache))
     assert code == 0, refused(report)
-    files = sorted(p.relative_to(download).as_posix() for p in download.rglob("*")
-                   if p.is_file() and p.suffix in (".info", ".mod", ".zip") and "sumdb" not in p.parts)
+    files = sorted(
+        p.relative_to(download).as_posix()
+        for p in download.rglob("*")
+        if p.is_file() and p.suffix in (".info", ".mod", ".zip") and "sumdb" not in p.parts
+    )
     assert len(files) == 3 * len(MODS)
     assert {e["path"] for e in report["entries"] if e["kind"] in ("info", "mod", "zip")} == set(files)
     for rel in files:
@@ -353,8 +370,7 @@ async def test_gomodcache_import_is_served_byte_identical(  # type: ignore[no-un
     status, body = await get(f"{b.url}/example.com/a/@v/list")
     assert status == 200 and body == b"v1.0.0\nv1.1.0\n"
 
-    code, again = await cli(capsys, "import", "--data", str(data), "--sumdb", spec(db)[0], "--json",
-                            str(download))
+    code, again = await cli(capsys, "import", "--data", str(data), "--sumdb", spec(db)[0], "--json", str(download))
     assert code == 0 and again["counts"]["admitted"] == 0
 
 
@@ -366,8 +382,9 @@ async def test_gomodcache_import_refuses_a_hash_the_database_disowns(  # type: i
     (await run_go(["mod", "download", "example.com/a@v1.0.0", "example.com/b@v0.1.0"], env, cwd=tmp_path)).check()
     download = Path(env["GOMODCACHE"]) / "cache" / "download"
     db.corrupt_record("example.com/a", "v1.0.0")  # the database vouches for another zip
-    code, report = await cli(capsys, "import", "--data", str(tmp_path / "b"), "--sumdb", spec(db)[0],
-                             "--json", str(download))
+    code, report = await cli(
+        capsys, "import", "--data", str(tmp_path / "b"), "--sumdb", spec(db)[0], "--json", str(download)
+    )
     assert code == 1
     assert list(refused(report)) == ["example.com/a/@v/v1.0.0.zip"]
     assert "checksum mismatch" in refused(report)["example.com/a/@v/v1.0.0.zip"]
@@ -380,7 +397,7 @@ async def test_module_directory_import(make_node, capsys, tmp_path: Path) -> Non
     src = tmp_path / "src" / "hello@v1.2.3"
     (src / "sub").mkdir(parents=True)
     (src / "go.mod").write_text("module example.com/hello\n\ngo 1.21\n")
-    (src / "hello.go").write_text("package hello\n\nfunc Hello() string { return \"hi\" }\n")
+    (src / "hello.go").write_text('package hello\n\nfunc Hello() string { return "hi" }\n')
     (src / "sub" / "x.go").write_text("package sub\n")
     (src / ".git").mkdir()
     (src / ".git" / "HEAD").write_text("ref\n")
@@ -395,8 +412,11 @@ async def test_module_directory_import(make_node, capsys, tmp_path: Path) -> Non
     assert zip_bytes == buf.getvalue()
     (tmp_path / "z.zip").write_bytes(zip_bytes)
     with __import__("zipfile").ZipFile(tmp_path / "z.zip") as z:
-        assert sorted(z.namelist()) == ["example.com/hello@v1.2.3/go.mod", "example.com/hello@v1.2.3/hello.go",
-                                        "example.com/hello@v1.2.3/sub/x.go"]
+        assert sorted(z.namelist()) == [
+            "example.com/hello@v1.2.3/go.mod",
+            "example.com/hello@v1.2.3/hello.go",
+            "example.com/hello@v1.2.3/sub/x.go",
+        ]
     status, mod = await get(f"{b.url}/example.com/hello/@v/v1.2.3.mod")
     assert status == 200 and mod == (src / "go.mod").read_bytes()
     status, info = await get(f"{b.url}/example.com/hello/@v/v1.2.3.info")
@@ -408,8 +428,20 @@ async def test_module_directory_import(make_node, capsys, tmp_path: Path) -> Non
     (legacy / "x.go").write_text("package x\n")
     code, _ = await cli(capsys, "import", "--data", str(data), "--sumdb", "off", str(legacy))
     assert code == 2
-    code, report = await cli(capsys, "import", "--data", str(data), "--sumdb", "off", "--json", "--module", "example.com/legacy",
-                             "--version", "v0.1.0", str(legacy))
+    code, report = await cli(
+        capsys,
+        "import",
+        "--data",
+        str(data),
+        "--sumdb",
+        "off",
+        "--json",
+        "--module",
+        "example.com/legacy",
+        "--version",
+        "v0.1.0",
+        str(legacy),
+    )
     assert code == 0
     status, mod = await get(f"{b.url}/example.com/legacy/@v/v0.1.0.mod")
     assert mod == b"module example.com/legacy\n"
@@ -420,8 +452,22 @@ async def test_module_directory_import(make_node, capsys, tmp_path: Path) -> Non
     other.mkdir()
     (other / "go.mod").write_text("module example.com/other\n")
     capsys.readouterr()
-    code = await import_main(build_parser().parse_args(["import", "--data", str(data), "--sumdb", "off", "--module",
-                                                        "example.com/wrong", "--version", "v1.0.0", str(other)]))
+    code = await import_main(
+        build_parser().parse_args(
+            [
+                "import",
+                "--data",
+                str(data),
+                "--sumdb",
+                "off",
+                "--module",
+                "example.com/wrong",
+                "--version",
+                "v1.0.0",
+                str(other),
+            ]
+        )
+    )
     assert code == 2 and "declares module example.com/other, not example.com/wrong" in capsys.readouterr().err
 
 
@@ -454,8 +500,11 @@ async def test_selection_filters(world, make_node, tmp_path: Path) -> None:  # t
     )
     plan = await plan_export(a, Selection(gosum=gosum))
     assert {(m, v, k) for m, v, k in modules(plan) if v} == {
-        ("example.com/a", "v1.0.0", "info"), ("example.com/a", "v1.0.0", "mod"),
-        ("example.com/b", "v0.1.0", "info"), ("example.com/b", "v0.1.0", "zip")}
+        ("example.com/a", "v1.0.0", "info"),
+        ("example.com/a", "v1.0.0", "mod"),
+        ("example.com/b", "v0.1.0", "info"),
+        ("example.com/b", "v0.1.0", "zip"),
+    }
     assert any("go.sum has h1:AAAA" in w for w in plan.manifest.warnings)
     assert any("example.com/gone@v1.0.0 mod (in go.sum) is not cached" in w for w in plan.manifest.warnings)
 
@@ -504,19 +553,22 @@ async def test_incremental_bundles_follow_a_growing_database(  # type: ignore[no
 
     data = tmp_path / "b"
     for bundle in (b1, b2):
-        code, report = await cli(capsys, "import", "--data", str(data), "--sumdb", spec(db)[0], "--offline",
-                                 "--json", str(bundle))
+        code, report = await cli(
+            capsys, "import", "--data", str(data), "--sumdb", spec(db)[0], "--offline", "--json", str(bundle)
+        )
         assert code == 0, refused(report)
     b = await make_node("off", data=data, sumdb=spec(db), offline=True)
     assert b.sumdbs.dbs[0].latest is not None and b.sumdbs.dbs[0].latest.n == m2.sumdb[0]["tree_size"]
     env = go_env(tmp_path / "go", b.url, gosumdb=db.vkey)
-    res = (await run_go(["mod", "download", "-json", "example.com/a@v1.0.0", "example.com/c@v1.0.0"],
-                        env, cwd=tmp_path)).check()
+    res = (
+        await run_go(["mod", "download", "-json", "example.com/a@v1.0.0", "example.com/c@v1.0.0"], env, cwd=tmp_path)
+    ).check()
     assert all("Error" not in o for o in decode_stream(res.stdout))
 
     # The second bundle carries what its own records need: it imports alone, too.
-    code, report = await cli(capsys, "import", "--data", str(tmp_path / "c"), "--sumdb", spec(db)[0],
-                             "--offline", "--json", str(b2))
+    code, report = await cli(
+        capsys, "import", "--data", str(tmp_path / "c"), "--sumdb", spec(db)[0], "--offline", "--json", str(b2)
+    )
     assert code == 0 and {e["module"] for e in report["entries"] if e["kind"] == "zip"} == {"example.com/c"}
 
 
@@ -538,8 +590,9 @@ async def test_forked_database_in_a_bundle_is_refused(  # type: ignore[no-untype
 
     data = tmp_path / "b"
     assert (await cli(capsys, "import", "--data", str(data), "--sumdb", spec(db)[0], "--offline", str(b1)))[0] == 0
-    code, report = await cli(capsys, "import", "--data", str(data), "--sumdb", spec(db)[0], "--offline",
-                             "--json", str(b2))
+    code, report = await cli(
+        capsys, "import", "--data", str(data), "--sumdb", spec(db)[0], "--offline", "--json", str(b2)
+    )
     assert code == 1
     assert "forked" in refused(report)[f"sumdb/{DB}/latest"]
     assert any(r.levelname == "ERROR" and "SECURITY" in r.getMessage() for r in caplog.records)
@@ -580,11 +633,36 @@ async def test_cli_pipes_export_into_import(world, make_node, tmp_path: Path) ->
     await a.aclose()
     python = sys.executable
     exp = await asyncio.create_subprocess_exec(
-        python, "-m", "node.cli", "export", "--data", str(a.config.data), "--sumdb", "off", "-o", "-",
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        python,
+        "-m",
+        "node.cli",
+        "export",
+        "--data",
+        str(a.config.data),
+        "--sumdb",
+        "off",
+        "-o",
+        "-",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     imp = await asyncio.create_subprocess_exec(
-        python, "-m", "node.cli", "import", "-", "--data", str(tmp_path / "b"), "--sumdb", "off", "--json",
-        cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        python,
+        "-m",
+        "node.cli",
+        "import",
+        "-",
+        "--data",
+        str(tmp_path / "b"),
+        "--sumdb",
+        "off",
+        "--json",
+        cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     assert exp.stdout is not None and imp.stdin is not None
     while chunk := await exp.stdout.read(1 << 16):
         imp.stdin.write(chunk)
@@ -611,8 +689,9 @@ async def test_usage_errors(tmp_path: Path, capsys) -> None:  # type: ignore[no-
     data = tmp_path / "d"
     (data / "index.sqlite").parent.mkdir(parents=True, exist_ok=True)
     (data / "index.sqlite").touch()
-    code, _ = await cli(capsys, "export", "--data", str(data), "-o", str(tmp_path / "o"), "--since-bundle",
-                        str(not_bundle))
+    code, _ = await cli(
+        capsys, "export", "--data", str(data), "-o", str(tmp_path / "o"), "--since-bundle", str(not_bundle)
+    )
     assert code == 2 and not (tmp_path / "o").exists()
     code, report = await cli(capsys, "import", "--data", str(tmp_path / "d"), "--json", str(not_bundle))
     assert code == 1 and report["errors"]
@@ -621,8 +700,12 @@ async def test_usage_errors(tmp_path: Path, capsys) -> None:  # type: ignore[no-
 # ---- properties of the format -------------------------------------------------------------
 
 _names = st.lists(
-    st.from_regex(r"[a-z0-9.]{1,12}(/[a-zA-Z0-9!._~-]{1,40}){0,6}/@v/v[0-9]\.[0-9]\.[0-9]\.(zip|mod|info)", fullmatch=True),
-    min_size=1, max_size=6, unique=True,
+    st.from_regex(
+        r"[a-z0-9.]{1,12}(/[a-zA-Z0-9!._~-]{1,40}){0,6}/@v/v[0-9]\.[0-9]\.[0-9]\.(zip|mod|info)", fullmatch=True
+    ),
+    min_size=1,
+    max_size=6,
+    unique=True,
 )
 
 
@@ -640,8 +723,11 @@ class _Chunky:
 
 
 @settings(max_examples=60, deadline=None)
-@given(names=_names, sizes=st.lists(st.integers(0, 3000), min_size=6, max_size=6),
-       cuts=st.lists(st.integers(1, 1500), max_size=5))
+@given(
+    names=_names,
+    sizes=st.lists(st.integers(0, 3000), min_size=6, max_size=6),
+    cuts=st.lists(st.integers(1, 1500), max_size=5),
+)
 def test_tar_stream_round_trips_and_its_size_is_known(names: list[str], sizes: list[int], cuts: list[int]) -> None:
     from node.tools.bundle.format import TarWriter, once, tar_size
 
@@ -671,16 +757,31 @@ def test_tar_stream_round_trips_and_its_size_is_known(names: list[str], sizes: l
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["info", "mod", "zip", "list", "sumdb-tile"]), st.integers(0, 1 << 40),
-                          st.one_of(st.none(), st.floats(0, 4e9, allow_nan=False)),
-                          st.one_of(st.none(), st.from_regex(r"h1:[A-Za-z0-9+/]{43}=", fullmatch=True))),
-                max_size=8))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["info", "mod", "zip", "list", "sumdb-tile"]),
+            st.integers(0, 1 << 40),
+            st.one_of(st.none(), st.floats(0, 4e9, allow_nan=False)),
+            st.one_of(st.none(), st.from_regex(r"h1:[A-Za-z0-9+/]{43}=", fullmatch=True)),
+        ),
+        max_size=8,
+    )
+)
 def test_manifest_round_trips(rows: list[tuple[str, int, float | None, str | None]]) -> None:
     from node.tools.bundle.format import ManifestEntry
 
-    entries = [ManifestEntry(f"p/{i}", kind, size, "ab" * 32, "m", "v1.0.0", h1, t, "db" if kind.startswith("sumdb") else "")
-               for i, (kind, size, t, h1) in enumerate(rows)]
-    m = Manifest(entries, "2026-01-01T00:00:00Z", {"kind": "node", "epoch": "e", "serial": 3}, {"everything": True},
-                 [{"name": "db", "tree_size": 1}], ["w"])
+    entries = [
+        ManifestEntry(f"p/{i}", kind, size, "ab" * 32, "m", "v1.0.0", h1, t, "db" if kind.startswith("sumdb") else "")
+        for i, (kind, size, t, h1) in enumerate(rows)
+    ]
+    m = Manifest(
+        entries,
+        "2026-01-01T00:00:00Z",
+        {"kind": "node", "epoch": "e", "serial": 3},
+        {"everything": True},
+        [{"name": "db", "tree_size": 1}],
+        ["w"],
+    )
     back = Manifest.from_bytes(m.to_bytes())
     assert back.entries == entries and back.origin == m.origin and back.warnings == ["w"]

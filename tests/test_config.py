@@ -21,7 +21,7 @@ def test_precedence_flags_env_file_defaults(tmp_path: Path) -> None:
 
 def test_unknown_key_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     f = tmp_path / "c.toml"
-    f.write_text('no_such_key = 1\n')
+    f.write_text("no_such_key = 1\n")
     load_config(f, env={})
     assert "unknown key 'no_such_key'" in caplog.text
 

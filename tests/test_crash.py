@@ -34,10 +34,24 @@ def free_port() -> int:
 @contextlib.asynccontextmanager
 async def serve_process(data: Path, upstream: str, port: int) -> AsyncIterator[asyncio.subprocess.Process]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "node.cli", "serve", "--listen", f"127.0.0.1:{port}",
-        "--data", str(data), "--upstream", upstream, "--sumdb", "off",
-        "--log-format", "text", "--log-level", "warning",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "node.cli",
+        "serve",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--data",
+        str(data),
+        "--upstream",
+        upstream,
+        "--sumdb",
+        "off",
+        "--log-format",
+        "text",
+        "--log-level",
+        "warning",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         async with aiohttp.ClientSession() as s:
@@ -64,8 +78,9 @@ async def serve_process(data: Path, upstream: str, port: int) -> AsyncIterator[a
 
 
 async def test_kill_9_mid_download_then_restart(fake_proxy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    mods = [(f"example.com/crash{i}", "v1.0.0", big_module(f"example.com/crash{i}", "v1.0.0", 1 << 20))
-            for i in range(N)]
+    mods = [
+        (f"example.com/crash{i}", "v1.0.0", big_module(f"example.com/crash{i}", "v1.0.0", 1 << 20)) for i in range(N)
+    ]
     up = await fake_proxy(module_set(*mods))
     up.inject(r"\.zip$", Fault.slow_body(256 << 10))  # ~4 s per zip: all 20 are in flight
     data = tmp_path / "data"
@@ -73,6 +88,7 @@ async def test_kill_9_mid_download_then_restart(fake_proxy, tmp_path: Path) -> N
     url = f"http://127.0.0.1:{port}"
 
     async with aiohttp.ClientSession() as s:
+
         async def fetch(path: str) -> bytes:
             async with s.get(url + path) as r:
                 return await r.read()
@@ -105,13 +121,13 @@ async def test_kill_9_mid_download_then_restart(fake_proxy, tmp_path: Path) -> N
 
 
 async def test_sigterm_mid_download_leaves_no_partials(fake_proxy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    mods = [(f"example.com/term{i}", "v1.0.0", big_module(f"example.com/term{i}", "v1.0.0", 1 << 20))
-            for i in range(5)]
+    mods = [(f"example.com/term{i}", "v1.0.0", big_module(f"example.com/term{i}", "v1.0.0", 1 << 20)) for i in range(5)]
     up = await fake_proxy(module_set(*mods))
     up.inject(r"\.zip$", Fault.slow_body(64 << 10))  # ~16 s per zip: outlives the 5 s grace period
     data = tmp_path / "data"
     port = free_port()
     async with aiohttp.ClientSession() as s:
+
         async def fetch(path: str) -> bytes:
             async with s.get(f"http://127.0.0.1:{port}{path}") as r:
                 return await r.read()

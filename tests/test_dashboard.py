@@ -46,9 +46,17 @@ MODS = module_set(
     (GAMMA, "v1.2.0", module_files(GAMMA, "v1.2.0")),
 )
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--no-proxy-server", "--virtual-time-budget=5000",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--no-proxy-server",
+    "--virtual-time-budget=5000",
 )
 
 
@@ -67,8 +75,13 @@ async def run_chromium(binary: str, *args: str, timeout: float = 60.0) -> bytes:
     """Run headless Chromium without blocking the loop that serves the page."""
     with tempfile.TemporaryDirectory(prefix="modmesh-chromium-") as profile:
         proc = await asyncio.create_subprocess_exec(
-            binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+            binary,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
         )
         try:
             out, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -189,7 +202,10 @@ async def test_dashboard_renders_live_figures(  # type: ignore[no-untyped-def]
 ) -> None:
     dead = dead_url()
     node = await make_node(
-        f"{dead}|{sumdb.url}", sumdb=(f"{sumdb.vkey} {sumdb.url}",), breaker_threshold=1, breaker_reset=600,
+        f"{dead}|{sumdb.url}",
+        sumdb=(f"{sumdb.vkey} {sumdb.url}",),
+        breaker_threshold=1,
+        breaker_reset=600,
     )
     sumdb.inject(f"{GAMMA}/@v/v1.2.0.zip", Fault.wrong_body(b"<html>not a zip</html>"))
     base = node.url
@@ -251,8 +267,10 @@ async def test_mesh_status_and_lifecycle(  # type: ignore[no-untyped-def]
     shows peers and backlog; the error handler and the sampler live exactly as long as the app."""
     status = {
         "node_id": "n1",
-        "peers": {"peer-a": {"url": "http://10.0.0.2:3000", "state": "alive", "backlog": 3},
-                  "peer-b": {"url": "http://10.0.0.3:3000", "state": "suspect", "backlog": 9}},
+        "peers": {
+            "peer-a": {"url": "http://10.0.0.2:3000", "state": "alive", "backlog": 3},
+            "peer-b": {"url": "http://10.0.0.3:3000", "state": "suspect", "backlog": 9},
+        },
     }
 
     async def mesh_status(request: web.Request) -> web.Response:

@@ -95,7 +95,9 @@ def _verify_root(tmp_path: Path, unit_text: str) -> Path:
 def _verify(root: Path) -> tuple[int, list[str]]:
     proc = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", f"--root={root}", "modmesh.service"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     out = (proc.stdout + proc.stderr).splitlines()
     print("\n".join(out))
@@ -109,7 +111,9 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     # The exposure score is informative only (systemd versions score differently).
     sec = subprocess.run(
         ["systemd-analyze", "security", "--offline=yes", f"--root={root}", "modmesh.service"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     print(*[line for line in sec.stdout.splitlines() if "Overall exposure" in line], sep="\n")
 
@@ -126,17 +130,37 @@ def test_systemd_unit_hardening() -> None:
     text = UNIT.read_text()
     settings = {line.split("=", 1)[0] for line in text.splitlines() if "=" in line and not line.startswith("#")}
     required = {
-        "User", "StateDirectory", "ProtectSystem", "ProtectHome", "PrivateTmp", "PrivateDevices",
-        "NoNewPrivileges", "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs",
-        "ProtectControlGroups", "RestrictAddressFamilies", "RestrictNamespaces", "LockPersonality",
-        "MemoryDenyWriteExecute", "SystemCallFilter", "CapabilityBoundingSet", "LimitNOFILE",
-        "Restart", "TimeoutStopSec", "EnvironmentFile",
+        "User",
+        "StateDirectory",
+        "ProtectSystem",
+        "ProtectHome",
+        "PrivateTmp",
+        "PrivateDevices",
+        "NoNewPrivileges",
+        "ProtectKernelTunables",
+        "ProtectKernelModules",
+        "ProtectKernelLogs",
+        "ProtectControlGroups",
+        "RestrictAddressFamilies",
+        "RestrictNamespaces",
+        "LockPersonality",
+        "MemoryDenyWriteExecute",
+        "SystemCallFilter",
+        "CapabilityBoundingSet",
+        "LimitNOFILE",
+        "Restart",
+        "TimeoutStopSec",
+        "EnvironmentFile",
     }
     assert required <= settings, required - settings
     assert _unit_values(text, "ProtectSystem") == ["strict"]
     assert _unit_values(text, "CapabilityBoundingSet") == [""]
     assert set(_unit_values(text, "RestrictAddressFamilies")[0].split()) == {
-        "AF_INET", "AF_INET6", "AF_UNIX", "AF_NETLINK"}
+        "AF_INET",
+        "AF_INET6",
+        "AF_UNIX",
+        "AF_NETLINK",
+    }
     # The sysusers file creates the user the unit runs as, with the state dir as home.
     (user,) = _unit_values(text, "User")
     (state,) = _unit_values(text, "StateDirectory")
@@ -301,7 +325,10 @@ def _nodes(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def _serve_help_flags() -> set[str]:
     proc = subprocess.run(
         [sys.executable, "-m", "node.cli", "serve", "--help"],
-        capture_output=True, text=True, cwd=REPO, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     return set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", proc.stdout))
@@ -315,10 +342,19 @@ def _dockerfile_entrypoint() -> list[str]:
 
 
 def test_yaml_subset_loader_refuses_what_it_does_not_know() -> None:
-    assert load_yaml_subset("a:\n  b: 1\n  c:\n    - x\n    - \"y: z\"\nd:\n") == {
-        "a": {"b": 1, "c": ["x", "y: z"]}, "d": None}
-    for bad in ("a: &x 1\n", "a: [1, 2]\n", "a: |\n  x\n", "p:\n  - 3000:3000\n", "a: yes\n",
-                "a:\n  - b: 1\n", "a: 1\na: 2\n"):
+    assert load_yaml_subset('a:\n  b: 1\n  c:\n    - x\n    - "y: z"\nd:\n') == {
+        "a": {"b": 1, "c": ["x", "y: z"]},
+        "d": None,
+    }
+    for bad in (
+        "a: &x 1\n",
+        "a: [1, 2]\n",
+        "a: |\n  x\n",
+        "p:\n  - 3000:3000\n",
+        "a: yes\n",
+        "a:\n  - b: 1\n",
+        "a: 1\na: 2\n",
+    ):
         with pytest.raises(YAMLSubsetError):
             load_yaml_subset(bad)
 
@@ -356,8 +392,10 @@ def test_compose_structure() -> None:
             assert key.startswith("MODMESH_") and key[8:].lower() in Config.__dataclass_fields__, key
     assert len(data_volumes) == 3, "each node has a volume of its own"
     # The story: one node reaches the internet, the others go through it or stay offline.
-    upstreams = {name: s["command"][s["command"].index("--upstream") + 1] if "--upstream" in s["command"]
-                 else None for name, s in nodes.items()}
+    upstreams = {
+        name: s["command"][s["command"].index("--upstream") + 1] if "--upstream" in s["command"] else None
+        for name, s in nodes.items()
+    }
     assert sum(1 for u in upstreams.values() if u and u.startswith("https://")) == 1, upstreams
     for name, svc in nodes.items():
         upstream = upstreams[name]
@@ -392,8 +430,9 @@ def test_deploy_files_use_existing_serve_flags() -> None:
 
 def test_dockerfile_conventions() -> None:
     text = DOCKERFILE.read_text()
-    instructions = [line.split()[0] for line in text.splitlines() if line and not line[0].isspace()
-                    and not line.startswith("#")]
+    instructions = [
+        line.split()[0] for line in text.splitlines() if line and not line[0].isspace() and not line.startswith("#")
+    ]
     assert instructions[0] == "FROM"
     assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
     assert re.search(r"^USER (?!root|0\b)\S+$", text, re.M), "the image must not run as root"
@@ -447,8 +486,18 @@ def test_node_runs_under_memory_deny_write_execute(tmp_path: Path) -> None:
         pytest.skip("PR_SET_MDWE is Linux-only")
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODMESH_")}
-    args = ["serve", "--listen", f"127.0.0.1:{port}", "--data", str(tmp_path / "data"),
-            "--offline", "--sumdb", "off", "--log-format", "text"]
+    args = [
+        "serve",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--data",
+        str(tmp_path / "data"),
+        "--offline",
+        "--sumdb",
+        "off",
+        "--log-format",
+        "text",
+    ]
     if MESH_FLAGS <= _serve_help_flags():
         # The mesh on, with mDNS off and no peers: nothing leaves loopback.
         secret = tmp_path / "mesh.secret"
@@ -459,7 +508,10 @@ def test_node_runs_under_memory_deny_write_execute(tmp_path: Path) -> None:
         argv = ["core", *args]  # no plugins: a loaded mesh could start discovery
     proc = subprocess.Popen(
         [sys.executable, "-c", _MDWE_WRAPPER, *argv],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 60

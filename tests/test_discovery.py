@@ -203,8 +203,9 @@ async def test_two_nodes_over_loopback(loopback_mdns: None, no_leaks: None) -> N
     ra, rb, rc = Recorder(), Recorder(), Recorder()
 
     def make(rec: Recorder, node: str, port: int, mesh: str = mesh) -> Discovery:
-        return Discovery(f"{node}-{run}", mesh, port, 1, rec.on_found, rec.on_lost,
-                         interfaces=["lo"], addresses=["127.0.0.1"])
+        return Discovery(
+            f"{node}-{run}", mesh, port, 1, rec.on_found, rec.on_lost, interfaces=["lo"], addresses=["127.0.0.1"]
+        )
 
     a, b = make(ra, "a", 3001), make(rb, "b", 3002)
     other = make(rc, "c", 3003, mesh=f"other-{run}")
@@ -233,9 +234,7 @@ async def test_two_nodes_over_loopback(loopback_mdns: None, no_leaks: None) -> N
         assert rb.lost == [f"a-{run}"]
         await asyncio.sleep(SETTLE)  # room for any duplicate or stray report to show up
         assert [x.node_id for x in ra.found] == [f"b-{run}"]
-        assert [x.url for x in rb.found] == [
-            "http://127.0.0.1:3001", "http://127.0.0.1:3011", "http://127.0.0.2:3011"
-        ]
+        assert [x.url for x in rb.found] == ["http://127.0.0.1:3001", "http://127.0.0.1:3011", "http://127.0.0.2:3011"]
         assert rc.found == [] and ra.lost == [] and rc.lost == []
     finally:
         for d in (a, b, other):
@@ -254,19 +253,33 @@ async def test_foreign_announcements_are_ignored(loopback_mdns: None, no_leaks: 
     run = uuid.uuid4().hex[:8]
     mesh = f"test-{run}"
     rec = Recorder()
-    d = Discovery(f"me-{run}", mesh, 3001, 1, rec.on_found, rec.on_lost,
-                  interfaces=["lo"], addresses=["127.0.0.1"])
+    d = Discovery(f"me-{run}", mesh, 3001, 1, rec.on_found, rec.on_lost, interfaces=["lo"], addresses=["127.0.0.1"])
     zc = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
     infos = [
-        AsyncServiceInfo(SERVICE_TYPE, f"garbled-{run}.{SERVICE_TYPE}", port=3002,
-                         properties={"id": f"g-{run}", "mesh": mesh}, server=f"g-{run}.local.",
-                         parsed_addresses=["127.0.0.1"]),
-        AsyncServiceInfo(SERVICE_TYPE, f"clone-{run}.{SERVICE_TYPE}", port=3003,
-                         properties=txt_properties(f"me-{run}", mesh, 1, 3003), server=f"c-{run}.local.",
-                         parsed_addresses=["127.0.0.1"]),
-        AsyncServiceInfo(SERVICE_TYPE, f"good-{run}.{SERVICE_TYPE}", port=3004,
-                         properties=txt_properties(f"good-{run}", mesh, 7, 3004), server=f"ok-{run}.local.",
-                         parsed_addresses=["127.0.0.1"]),
+        AsyncServiceInfo(
+            SERVICE_TYPE,
+            f"garbled-{run}.{SERVICE_TYPE}",
+            port=3002,
+            properties={"id": f"g-{run}", "mesh": mesh},
+            server=f"g-{run}.local.",
+            parsed_addresses=["127.0.0.1"],
+        ),
+        AsyncServiceInfo(
+            SERVICE_TYPE,
+            f"clone-{run}.{SERVICE_TYPE}",
+            port=3003,
+            properties=txt_properties(f"me-{run}", mesh, 1, 3003),
+            server=f"c-{run}.local.",
+            parsed_addresses=["127.0.0.1"],
+        ),
+        AsyncServiceInfo(
+            SERVICE_TYPE,
+            f"good-{run}.{SERVICE_TYPE}",
+            port=3004,
+            properties=txt_properties(f"good-{run}", mesh, 7, 3004),
+            server=f"ok-{run}.local.",
+            parsed_addresses=["127.0.0.1"],
+        ),
     ]
     try:
         await asyncio.gather(d.start(), *(zc.async_register_service(i) for i in infos))
@@ -292,8 +305,20 @@ async def test_discovery_across_namespaces() -> None:
 
         async def agent(host: netns.Netns, node: str, mesh: str) -> asyncio.subprocess.Process:
             return await host.spawn(
-                sys.executable, "-m", "sync.discovery", "--node-id", node, "--mesh", mesh,
-                "--port", "3000", "--interface", netns.IFACE, "--announce", "--log-level", "info",
+                sys.executable,
+                "-m",
+                "sync.discovery",
+                "--node-id",
+                node,
+                "--mesh",
+                mesh,
+                "--port",
+                "3000",
+                "--interface",
+                netns.IFACE,
+                "--announce",
+                "--log-level",
+                "info",
             )
 
         pa = await agent(a, f"a-{run}", "M")

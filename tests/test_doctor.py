@@ -55,7 +55,10 @@ def codes(checks: list[Check], status: str | None = None) -> set[str]:
 def test_goproxy_is_parsed_like_go() -> None:
     entries, ignored = parse_client_goproxy(" http://a:1 |127.0.0.1:3000,, direct,https://never")
     assert [(e.url, e.sep, e.prefixed) for e in entries] == [
-        ("http://a:1", "|", False), ("https://127.0.0.1:3000", ",", True), ("direct", ",", False)]
+        ("http://a:1", "|", False),
+        ("https://127.0.0.1:3000", ",", True),
+        ("direct", ",", False),
+    ]
     assert ignored == ["https://never"]
     assert parse_client_goproxy(",")[0] == []
     assert parse_client_goproxy("localhost")[0][0].problem is not None  # one word, no dot or colon: no scheme
@@ -67,19 +70,22 @@ def test_goproxy_is_parsed_like_go() -> None:
     assert "s3cret" not in str(goproxy_checks(redact_list("http://u:s3cret@127.0.0.1:3000"), NODE, None))
 
 
-@pytest.mark.parametrize(("goproxy", "status", "code"), [
-    ("http://127.0.0.1:3000", "ok", ""),
-    ("http://localhost:3000/,direct", "ok", ""),
-    ("127.0.0.1:3000", "fail", "goproxy-no-scheme"),
-    ("https://127.0.0.1:3000", "fail", "goproxy-scheme"),
-    ("off", "fail", "goproxy-off"),
-    (",", "fail", "goproxy-no-entries"),
-    ("localhost", "fail", "goproxy-invalid"),
-    ("https://proxy.golang.org,direct", "fail", "goproxy-misses-node"),
-    ("https://corp.example,http://127.0.0.1:3000", "warn", "goproxy-node-not-first"),
-    ("http://127.0.0.1:3000|direct", "warn", "goproxy-pipe-fallback"),
-    ("http://127.0.0.1:3000,direct,https://ignored", "warn", "goproxy-ignored-entries"),
-])
+@pytest.mark.parametrize(
+    ("goproxy", "status", "code"),
+    [
+        ("http://127.0.0.1:3000", "ok", ""),
+        ("http://localhost:3000/,direct", "ok", ""),
+        ("127.0.0.1:3000", "fail", "goproxy-no-scheme"),
+        ("https://127.0.0.1:3000", "fail", "goproxy-scheme"),
+        ("off", "fail", "goproxy-off"),
+        (",", "fail", "goproxy-no-entries"),
+        ("localhost", "fail", "goproxy-invalid"),
+        ("https://proxy.golang.org,direct", "fail", "goproxy-misses-node"),
+        ("https://corp.example,http://127.0.0.1:3000", "warn", "goproxy-node-not-first"),
+        ("http://127.0.0.1:3000|direct", "warn", "goproxy-pipe-fallback"),
+        ("http://127.0.0.1:3000,direct,https://ignored", "warn", "goproxy-ignored-entries"),
+    ],
+)
 def test_goproxy_pitfalls_are_named(goproxy: str, status: str, code: str) -> None:
     found = match_node(parse_client_goproxy(goproxy)[0], NODE)
     checks = goproxy_checks(goproxy, NODE, found)
@@ -187,7 +193,8 @@ def test_consistency_drift_cache_and_agreement() -> None:
     fresh = MetaEntry(M, "list", b"v1.0.0\nv1.1.0\n", "A", fetched_at=900.0)
     good = consistency_checks(M, [a, view("B", ["v1.0.0", "v1.1.0"])], fresh, None, 300, 1000.0)
     assert [(c.status, c.detail) for c in good] == [
-        ("ok", "2 upstreams and the cache agree: 2 versions, newest v1.1.0")]
+        ("ok", "2 upstreams and the cache agree: 2 versions, newest v1.1.0")
+    ]
     missing = View("A", ok(b"v1.0.0\n"), ok(b'{"Version":"v1.0.0"}'), {"@v/v1.0.0.zip": Probe(404)})
     assert "file-missing" in codes(consistency_checks(M, [missing], None, None, 300, 0))
 
@@ -207,9 +214,15 @@ async def doctor_cli(*args: str, env: dict[str, str]) -> tuple[int, str]:
     """`python -m node.cli doctor ...` as a user runs it, with the real go on PATH."""
     path = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "node.cli", "doctor", *args, cwd=ROOT,
+        sys.executable,
+        "-m",
+        "node.cli",
+        "doctor",
+        *args,
+        cwd=ROOT,
         env={**env, "PATH": path, "PYTHONPATH": str(ROOT), "COLUMNS": "250"},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await proc.communicate()
     assert proc.returncode is not None
@@ -258,8 +271,15 @@ async def test_healthy_setup_exits_zero(  # type: ignore[no-untyped-def]
         code, out = await doctor_cli("--node", node.url, "--json", env=env)
         report = json.loads(out)
         assert code == 0 and report["status"] == "ok", out
-        assert {c["name"] for c in report["checks"]} >= {"GOPROXY", "disk", "cache", "mesh", f"sumdb {db.name}",
-                                                         f"upstream {up.url}", f"node {node.url}"}
+        assert {c["name"] for c in report["checks"]} >= {
+            "GOPROXY",
+            "disk",
+            "cache",
+            "mesh",
+            f"sumdb {db.name}",
+            f"upstream {up.url}",
+            f"node {node.url}",
+        }
         assert report["node"]["sumdb"] == [db.name]
     finally:
         await db.stop()
@@ -288,8 +308,14 @@ async def test_data_dir_in_process_with_and_without_a_node(  # type: ignore[no-u
 
 
 async def test_go_env_is_read_without_switching_toolchains(go_bin: str, tmp_path: Path) -> None:
-    env = go_env(tmp_path, NODE, GOTOOLCHAIN="go1.99.0", GOFLAGS="-insecure",
-                 GOPRIVATE="corp.example.com", GONOSUMDB="other.example.com")
+    env = go_env(
+        tmp_path,
+        NODE,
+        GOTOOLCHAIN="go1.99.0",
+        GOFLAGS="-insecure",
+        GOPRIVATE="corp.example.com",
+        GONOSUMDB="other.example.com",
+    )
     goenv = await read_go_env(env, go_bin, timeout=20)
     assert goenv.error is None and goenv.source.startswith("go env (go1.")
     assert goenv.values["GOTOOLCHAIN"] == "go1.99.0" and goenv.values["GONOPROXY"] == "corp.example.com"
@@ -332,8 +358,13 @@ async def test_tokens_and_routes(fake_proxy, make_node, tmp_path: Path) -> None:
     corp.add_module("corp.example.com/lib", "v1.0.0", *module_files("corp.example.com/lib", "v1.0.0"))
     (tmp_path / "admin").write_text("adm1n\n")
     (tmp_path / "clients").write_text("c1ient\n")
-    node = await make_node(public.url, admin_token_file=tmp_path / "admin", client_tokens_file=tmp_path / "clients",
-                           routes=(Route("corp.example.com", corp.url),), private="corp.example.com")
+    node = await make_node(
+        public.url,
+        admin_token_file=tmp_path / "admin",
+        client_tokens_file=tmp_path / "clients",
+        routes=(Route("corp.example.com", corp.url),),
+        private="corp.example.com",
+    )
     env = go_env(tmp_path, node.url, GOPRIVATE="corp.example.com", GONOPROXY="none")
     rep = await diagnose(env, None, node=node.url)
     assert "admin-token" in codes(rep.checks, "warn") and rep.facts is None

@@ -40,9 +40,7 @@ async def test_whole_corpus_downloads_through_node(  # type: ignore[no-untyped-d
     versions = servable(corpus)
     assert len(versions) > 180
     env = go_env(tmp_path, node.url)
-    res = await run_go(
-        ["mod", "download", "-json", *(f"{cv.path}@{cv.version}" for cv in versions)], env, cwd=tmp_path
-    )
+    res = await run_go(["mod", "download", "-json", *(f"{cv.path}@{cv.version}" for cv in versions)], env, cwd=tmp_path)
     got = {f"{o['Path']}@{o['Version']}": o for o in decode_stream(res.stdout)}
     assert len(got) == len(versions), res.stderr[-2000:]
     for cv in versions:
@@ -145,8 +143,9 @@ async def test_go_prints_the_nodes_reason_and_pipe_falls_through(  # type: ignor
     # With `|` the same failures fall through to b, and go gets sound bytes.
     tolerant = await make_node(f"{a.url}|{b.url}")
     env = go_env(tmp_path / "g2", tolerant.url)
-    res = (await run_go(["mod", "download", "-json", "rsc.io/quote@v1.5.2", "rsc.io/quote@v1.5.1"],
-                        env, cwd=tmp_path)).check()
+    res = (
+        await run_go(["mod", "download", "-json", "rsc.io/quote@v1.5.2", "rsc.io/quote@v1.5.1"], env, cwd=tmp_path)
+    ).check()
     sums = {o["Version"]: o["Sum"] for o in decode_stream(res.stdout)}
     for v in ("v1.5.2", "v1.5.1"):
         entry = await tolerant.index.get("rsc.io/quote", v, "zip")

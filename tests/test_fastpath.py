@@ -72,8 +72,9 @@ async def test_pipelined_hits_match_aiohttp(warm, caplog: pytest.LogCaptureFixtu
 
 async def test_miss_after_hit_hands_over_on_the_same_connection(warm) -> None:  # type: ignore[no-untyped-def]
     node, port = warm
-    out = await raw(port, get(INFO) + get("/example.com/nope/@v/list") + get(INFO, "Connection: close\r\n"),
-                    until_close=True)
+    out = await raw(
+        port, get(INFO) + get("/example.com/nope/@v/list") + get(INFO, "Connection: close\r\n"), until_close=True
+    )
     assert out.count(b"HTTP/1.1 200 OK") == 2 and b"HTTP/1.1 404 Not Found" in out
     assert out.index(b"404 Not Found") < out.rindex(b"200 OK")  # answered in order
 

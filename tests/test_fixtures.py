@@ -126,7 +126,7 @@ async def test_go_rejects_deliberately_broken_zips(
     }
     res = await run_go(["mod", "download", "-json", *want], env, cwd=tmp_path)
     assert res.returncode != 0
-    errors = {f'{o["Path"]}@{o["Version"]}': o.get("Error", "") for o in _json_stream(res.stdout)}
+    errors = {f"{o['Path']}@{o['Version']}": o.get("Error", "") for o in _json_stream(res.stdout)}
     for key, needle in want.items():
         assert needle in errors[key], (key, errors[key])
 
@@ -145,8 +145,11 @@ async def test_go_list_versions_and_build(
     env = go_env(tmp_path, fp.url, GOFLAGS="-mod=mod -modcacherw", GOCACHE=str(go_build_cache))
     res = (await run_go(["list", "-m", "-versions", "rsc.io/quote"], env, cwd=tmp_path)).check()
     tagged = sorted(
-        (cv.version for cv in corpus if cv.path == "rsc.io/quote"
-         and not modpath.is_pseudo_version(cv.version) and cv.version != "v2.0.0"),
+        (
+            cv.version
+            for cv in corpus
+            if cv.path == "rsc.io/quote" and not modpath.is_pseudo_version(cv.version) and cv.version != "v2.0.0"
+        ),
         key=semver.sort_key,
     )
     assert len(tagged) == 10
@@ -159,8 +162,7 @@ async def test_go_list_versions_and_build(
     main.mkdir()
     (main / "go.mod").write_text("module example.com/main\n\ngo 1.21\n")
     (main / "main.go").write_text(
-        'package main\n\nimport (\n\t"fmt"\n\n\t"rsc.io/quote"\n)\n\n'
-        "func main() { fmt.Println(quote.Hello()) }\n"
+        'package main\n\nimport (\n\t"fmt"\n\n\t"rsc.io/quote"\n)\n\nfunc main() { fmt.Println(quote.Hello()) }\n'
     )
     (await run_go(["build", "-o", "hello", "."], env, cwd=main)).check()
     assert "rsc.io/quote v1.5.2" in (main / "go.mod").read_text()
@@ -196,8 +198,13 @@ async def test_protocol_answers(corpus_modules: ModuleSet, fake_proxy: FakeProxy
         assert fp.requests["/rsc.io/!q!u!o!t!e/@v/v1.5.3-!p!r!e.info"] == 1
         status, body, _ = await get("/rsc.io/quote/@v/dd9747d19b04.info")
         assert json.loads(body)["Version"] == "v0.0.0-20180628003336-dd9747d19b04"
-        for path in ("/nope.example/x/@v/list", "/rsc.io/quote/@v/v9.9.9.zip", "/rsc.io/quote/@latestx",
-                     "/rsc.io/QUOTE/@v/list", "/example.com/retract/missingmod/@v/v1.9.0.mod"):
+        for path in (
+            "/nope.example/x/@v/list",
+            "/rsc.io/quote/@v/v9.9.9.zip",
+            "/rsc.io/quote/@latestx",
+            "/rsc.io/QUOTE/@v/list",
+            "/example.com/retract/missingmod/@v/v1.9.0.mod",
+        ):
             status, body, ctype = await get(path)
             assert status == 404, path
             assert ctype.startswith("text/plain") and body.count(b"\n") == 2 and body.endswith(b"\n\n")
@@ -343,8 +350,7 @@ async def test_run_go_timeout_kills(fake_proxy: FakeProxyFactory, tmp_path: Path
     fp = await fake_proxy(_hello_modules())
     fp.inject(".info", Fault.hang())
     t0 = time.monotonic()
-    res = await run_go(["mod", "download", f"{HELLO}@v1.0.0"], go_env(tmp_path, fp.url),
-                       cwd=tmp_path, timeout=1.5)
+    res = await run_go(["mod", "download", f"{HELLO}@v1.0.0"], go_env(tmp_path, fp.url), cwd=tmp_path, timeout=1.5)
     assert res.timed_out and not res.ok
     assert time.monotonic() - t0 < 10
 
@@ -378,8 +384,13 @@ async def test_run_context_manager() -> None:
 
 async def test_script_mode(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.upstream_fixture", "--listen", "127.0.0.1:0",
-        cwd=str(Path(__file__).resolve().parent.parent), stdout=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "tests.upstream_fixture",
+        "--listen",
+        "127.0.0.1:0",
+        cwd=str(Path(__file__).resolve().parent.parent),
+        stdout=asyncio.subprocess.PIPE,
     )
     try:
         assert proc.stdout is not None

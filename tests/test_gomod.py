@@ -41,7 +41,7 @@ from tests.goenv import go_env
         (b"module example.com/m\nreplace x => y v1.0.0\nexclude ( q v1 )\n", "example.com/m"),
         # The go line is not the module path's business.
         (b"module example.com/m\ngo 1\ngo 1.2.3.4.5\n", "example.com/m"),
-        (b"module example.com/m\nx `raw string` \"q\"\n", "example.com/m"),
+        (b'module example.com/m\nx `raw string` "q"\n', "example.com/m"),
         ("module example.com/\u00e9t\u00e9\n".encode(), "example.com/\u00e9t\u00e9"),
         # A block-looking line with more tokens is not a module block.
         (b"module example.com/m\nmodule x (\n y\n)\n", "example.com/m"),
@@ -128,9 +128,7 @@ def test_legacy_go_mod(path: str, body: bytes) -> None:
     assert legacy_go_mod(path) == body
 
 
-_PATHS = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30).filter(
-    lambda s: s not in tuple("()[]{},")
-)
+_PATHS = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30).filter(lambda s: s not in tuple("()[]{},"))
 
 
 @given(_PATHS)
@@ -225,7 +223,11 @@ def test_matches_go_mod_edit(go_bin: str, tmp_path: Path) -> None:
         (tmp_path / "go.mod").write_bytes(body)
         run = subprocess.run(
             [go_bin, "mod", "edit", "-json", "go.mod"],
-            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         if run.returncode == 0:
             assert parse_module_path(body) == json.loads(run.stdout)["Module"]["Path"], body

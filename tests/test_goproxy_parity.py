@@ -22,13 +22,19 @@ from tests.upstream_fixture import FakeProxy, Fault
 pytestmark = pytest.mark.e2e
 
 
-def pkg(module: str, version: str, name: str, text: str, gomod: str | None = None,
-        short: str | None = None) -> tuple[bytes, bytes, bytes]:
+def pkg(
+    module: str, version: str, name: str, text: str, gomod: str | None = None, short: str | None = None
+) -> tuple[bytes, bytes, bytes]:
     """(info, mod, zip) of a one-package module whose Hello() returns `text`."""
     mod = (gomod or f"module {module}\n\ngo 1.21\n").encode()
-    info, _, zip_ = module_files(module, version, {
-        "go.mod": mod, f"{name}.go": f'package {name}\n\nfunc Hello() string {{ return "{text}" }}\n'.encode(),
-    })
+    info, _, zip_ = module_files(
+        module,
+        version,
+        {
+            "go.mod": mod,
+            f"{name}.go": f'package {name}\n\nfunc Hello() string {{ return "{text}" }}\n'.encode(),
+        },
+    )
     if short is not None:
         info = json.dumps({"Version": version, "Time": "2024-01-02T03:04:05Z", "Short": short}).encode()
     return info, mod, zip_
@@ -38,11 +44,15 @@ def upstream_modules() -> dict[str, dict[str, tuple[bytes, bytes, bytes]]]:
     return {
         "example.com/old": {"v1.0.0": pkg("example.com/old", "v1.0.0", "old", "old")},
         # A fork used through `replace`: its go.mod keeps the original path.
-        "example.com/fork/old": {"v1.2.3": pkg("example.com/fork/old", "v1.2.3", "old", "fork",
-                                               gomod="module example.com/old\n\ngo 1.21\n")},
+        "example.com/fork/old": {
+            "v1.2.3": pkg("example.com/fork/old", "v1.2.3", "old", "fork", gomod="module example.com/old\n\ngo 1.21\n")
+        },
         # A renamed module: its go.mod names the new path.
-        "example.com/renamed": {"v1.0.0": pkg("example.com/renamed", "v1.0.0", "renamed", "renamed",
-                                              gomod="module example.com/newname\n\ngo 1.21\n")},
+        "example.com/renamed": {
+            "v1.0.0": pkg(
+                "example.com/renamed", "v1.0.0", "renamed", "renamed", gomod="module example.com/newname\n\ngo 1.21\n"
+            )
+        },
         "example.com/q": {
             "v1.0.0": pkg("example.com/q", "v1.0.0", "q", "one", short="1a2b3c4d5e6f"),
             "v1.1.0": pkg("example.com/q", "v1.1.0", "q", "one-one", short="9f8e7d6c5b4a"),
@@ -84,8 +94,11 @@ def main_module(work: Path, body: str, imports: str = "") -> Path:
 
 async def test_fork_through_replace_builds_as_directly(fake_proxy, make_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     async def script(env: dict[str, str], work: Path) -> tuple[GoResult, GoResult]:
-        src = main_module(work, "\nrequire example.com/old v1.0.0\n\nreplace example.com/old => example.com/fork/old v1.2.3\n",
-                          '_ "example.com/old"')
+        src = main_module(
+            work,
+            "\nrequire example.com/old v1.0.0\n\nreplace example.com/old => example.com/fork/old v1.2.3\n",
+            '_ "example.com/old"',
+        )
         build = await run_go(["build", "./..."], env, cwd=src)
         listed = await run_go(["list", "-m", "all"], env, cwd=src)
         return build, listed
@@ -107,11 +120,20 @@ async def test_module_whose_mod_names_another_path_fails_as_directly(fake_proxy,
     assert masked(through, node.url) == masked(direct, up.url)  # go's own words, not the node's
 
 
-@pytest.mark.parametrize(("query", "want"), [
-    ("master", "v1.1.0"), ("release-1", "v1.0.0"), ("1a2b3c4", "v1.0.0"), ("9f8e7d6c5b4a", "v1.1.0"),
-    ("v1.1.0+meta", "v1.1.0"), ("v1.0", "v1.0.0"),
-])
-async def test_version_queries_resolve_as_directly(query: str, want: str, fake_proxy, make_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("query", "want"),
+    [
+        ("master", "v1.1.0"),
+        ("release-1", "v1.0.0"),
+        ("1a2b3c4", "v1.0.0"),
+        ("9f8e7d6c5b4a", "v1.1.0"),
+        ("v1.1.0+meta", "v1.1.0"),
+        ("v1.0", "v1.0.0"),
+    ],
+)
+async def test_version_queries_resolve_as_directly(
+    query: str, want: str, fake_proxy, make_node, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     async def script(env: dict[str, str], work: Path) -> tuple[GoResult, str]:
         src = main_module(work, "")
         res = await run_go(["get", f"example.com/q@{query}"], env, cwd=src)
@@ -188,7 +210,6 @@ async def test_a_lagging_list_never_hides_a_version(fake_proxy, make_node, tmp_p
     await asyncio.sleep(0.25)
     res = (await run_go(["list", "-m", "-versions", "example.com/q"], env, cwd=tmp_path)).check()
     assert res.stdout.split() == ["example.com/q", "v1.0.0", "v1.1.0"]
-
 
 
 async def test_offline_node_answers_known_queries_only(fake_proxy, make_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -188,8 +188,14 @@ class StreamingMachine(RuleBasedStateMachine):
         """The next write finds the disk full: the spool moves to memory."""
         self.disk.room = 0
 
-    @precondition(lambda self: self.outcome is None and self.attempt is not None
-                  and self.attempt.data and self.attempt.written == len(self.attempt.data))
+    @precondition(
+        lambda self: (
+            self.outcome is None
+            and self.attempt is not None
+            and self.attempt.data
+            and self.attempt.written == len(self.attempt.data)
+        )
+    )
     @rule()
     def verified(self) -> None:
         self.finish(ok=True)
@@ -282,7 +288,9 @@ class StreamingMachine(RuleBasedStateMachine):
 
 
 StreamingMachine.TestCase.settings = settings(
-    max_examples=300, stateful_step_count=40, deadline=None,
+    max_examples=300,
+    stateful_step_count=40,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 test_streaming_state_machine = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")(
@@ -301,8 +309,10 @@ class NoSpaceFor:
 
     def __getattr__(self, name: str) -> object:
         if name in self.calls:
+
             def fail(*args: object, **kwargs: object) -> object:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
             return fail
         return getattr(os, name)
 

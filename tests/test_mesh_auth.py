@@ -37,18 +37,21 @@ def test_signed_request_verifies_once() -> None:
         v.verify("POST", "/_mesh/gossip", h, b"body")
 
 
-@pytest.mark.parametrize("change, reason", [
-    ({"method": "GET"}, "bad-signature"),
-    ({"path": "/_mesh/inventory?after=0"}, "bad-signature"),
-    ({"body": b"other"}, "bad-signature"),
-    ({"node": "node-b"}, "bad-signature"),
-    ({"secret": b"another secret entirely, 32 byte"}, "bad-signature"),
-    ({"skew": 31}, "expired"),
-    ({"skew": -31}, "expired"),
-    ({"drop": SIG_HEADER}, "malformed"),
-    ({"drop": "all"}, "unsigned"),
-    ({"ts": "soon"}, "malformed"),
-])
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"method": "GET"}, "bad-signature"),
+        ({"path": "/_mesh/inventory?after=0"}, "bad-signature"),
+        ({"body": b"other"}, "bad-signature"),
+        ({"node": "node-b"}, "bad-signature"),
+        ({"secret": b"another secret entirely, 32 byte"}, "bad-signature"),
+        ({"skew": 31}, "expired"),
+        ({"skew": -31}, "expired"),
+        ({"drop": SIG_HEADER}, "malformed"),
+        ({"drop": "all"}, "unsigned"),
+        ({"ts": "soon"}, "malformed"),
+    ],
+)
 def test_anything_changed_is_refused(change: dict[str, object], reason: str) -> None:
     clock = Clock()
     secret = change.get("secret", SECRET)
@@ -65,7 +68,9 @@ def test_anything_changed_is_refused(change: dict[str, object], reason: str) -> 
         del h[str(change["drop"])]
     with pytest.raises(AuthError) as e:
         Verifier([SECRET], 30, clock).verify(
-            str(change.get("method", "POST")), str(change.get("path", "/_mesh/gossip")), h,
+            str(change.get("method", "POST")),
+            str(change.get("path", "/_mesh/gossip")),
+            h,
             change.get("body", b"body"),  # type: ignore[arg-type]
         )
     assert e.value.reason == reason
@@ -114,8 +119,9 @@ def test_nonces_only_cached_for_valid_signatures() -> None:
 # ---- over HTTP -----------------------------------------------------------------------
 
 
-async def _req(method: str, url: str, headers: dict[str, str] | None = None, data: bytes | None = None
-               ) -> tuple[int, bytes]:
+async def _req(
+    method: str, url: str, headers: dict[str, str] | None = None, data: bytes | None = None
+) -> tuple[int, bytes]:
     async with aiohttp.ClientSession() as s:
         async with s.request(method, url, headers=headers, data=data) as r:
             return r.status, await r.read()
@@ -130,8 +136,13 @@ async def test_mesh_endpoints_refuse_unsigned_and_wrong(  # type: ignore[no-unty
     good = Signer(mesh_secret.read_text().strip().encode(), "tester")
     bad = Signer(b"not the mesh secret at all......", "tester")
 
-    for method, path in (("GET", "/_mesh/status"), ("GET", "/_mesh/inventory?after=0"),
-                         ("POST", "/_mesh/gossip"), ("GET", "/_mesh/anything"), ("GET", "/_mesh")):
+    for method, path in (
+        ("GET", "/_mesh/status"),
+        ("GET", "/_mesh/inventory?after=0"),
+        ("POST", "/_mesh/gossip"),
+        ("GET", "/_mesh/anything"),
+        ("GET", "/_mesh"),
+    ):
         status, body = await _req(method, mn.url + path)
         assert status == 401 and body.startswith(b"mesh authentication failed: unsigned"), (path, body)
         status, body = await _req(method, mn.url + path, bad.headers(method, path))
@@ -163,8 +174,9 @@ async def test_signed_but_foreign_or_malformed_gossip(  # type: ignore[no-untype
 
     async def gossip(sender: str, msg: Gossip | bytes) -> tuple[int, bytes]:
         body = msg if isinstance(msg, bytes) else encode_gossip(msg)
-        return await _req("POST", mn.url + "/_mesh/gossip", Signer(key, sender).headers("POST", "/_mesh/gossip", body),
-                          body)
+        return await _req(
+            "POST", mn.url + "/_mesh/gossip", Signer(key, sender).headers("POST", "/_mesh/gossip", body), body
+        )
 
     other_mesh = Gossip("x1", "elsewhere", PROTOCOL, "http://127.0.0.1:9", 5, "e", 0, 0)
     assert (await gossip("x1", other_mesh))[0] == 409

@@ -26,50 +26,83 @@ def test_defaults_mean_mesh_off() -> None:
 
 def test_precedence_flags_over_env_over_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     secret = write_secret(tmp_path / "s")
-    section = {"secret_file": str(secret), "name": "file", "gossip_interval": "250ms", "presync_budget": "2GiB",
-               "peers": ["http://a:1", "http://b:2/"], "bogus": 1}
+    section = {
+        "secret_file": str(secret),
+        "name": "file",
+        "gossip_interval": "250ms",
+        "presync_budget": "2GiB",
+        "peers": ["http://a:1", "http://b:2/"],
+        "bogus": 1,
+    }
     with caplog.at_level(logging.WARNING):
-        cfg = load_mesh_config(section, env={"MODMESH_MESH_NAME": "env", "MODMESH_MESH_FANOUT": "5"},
-                               flags={"name": "flag", "mdns": None})
+        cfg = load_mesh_config(
+            section, env={"MODMESH_MESH_NAME": "env", "MODMESH_MESH_FANOUT": "5"}, flags={"name": "flag", "mdns": None}
+        )
     assert cfg.name == "flag" and cfg.fanout == 5 and cfg.gossip_interval == 0.25
     assert cfg.presync_budget == 2 << 30 and cfg.peers == ("http://a:1", "http://b:2/")
     assert cfg.secret_file == secret and cfg.enabled
     assert "unknown key 'bogus'" in caplog.text
-    env_only = load_mesh_config(None, env={"MODMESH_MESH_SECRET_FILE": str(secret),
-                                           "MODMESH_MESH_PEERS": "http://x:1,http://y:2"})
+    env_only = load_mesh_config(
+        None, env={"MODMESH_MESH_SECRET_FILE": str(secret), "MODMESH_MESH_PEERS": "http://x:1,http://y:2"}
+    )
     assert env_only.peers == ("http://x:1", "http://y:2") and env_only.enabled
 
 
 def test_serve_flags_map_to_keys(tmp_path: Path) -> None:
-    args = build_parser(load_plugins()).parse_args([
-        "serve", "--peer", "http://a:1", "--peer", "http://b:1", "--no-mdns", "--mesh-secret-file", "s",
-        "--mesh-name", "lab", "--mdns-interface", "eth0", "--mdns-interface", "eth1",
-    ])
-    assert flags_from_args(args) == {"peers": ["http://a:1", "http://b:1"], "mdns": False,
-                                     "secret_file": Path("s"), "name": "lab", "mdns_interfaces": ["eth0", "eth1"]}
+    args = build_parser(load_plugins()).parse_args(
+        [
+            "serve",
+            "--peer",
+            "http://a:1",
+            "--peer",
+            "http://b:1",
+            "--no-mdns",
+            "--mesh-secret-file",
+            "s",
+            "--mesh-name",
+            "lab",
+            "--mdns-interface",
+            "eth0",
+            "--mdns-interface",
+            "eth1",
+        ]
+    )
+    assert flags_from_args(args) == {
+        "peers": ["http://a:1", "http://b:1"],
+        "mdns": False,
+        "secret_file": Path("s"),
+        "name": "lab",
+        "mdns_interfaces": ["eth0", "eth1"],
+    }
     plain = build_parser(load_plugins()).parse_args(["serve"])
     assert all(v is None for v in flags_from_args(plain).values())
 
 
-@pytest.mark.parametrize("flags, match", [
-    ({"peers": ["http://a:1"]}, "static peers configured but no shared secret"),
-    ({"mdns": True}, "mDNS discovery configured but no shared secret"),
-    ({"mdns_interfaces": ["eth0"]}, "no shared secret"),
-])
+@pytest.mark.parametrize(
+    "flags, match",
+    [
+        ({"peers": ["http://a:1"]}, "static peers configured but no shared secret"),
+        ({"mdns": True}, "mDNS discovery configured but no shared secret"),
+        ({"mdns_interfaces": ["eth0"]}, "no shared secret"),
+    ],
+)
 def test_mesh_requested_without_secret_is_refused(flags: dict[str, object], match: str) -> None:
     with pytest.raises(MeshConfigError, match=match):
         load_mesh_config(None, env={}, flags=flags)
 
 
-@pytest.mark.parametrize("section, match", [
-    ({"name": "bad name!"}, "mesh name"),
-    ({"peers": ["ftp://x"]}, "http:// or https://"),
-    ({"peers": ["http://u:p@x"]}, "credentials"),
-    ({"suspect_after": "5s", "dead_after": "5s"}, "dead_after"),
-    ({"inventory_page": 1001}, "inventory_page"),
-    ({"fanout": 0}, "fanout"),
-    ({"gossip_interval": "soon"}, "duration"),
-])
+@pytest.mark.parametrize(
+    "section, match",
+    [
+        ({"name": "bad name!"}, "mesh name"),
+        ({"peers": ["ftp://x"]}, "http:// or https://"),
+        ({"peers": ["http://u:p@x"]}, "credentials"),
+        ({"suspect_after": "5s", "dead_after": "5s"}, "dead_after"),
+        ({"inventory_page": 1001}, "inventory_page"),
+        ({"fanout": 0}, "fanout"),
+        ({"gossip_interval": "soon"}, "duration"),
+    ],
+)
 def test_invalid_values(tmp_path: Path, section: dict[str, object], match: str) -> None:
     secret = write_secret(tmp_path / "s")
     with pytest.raises(MeshConfigError, match=match):
@@ -113,9 +146,23 @@ async def test_no_secret_no_mesh(tmp_path: Path, caplog: pytest.LogCaptureFixtur
 
 async def test_serve_refuses_peers_without_secret(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "node.cli", "serve", "--listen", "127.0.0.1:0", "--data", str(tmp_path / "d"),
-        "--upstream", "off", "--sumdb", "off", "--peer", "http://127.0.0.1:9", cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "node.cli",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        str(tmp_path / "d"),
+        "--upstream",
+        "off",
+        "--sumdb",
+        "off",
+        "--peer",
+        "http://127.0.0.1:9",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 1, err
@@ -126,8 +173,9 @@ async def test_plugin_close_releases_hooks(tmp_path: Path) -> None:
     from node.service import Node
     from tests.node_fixtures import node_config
 
-    node = Node(node_config(tmp_path / "n", "off", sections={"mesh": {"secret_file": str(
-        write_secret(tmp_path / "s"))}}))
+    node = Node(
+        node_config(tmp_path / "n", "off", sections={"mesh": {"secret_file": str(write_secret(tmp_path / "s"))}})
+    )
     await node.start()
     plugin = MeshPlugin(env={})
     before = (list(node.hooks.observers), list(node.hooks.access), list(node.hooks.authenticators))

@@ -73,9 +73,16 @@ async def test_peer_fetch_serves_go_when_upstream_is_down(  # type: ignore[no-un
     # Every node knows the others (C learnt B from its static peers, A from gossip).
     for mn in (a, b, c):
         others = {x.mesh.node_id for x in (a, b, c) if x is not mn}
-        await wait_for(lambda mn=mn, others=others: {  # type: ignore[misc]
-            m.node_id for m in mn.mesh.membership.members.values() if m.state == "alive"} == others,
-            5, f"{mn.url} sees the other two alive")
+        await wait_for(
+            lambda mn=mn, others=others: (
+                {  # type: ignore[misc]
+                    m.node_id for m in mn.mesh.membership.members.values() if m.state == "alive"
+                }
+                == others
+            ),
+            5,
+            f"{mn.url} sees the other two alive",
+        )
 
 
 async def test_popular_modules_presync_then_offline_build(  # type: ignore[no-untyped-def]
@@ -111,8 +118,11 @@ async def test_popular_modules_presync_then_offline_build(  # type: ignore[no-un
     # Nobody asked B or C: no client access was counted there.
     for mn in (b, c):
         assert not mn.mesh.popularity.top(10, time.monotonic())
-        assert _metric(mn, "modmesh_mesh_synced_bytes_total", peer=a.mesh.node_id) + _metric(
-            mn, "modmesh_mesh_synced_bytes_total", peer=(b if mn is c else c).mesh.node_id) > 0
+        assert (
+            _metric(mn, "modmesh_mesh_synced_bytes_total", peer=a.mesh.node_id)
+            + _metric(mn, "modmesh_mesh_synced_bytes_total", peer=(b if mn is c else c).mesh.node_id)
+            > 0
+        )
 
     # Every upstream gone, and A and B too: C alone serves a fresh machine's build.
     await up.stop()

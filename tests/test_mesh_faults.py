@@ -76,8 +76,9 @@ async def test_lying_peer_is_rejected_and_quarantined(  # type: ignore[no-untype
     victim = await make_mesh_node(up.url, peers=[liar.url], mesh={"presync": False})
     await wait_for(lambda: bool(victim.mesh.catalog.holdings(ZIP_KEY)), 10, "V learns the liar's inventory")
     caplog.set_level(logging.WARNING, logger="sync")
-    res = (await run_go(["mod", "download", "-json", f"{QUOTE}@v1.5.2"], go_env(tmp_path / "gv", victim.url),
-                        cwd=tmp_path)).check()
+    res = (
+        await run_go(["mod", "download", "-json", f"{QUOTE}@v1.5.2"], go_env(tmp_path / "gv", victim.url), cwd=tmp_path)
+    ).check()
     got = decode_stream(res.stdout)[0]
     zip_entry = await victim.node.index.get(QUOTE, "v1.5.2", "zip")
     assert zip_entry is not None and zip_entry.source == up.url and got["Sum"] == zip_entry.h1
@@ -113,8 +114,9 @@ async def _index_entry(data: Path, module: str, version: str, kind: str) -> str:
     import aiosqlite
 
     async with aiosqlite.connect(data / "index.sqlite") as db:
-        async with db.execute("SELECT sha256 FROM entries WHERE module=? AND version=? AND kind=?",
-                              (module, version, kind)) as cur:
+        async with db.execute(
+            "SELECT sha256 FROM entries WHERE module=? AND version=? AND kind=?", (module, version, kind)
+        ) as cur:
             row = await cur.fetchone()
     assert row is not None
     return str(row[0])
@@ -226,8 +228,13 @@ async def test_mesh_converges_over_a_link_dropping_a_third_of_connections(  # ty
         link.target_port = mn.port
         nodes.append(mn)
     a, b, c = nodes
-    wanted = [(QUOTE, "v1.5.2"), ("rsc.io/sampler", "v1.3.0"), ("rsc.io/quote", "v1.5.1"),
-              ("golang.org/x/text", "v0.0.0-20170915032832-14c0d48ead0c"), ("rsc.io/quote", "v1.4.0")]
+    wanted = [
+        (QUOTE, "v1.5.2"),
+        ("rsc.io/sampler", "v1.3.0"),
+        ("rsc.io/quote", "v1.5.1"),
+        ("golang.org/x/text", "v0.0.0-20170915032832-14c0d48ead0c"),
+        ("rsc.io/quote", "v1.4.0"),
+    ]
     for module, version in wanted:
         await _fetch_all(a, module, version)
     at_a = await a.node.index.changes_since(0)
@@ -241,8 +248,10 @@ async def test_mesh_converges_over_a_link_dropping_a_third_of_connections(  # ty
         return True
 
     took = await wait_for(converged, 20, "B and C hold everything A holds", interval=0.1)
-    print(f"converged in {took:.1f}s; dropped {[link.dropped for link in links]} of "
-          f"{[link.accepted for link in links]} connections")
+    print(
+        f"converged in {took:.1f}s; dropped {[link.dropped for link in links]} of "
+        f"{[link.accepted for link in links]} connections"
+    )
     assert time.monotonic() - started < 20
     assert sum(link.dropped for link in links) >= sum(link.accepted for link in links) / 5
 
@@ -257,8 +266,11 @@ async def test_dead_peer_rejoins_and_a_reset_store_resyncs(  # type: ignore[no-u
     for v in ("v1.5.2", "v1.5.1"):
         await _fetch_all(b, QUOTE, v)
     b_id, port = b.mesh.node_id, b.port
-    await wait_for(lambda: _member(a, b_id, "alive") and a.mesh.membership.members[b_id].count == 6, 10,
-                   "A pulled B's six entries, two per page")
+    await wait_for(
+        lambda: _member(a, b_id, "alive") and a.mesh.membership.members[b_id].count == 6,
+        10,
+        "A pulled B's six entries, two per page",
+    )
     old_epoch = a.mesh.membership.members[b_id].epoch
 
     await b.close()

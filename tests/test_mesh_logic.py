@@ -103,10 +103,11 @@ def test_a_peer_holds_one_copy_of_a_file() -> None:
     c.add(2, "m", "v1", "info", _sha("old"), None, 5)
     assert c.add(1, "m", "v1", "info", _sha("new"), None, 6)  # re-fetched after an eviction
     assert [(h.sha256, sorted(slots_of(h.holders))) for h in c.holdings("m@v1.info")] == [
-        (_sha("new").hex(), [1]), (_sha("old").hex(), [2])]
+        (_sha("new").hex(), [1]),
+        (_sha("old").hex(), [2]),
+    ]
     c.add(2, "m", "v1", "info", _sha("new"), None, 6)
-    assert [(h.sha256, sorted(slots_of(h.holders))) for h in c.holdings("m@v1.info")] == [
-        (_sha("new").hex(), [1, 2])]
+    assert [(h.sha256, sorted(slots_of(h.holders))) for h in c.holdings("m@v1.info")] == [(_sha("new").hex(), [1, 2])]
 
 
 def test_catalog_memory_per_file_is_small() -> None:
@@ -114,8 +115,9 @@ def test_catalog_memory_per_file_is_small() -> None:
     however many peers hold it."""
     c = Catalog()
     n = 5_000
-    rows = [(f"github.com/org{i % 300}/repo{i}", f"v1.2.{i}", _sha(str(i)), os.urandom(32), 100_000 + i)
-            for i in range(n)]
+    rows = [
+        (f"github.com/org{i % 300}/repo{i}", f"v1.2.{i}", _sha(str(i)), os.urandom(32), 100_000 + i) for i in range(n)
+    ]
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
@@ -187,8 +189,14 @@ def test_backoff_doubles_with_bounded_jitter(current: float) -> None:
 def test_gossip_learnt_members_are_forgotten_static_ones_kept() -> None:
     t = _table()
     t.heard("s", "http://s", 1, 0, "static")
-    new = t.merge([MemberInfo("g", "http://g", 5, "alive"), MemberInfo("x", "http://x", 5, "dead"),
-                   MemberInfo("me", "http://me", 9, "alive")], 0)
+    new = t.merge(
+        [
+            MemberInfo("g", "http://g", 5, "alive"),
+            MemberInfo("x", "http://x", 5, "dead"),
+            MemberInfo("me", "http://me", 9, "alive"),
+        ],
+        0,
+    )
     assert [m.node_id for m in new] == ["g"] and set(t.members) == {"s", "g"}
     t.tick(31)
     assert {m.state for m in t.members.values()} == {DEAD}
@@ -244,14 +252,17 @@ def test_targets_sample_fanout_of_live_members() -> None:
 # ---- addresses and rates -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("advertised, remote, want", [
-    ("http://10.0.0.5:3000", "10.0.0.9", "http://10.0.0.5:3000"),
-    ("http://0.0.0.0:3000/", "10.0.0.9", "http://10.0.0.9:3000"),
-    ("http://[::]:3000", "fe80::1", "http://[fe80::1]:3000"),
-    ("http://0.0.0.0:3000", None, ""),
-    ("", "10.0.0.9", ""),
-    ("https://node.lan/mirror/", "10.0.0.9", "https://node.lan/mirror"),
-])
+@pytest.mark.parametrize(
+    "advertised, remote, want",
+    [
+        ("http://10.0.0.5:3000", "10.0.0.9", "http://10.0.0.5:3000"),
+        ("http://0.0.0.0:3000/", "10.0.0.9", "http://10.0.0.9:3000"),
+        ("http://[::]:3000", "fe80::1", "http://[fe80::1]:3000"),
+        ("http://0.0.0.0:3000", None, ""),
+        ("", "10.0.0.9", ""),
+        ("https://node.lan/mirror/", "10.0.0.9", "https://node.lan/mirror"),
+    ],
+)
 def test_effective_url(advertised: str, remote: str | None, want: str) -> None:
     assert effective_url(advertised, remote) == want
 
@@ -278,8 +289,16 @@ async def test_rate_limiter_sleeps() -> None:
     assert 0.05 <= loop.time() - start < 1.0
 
 
-views = st.lists(st.builds(MemberInfo, st.sampled_from(["p1", "p2", "p3", "me"]), st.just("http://x"),
-                           st.integers(1, 50), st.sampled_from(["alive", "suspect"])), max_size=30)
+views = st.lists(
+    st.builds(
+        MemberInfo,
+        st.sampled_from(["p1", "p2", "p3", "me"]),
+        st.just("http://x"),
+        st.integers(1, 50),
+        st.sampled_from(["alive", "suspect"]),
+    ),
+    max_size=30,
+)
 
 
 @given(views, st.randoms(use_true_random=False))
@@ -308,4 +327,6 @@ def test_mdns_reannouncement_replaces_the_old_seed() -> None:
     m.add_seed("http://10.0.0.8:3000", "mdns", "node-b")  # node-b moved
     m.add_seed("http://10.0.0.7:3000", "mdns", "me")  # ourselves: ignored
     assert [(s.url, s.source) for s in m.seeds] == [
-        ("http://10.0.0.5:3000", "static"), ("http://10.0.0.8:3000", "mdns")]
+        ("http://10.0.0.5:3000", "static"),
+        ("http://10.0.0.8:3000", "mdns"),
+    ]

@@ -48,8 +48,17 @@ def _mesh_plugin_or_skip() -> None:
     from node.cli import build_parser
     from node.plugins import load_plugins
 
-    flags = ["--mesh-secret-file", "s", "--no-mdns", "--peer", "http://x:1", "--mdns-interface", "lo",
-             "--mesh-name", "m"]
+    flags = [
+        "--mesh-secret-file",
+        "s",
+        "--no-mdns",
+        "--peer",
+        "http://x:1",
+        "--mdns-interface",
+        "lo",
+        "--mesh-name",
+        "m",
+    ]
     try:
         build_parser(load_plugins()).parse_args(["serve", *flags])
     except SystemExit:
@@ -69,17 +78,40 @@ async def test_nodes_find_each_other_by_mdns_and_sync(go_bin: str, tmp_path: Pat
         url = {h: f"http://{h.address}:{PORT}" for h in lab.hosts}
         upstream_url = f"http://{a.address}:{UPSTREAM_PORT}"
         await a.spawn(
-            sys.executable, "-m", "tests.upstream_fixture", "--listen", f"{a.address}:{UPSTREAM_PORT}", "--corpus",
+            sys.executable,
+            "-m",
+            "tests.upstream_fixture",
+            "--listen",
+            f"{a.address}:{UPSTREAM_PORT}",
+            "--corpus",
             log=logs["upstream"],
         )
 
         async def serve(host: netns.Netns, name: str, upstream: str, *extra: str) -> None:
             await host.spawn(
-                sys.executable, "-m", "node.cli", "serve",
-                "--listen", f"{host.address}:{PORT}", "--data", str(tmp_path / name),
-                "--upstream", upstream, "--sumdb", "off", "--mesh-secret-file", str(secret),
-                "--mesh-name", "acceptance", "--log-format", "text", "--log-level", "info", *extra,
-                log=logs[name], env=MESH_ENV,
+                sys.executable,
+                "-m",
+                "node.cli",
+                "serve",
+                "--listen",
+                f"{host.address}:{PORT}",
+                "--data",
+                str(tmp_path / name),
+                "--upstream",
+                upstream,
+                "--sumdb",
+                "off",
+                "--mesh-secret-file",
+                str(secret),
+                "--mesh-name",
+                "acceptance",
+                "--log-format",
+                "text",
+                "--log-level",
+                "info",
+                *extra,
+                log=logs[name],
+                env=MESH_ENV,
             )
 
         # No --peer anywhere. C names its interface; A and B use the default (all).
@@ -133,6 +165,7 @@ async def test_nodes_find_each_other_by_mdns_and_sync(go_bin: str, tmp_path: Pat
             # hop header asks for local bytes only, so polling cannot itself fetch them.
             for host in (b, c):
                 for kind in KINDS:
+
                     async def synced(host: netns.Netns = host, kind: str = kind) -> bool:
                         r = await probe.get(
                             f"{url[host]}/{MODULE}/@v/{VERSION}.{kind}", headers={HOP_HEADER: "1"}, timeout=5

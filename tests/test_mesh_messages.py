@@ -38,11 +38,21 @@ ids = st.text(st.characters(codec="utf-8"), min_size=1, max_size=64)
 urls = st.text(max_size=80).map(lambda s: "http://h/" + s)
 u63 = st.integers(0, (1 << 63) - 1)
 members = st.builds(MemberInfo, ids, urls, u63, st.sampled_from(["alive", "suspect", "dead"]))
-popular = st.builds(Popular, st.text(min_size=1, max_size=100), st.text(min_size=1, max_size=40),
-                    st.floats(0, 1e12, allow_nan=False))
+popular = st.builds(
+    Popular, st.text(min_size=1, max_size=100), st.text(min_size=1, max_size=40), st.floats(0, 1e12, allow_nan=False)
+)
 gossips = st.builds(
-    Gossip, ids, ids, st.just(PROTOCOL), urls, u63, st.text(max_size=16), u63, u63,
-    st.lists(members, max_size=MAX_MEMBERS).map(tuple), st.lists(popular, max_size=MAX_POPULAR).map(tuple),
+    Gossip,
+    ids,
+    ids,
+    st.just(PROTOCOL),
+    urls,
+    u63,
+    st.text(max_size=16),
+    u63,
+    u63,
+    st.lists(members, max_size=MAX_MEMBERS).map(tuple),
+    st.lists(popular, max_size=MAX_POPULAR).map(tuple),
 )
 
 
@@ -54,7 +64,14 @@ def test_gossip_round_trips(g: Gossip) -> None:
 def _huge_gossip(n: int) -> Gossip:
     long_url = "http://" + "h" * (MAX_URL - 7)
     return Gossip(
-        "n" * 64, "mesh", PROTOCOL, long_url, 1, "e" * 16, 10**9, 10**9,
+        "n" * 64,
+        "mesh",
+        PROTOCOL,
+        long_url,
+        1,
+        "e" * 16,
+        10**9,
+        10**9,
         tuple(MemberInfo(f"{i:064d}", long_url, i, "alive") for i in range(n)),
         tuple(Popular("m" * MAX_MODULE, "v1.0.0-" + "x" * 900, float(i)) for i in range(n)),
     )
@@ -73,8 +90,9 @@ def _entry(serial: int, module_len: int = 20, version_len: int = 6) -> InvEntry:
     return InvEntry(serial, "m" * module_len, "v" * version_len, "zip", sha, sha, serial * 7)
 
 
-@given(st.lists(st.tuples(st.integers(1, MAX_MODULE), st.integers(1, 1024)), min_size=1, max_size=60),
-       st.integers(1, 2000))
+@given(
+    st.lists(st.tuples(st.integers(1, MAX_MODULE), st.integers(1, 1024)), min_size=1, max_size=60), st.integers(1, 2000)
+)
 @settings(max_examples=40, deadline=None)
 def test_paging_covers_every_entry_once_within_bounds(sizes: list[tuple[int, int]], limit_bytes: int) -> None:
     """A sender trimming pages to fit its byte bound never skips or repeats an entry
@@ -94,8 +112,9 @@ def test_paging_covers_every_entry_once_within_bounds(sizes: list[tuple[int, int
         if not decoded.more:
             break
     assert got == sorted(set(got))
-    too_big = {e.serial for e in log if len(encode_page(InventoryPage("ep", 0, False, False, (e,), e.serial),
-                                                        bound)) > bound}
+    too_big = {
+        e.serial for e in log if len(encode_page(InventoryPage("ep", 0, False, False, (e,), e.serial), bound)) > bound
+    }
     assert set(got) == {e.serial for e in log} - too_big
 
 
@@ -125,15 +144,24 @@ def test_garbage_bytes_are_refused_cleanly(data: bytes) -> None:
 
 
 msgpackable = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=20)
     | st.binary(max_size=40),
     lambda children: st.lists(children, max_size=8) | st.dictionaries(st.text(max_size=6), children, max_size=8),
     max_leaves=30,
 )
 
 
-@given(st.dictionaries(st.sampled_from(["n", "m", "p", "u", "hb", "e", "h", "c", "mb", "pop", "r", "more", "l",
-                                        "es"]), msgpackable, max_size=14))
+@given(
+    st.dictionaries(
+        st.sampled_from(["n", "m", "p", "u", "hb", "e", "h", "c", "mb", "pop", "r", "more", "l", "es"]),
+        msgpackable,
+        max_size=14,
+    )
+)
 @settings(max_examples=50)
 def test_ill_typed_messages_raise_message_error_only(obj: dict[str, object]) -> None:
     data = msgpack.packb(obj, use_bin_type=True)
@@ -148,8 +176,16 @@ def test_oversized_and_out_of_order_are_refused() -> None:
     with pytest.raises(MessageError, match="exceeds"):
         decode_gossip(b"\x00" * (MAX_GOSSIP_BYTES + 1))
     rows = (_entry(5), _entry(3))
-    data = msgpack.packb({"e": "x", "h": 5, "r": False, "more": False, "l": 5,
-                          "es": [[e.serial, e.module, e.version, e.kind, e.sha256, e.h1, e.size] for e in rows]})
+    data = msgpack.packb(
+        {
+            "e": "x",
+            "h": 5,
+            "r": False,
+            "more": False,
+            "l": 5,
+            "es": [[e.serial, e.module, e.version, e.kind, e.sha256, e.h1, e.size] for e in rows],
+        }
+    )
     with pytest.raises(MessageError, match="increasing"):
         decode_page(data)
 

@@ -19,8 +19,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 async def _peers_cmd(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "node.cli", "peers", *args, cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "node.cli",
+        "peers",
+        *args,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
@@ -38,8 +44,9 @@ async def test_status_peers_command_and_metrics(  # type: ignore[no-untyped-def]
             async with s.get(f"{a.url}/rsc.io/quote/@v/v1.5.2.{kind}") as r:
                 assert r.status == 200
     b_member = lambda: b.mesh.membership.get(a.mesh.node_id)  # noqa: E731
-    await wait_for(lambda: (m := b_member()) is not None and m.count == 3 and m.backlog == 0, 10,
-                   "B synced A's inventory")
+    await wait_for(
+        lambda: (m := b_member()) is not None and m.count == 3 and m.backlog == 0, 10, "B synced A's inventory"
+    )
 
     key = mesh_secret.read_text().strip().encode()
     async with aiohttp.ClientSession() as s:
@@ -52,9 +59,16 @@ async def test_status_peers_command_and_metrics(  # type: ignore[no-untyped-def]
     assert row["node_id"] == a.mesh.node_id and row["url"] == a.url and row["state"] == "alive"
     assert row["inventory"] == 3 and row["backlog"] == 0 and row["last_seen_s"] < 2 and row["source"] == "static"
     assert status["catalog"]["entries"] == 3 and status["seeds"][0]["url"] == a.url
-    for name in ("modmesh_mesh_gossip_rounds_total", "modmesh_mesh_members", "modmesh_mesh_catalog_entries",
-                 "modmesh_mesh_sync_backlog", "modmesh_mesh_auth_failures_total", "modmesh_mesh_peer_fetches_total",
-                 "modmesh_mesh_synced_bytes_total", "modmesh_mesh_rejected_blobs_total"):
+    for name in (
+        "modmesh_mesh_gossip_rounds_total",
+        "modmesh_mesh_members",
+        "modmesh_mesh_catalog_entries",
+        "modmesh_mesh_sync_backlog",
+        "modmesh_mesh_auth_failures_total",
+        "modmesh_mesh_peer_fetches_total",
+        "modmesh_mesh_synced_bytes_total",
+        "modmesh_mesh_rejected_blobs_total",
+    ):
         assert f"# TYPE {name.removesuffix('_total')}" in metrics, name
     assert 'modmesh_mesh_members{state="alive"} 1.0' in metrics
     assert 'modmesh_mesh_gossip_rounds_total{result="ok"}' in metrics
@@ -81,14 +95,35 @@ def test_peers_without_a_secret(capsys, monkeypatch) -> None:  # type: ignore[no
 
 def test_render_marks_quarantine() -> None:
     status = {
-        "mesh": "lab", "node_id": "me", "url": "http://me:3000", "inventory": 5, "head_serial": 9,
-        "catalog": {"entries": 7, "skipped": 0}, "sync_backlog": 2,
+        "mesh": "lab",
+        "node_id": "me",
+        "url": "http://me:3000",
+        "inventory": 5,
+        "head_serial": 9,
+        "catalog": {"entries": 7, "skipped": 0},
+        "sync_backlog": 2,
         "presync": {"enabled": True, "active": ["m@v1.zip"], "backlog": 1},
         "members": [
-            {"node_id": "p1", "url": "http://p1:3000", "state": "alive", "last_seen_s": 1.2, "inventory": 4,
-             "backlog": 0, "quarantined_s": 0, "source": "mdns"},
-            {"node_id": "p2", "url": "http://p2:3000", "state": "dead", "last_seen_s": 4000, "inventory": 3,
-             "backlog": 2, "quarantined_s": 300, "source": "gossip"},
+            {
+                "node_id": "p1",
+                "url": "http://p1:3000",
+                "state": "alive",
+                "last_seen_s": 1.2,
+                "inventory": 4,
+                "backlog": 0,
+                "quarantined_s": 0,
+                "source": "mdns",
+            },
+            {
+                "node_id": "p2",
+                "url": "http://p2:3000",
+                "state": "dead",
+                "last_seen_s": 4000,
+                "inventory": 3,
+                "backlog": 2,
+                "quarantined_s": 300,
+                "source": "gossip",
+            },
         ],
     }
     text = render(status)

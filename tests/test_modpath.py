@@ -195,12 +195,11 @@ def test_check_path_kinds(path: str, module_ok: bool, import_ok: bool, file_ok: 
         ("x.y/\x00", "malformed module path \"x.y/\\x00\": invalid char '\\x00'"),
         ("x.y/\u200b", "malformed module path \"x.y/\\u200b\": invalid char '\\u200b'"),
         ("x.y/é", "malformed module path \"x.y/é\": invalid char 'é'"),
-        ('x.y/"', "malformed module path \"x.y/\\\"\": invalid char '\"'"),
+        ('x.y/"', 'malformed module path "x.y/\\"": invalid char \'"\''),
         ("x.y/'", "malformed module path \"x.y/'\": invalid char '\\''"),
         (
             "x.y/Com1.go",
-            'malformed module path "x.y/Com1.go": '
-            '"Com1" disallowed as path element component on Windows',
+            'malformed module path "x.y/Com1.go": "Com1" disallowed as path element component on Windows',
         ),
         ("x.y/z~1", 'malformed module path "x.y/z~1": trailing tilde and digits in path element'),
         ("xy/z", 'malformed module path "xy/z": missing dot in first path element'),
@@ -720,9 +719,7 @@ def test_match_prefix_patterns(globs: str, target: str, want: bool) -> None:
 
 # --- Properties -----------------------------------------------------------------------
 
-_first_elem = st.from_regex(
-    r"[a-z0-9][a-z0-9-]{0,8}\.[a-z0-9][a-z0-9.-]{0,8}[a-z0-9]", fullmatch=True
-)
+_first_elem = st.from_regex(r"[a-z0-9][a-z0-9-]{0,8}\.[a-z0-9][a-z0-9.-]{0,8}[a-z0-9]", fullmatch=True)
 _elem = st.from_regex(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,10}", fullmatch=True)
 
 
@@ -1004,8 +1001,7 @@ def _oracle_paths() -> list[str]:
     alphabet = "abz09.-_~/+ !%:AZé\t"
     starts = ["", "example.com/", "gopkg.in/", "x.y/v"]
     randoms = [
-        rng.choice(starts) + "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
-        for _ in range(400)
+        rng.choice(starts) + "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(400)
     ]
     table = [p for p, *_ in CHECK_PATH_TESTS] + [p for p, _ in ESCAPE_TESTS]
     table += [p for p, _, _ in CHECK_TESTS]
@@ -1135,6 +1131,7 @@ _ORACLE_VERSIONS = [
 def _write_requires(gomod: Path, pairs: list[tuple[str, str]]) -> int:
     """One quoted `require` per line; returns the line number of the first one."""
     header = ["module example.com/oracle", "", "go 1.22", ""]
+
     def quoted(s: str) -> str:
         return json.dumps(s, ensure_ascii=False)  # a Go string literal for these inputs
 
@@ -1155,9 +1152,7 @@ def test_check_agrees_with_go(tmp_path: Path) -> None:
     pairs = [(p, v) for p in _ORACLE_MODULES for v in _ORACLE_VERSIONS]
     pairs += [(p, v) for p, v, _ in CHECK_TESTS if modpath._module_path_problem(p) is None]
     first = _write_requires(work / "go.mod", pairs)
-    proc = subprocess.run(
-        [go, "mod", "edit", "-json"], cwd=work, env=env, capture_output=True, text=True, timeout=60
-    )
+    proc = subprocess.run([go, "mod", "edit", "-json"], cwd=work, env=env, capture_output=True, text=True, timeout=60)
     go_errors: dict[int, str] = {}
     for line in proc.stderr.splitlines():
         if m := re.search(r"go\.mod:(\d+)(?::\d+)?: (.*)", line):
@@ -1185,9 +1180,7 @@ def test_check_agrees_with_go(tmp_path: Path) -> None:
 
     # Second pass: go prints the canonical form of every accepted version.
     _write_requires(work / "go.mod", accepted)
-    proc = subprocess.run(
-        [go, "mod", "edit", "-json"], cwd=work, env=env, capture_output=True, text=True, timeout=60
-    )
+    proc = subprocess.run([go, "mod", "edit", "-json"], cwd=work, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     printed = [(r["Path"], r["Version"]) for r in json.loads(proc.stdout)["Require"]]
     assert printed == [(p, modpath.canonical_version(v)) for p, v in accepted]

@@ -162,8 +162,24 @@ def raw_zip(entries: Iterable[Raw], comment: bytes = b"", zip64: bool = False) -
             extra = struct.pack("<HHQQQ", 1, 24, usize, csize, offset)
             sizes = (crc, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF)
         central += struct.pack(
-            "<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, flags, e.method, 0, 0x21,
-            sizes[0], sizes[1], sizes[2], len(name), len(extra), 0, 0, 0, 0, sizes[3],
+            "<4sHHHHHHIIIHHHHHII",
+            b"PK\x01\x02",
+            20,
+            20,
+            flags,
+            e.method,
+            0,
+            0x21,
+            sizes[0],
+            sizes[1],
+            sizes[2],
+            len(name),
+            len(extra),
+            0,
+            0,
+            0,
+            0,
+            sizes[3],
         )
         central += name + extra
     cd_off = len(out)
@@ -303,6 +319,7 @@ def test_check_zip_trusts_complete_digests_only(tmp_path: Path) -> None:
 
 
 # --- check_zip: refused --------------------------------------------------------------------
+
 
 def z(*entries: Raw) -> bytes:
     return raw_zip(entries)
@@ -468,9 +485,13 @@ _contents = st.one_of(
     st.builds(lambda b, n: (b * n)[:200_000], st.binary(min_size=1, max_size=20), st.integers(0, 20_000)),
 )
 _entries = st.lists(
-    st.tuples(st.sampled_from(["a.go", "b/c.go", "d/", "e", "f/g/h.txt", "\u00e9.go"]), _contents,
-              st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])),
-    max_size=6, unique_by=lambda e: e[0],
+    st.tuples(
+        st.sampled_from(["a.go", "b/c.go", "d/", "e", "f/g/h.txt", "\u00e9.go"]),
+        _contents,
+        st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED]),
+    ),
+    max_size=6,
+    unique_by=lambda e: e[0],
 )
 _chunkings = st.lists(st.integers(1, 70_000), min_size=1, max_size=8)
 
@@ -778,8 +799,13 @@ def test_case_folding_matches_go(go_bin: str, go_build_cache: Path, tmp_path: Pa
     (tmp_path / "go.mod").write_text("module foldcheck\n\ngo 1.21\n")
     (tmp_path / "main.go").write_text(_FOLD_PROGRAM)
     run = subprocess.run(
-        [go_bin, "run", "."], cwd=tmp_path, env=go_env(tmp_path / "env", "off", GOCACHE=str(go_build_cache)),
-        capture_output=True, text=True, timeout=240, check=True,
+        [go_bin, "run", "."],
+        cwd=tmp_path,
+        env=go_env(tmp_path / "env", "off", GOCACHE=str(go_build_cache)),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=True,
     )
     go_key = {int(a, 16): int(b, 16) for a, b in (line.split() for line in run.stdout.splitlines())}
     assert len(go_key) > 1400
@@ -828,7 +854,11 @@ def go_download(go_bin: str, tmp: Path, versions: list[Version]) -> dict[str, di
     proxy = write_proxy(tmp / "proxy", versions)
     run = subprocess.run(
         [go_bin, "mod", "download", "-json", *(f"{v.path}@{v.version}" for v in versions)],
-        env=go_env(tmp / "go", proxy), cwd=tmp, capture_output=True, text=True, timeout=240,
+        env=go_env(tmp / "go", proxy),
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     out: dict[str, dict[str, str]] = {}
     decoder, text = json.JSONDecoder(), run.stdout.strip()
@@ -878,12 +908,15 @@ def test_go_accepts_our_zips(go_bin: str, tmp_path: Path) -> None:
         "-dash/.dot": b"x\n",
     }
     upper_zip = zipped(upper.items(), "example.com/Upper/Case", "v0.1.0-Pre")
-    versions.append(Version("example.com/Upper/Case", "v0.1.0-Pre", upper["go.mod"], upper_zip, expect_files=set(upper)))
+    versions.append(
+        Version("example.com/Upper/Case", "v0.1.0-Pre", upper["go.mod"], upper_zip, expect_files=set(upper))
+    )
     # Directory entries (Python's zipfile writes them; Go hashes them, extracts nothing).
     d = "example.com/dirs@v1.0.0/"
     mod = b"module example.com/dirs\n"
-    dirs = py_zip([(d, b"", 0), (d + "go.mod", mod, 8), (d + "d/", b"", 0), (d + "d/x.go", b"package d\n", 8),
-                   (d + "d/", b"", 0)])  # a repeated directory entry is legal, and hashed twice
+    dirs = py_zip(
+        [(d, b"", 0), (d + "go.mod", mod, 8), (d + "d/", b"", 0), (d + "d/x.go", b"package d\n", 8), (d + "d/", b"", 0)]
+    )  # a repeated directory entry is legal, and hashed twice
     versions.append(Version("example.com/dirs", "v1.0.0", mod, dirs, expect_files={"go.mod", "d/x.go"}))
     mod = b"module example.com/dd\n"
     descriptors = py_zip([("example.com/dd@v1.0.0/go.mod", mod, 8)], descriptors=True)
@@ -928,8 +961,7 @@ _GO_REFUSES = {  # module example.com/badN: (relative name, content, crc) entrie
 def _bad_zip(n: int) -> bytes:
     prefix = f"example.com/bad{n}@v1.0.0/"
     return raw_zip(
-        Raw(name[1:] if name.startswith("/") else prefix + name, data, crc=crc)
-        for name, data, crc in _GO_REFUSES[n]
+        Raw(name[1:] if name.startswith("/") else prefix + name, data, crc=crc) for name, data, crc in _GO_REFUSES[n]
     )
 
 

@@ -284,7 +284,6 @@ async def test_missing_blob_is_refetched(fake_proxy, make_node, client) -> None:
     assert status == 200 and body == files[2] and up.count(ZIP) == 2
 
 
-
 async def test_admit_verifies_like_an_upstream(make_node) -> None:  # type: ignore[no-untyped-def]
     from node.errors import IntegrityError
     from node.cache.protocol import ModRequest
@@ -315,10 +314,18 @@ async def test_no_answer_names_an_upstream(fake_proxy, make_node, client) -> Non
     headers, body) never contain the upstream's address, even when its own 404 text does."""
     up = await fake_proxy(MODS)
     where = up.url.removeprefix("http://")
-    faults = [Fault.status(500, f"disk on fire at {up.url}/x\n".encode()), Fault.status(503),
-              Fault.reset_mid_body(), Fault.truncate(), Fault.empty_200(), Fault.wrong_body(b"<html>x</html>"),
-              Fault.hang(), Fault.status(404, f"not found: {up.url}/{M}\n".encode()),
-              Fault.status(410, f"gone from {where}\n".encode()), Fault.chunked_cut()]
+    faults = [
+        Fault.status(500, f"disk on fire at {up.url}/x\n".encode()),
+        Fault.status(503),
+        Fault.reset_mid_body(),
+        Fault.truncate(),
+        Fault.empty_200(),
+        Fault.wrong_body(b"<html>x</html>"),
+        Fault.hang(),
+        Fault.status(404, f"not found: {up.url}/{M}\n".encode()),
+        Fault.status(410, f"gone from {where}\n".encode()),
+        Fault.chunked_cut(),
+    ]
     node = await make_node(f"{up.url}|{up.url}/second", read_timeout=0.5, negative_ttl=0, breaker_threshold=100)
     answers: list[tuple[int, bytes, str]] = []
 
@@ -331,8 +338,14 @@ async def test_no_answer_names_an_upstream(fake_proxy, make_node, client) -> Non
             answers.append((r.status, body, repr(dict(r.headers))))
 
     for fault in faults:
-        for path in (ZIP, f"/{M}/@v/{V}.info", f"/{M}/@v/{V}.mod", f"/{M}/@v/list", f"/{M}/@latest",
-                     f"/{M}/@v/master.info"):
+        for path in (
+            ZIP,
+            f"/{M}/@v/{V}.info",
+            f"/{M}/@v/{V}.mod",
+            f"/{M}/@v/list",
+            f"/{M}/@latest",
+            f"/{M}/@v/master.info",
+        ):
             up.clear_faults()
             up.inject(path.replace(f"/{M}", ""), fault)
             await ask(path)

@@ -49,14 +49,16 @@ async def test_private_route_with_token_never_leaks(  # type: ignore[no-untyped-
         from node.config import Route
 
         node = await make_node(
-            public.url, sumdb=(f"{db.vkey} {db.url}",),
+            public.url,
+            sumdb=(f"{db.vkey} {db.url}",),
             routes=(Route("corp.example.com", corp.url, token_file=token_file),),
             log_format="json",
         )
         caplog.set_level(logging.DEBUG)
         env = go_env(tmp_path, node.url, gosumdb=db.vkey, GONOSUMDB="corp.example.com")
-        res = (await run_go(["mod", "download", "-json", f"{PRIVATE}@v1.0.0", "rsc.io/quote@v1.5.2"],
-                            env, cwd=tmp_path)).check()
+        res = (
+            await run_go(["mod", "download", "-json", f"{PRIVATE}@v1.0.0", "rsc.io/quote@v1.5.2"], env, cwd=tmp_path)
+        ).check()
         assert all("Error" not in o for o in decode_stream(res.stdout))
         assert f"Bearer {SECRET_TOKEN}" in corp.seen_tokens
         assert corp.count(f"/{PRIVATE}/@v/v1.0.0.zip") == 1
@@ -73,11 +75,23 @@ async def test_private_route_with_token_never_leaks(  # type: ignore[no-untyped-
 
 
 def _git(cwd: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                   env={"PATH": "/usr/bin:/bin", "HOME": str(cwd), "GIT_CONFIG_NOSYSTEM": "1",
-                        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.test",
-                        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.test",
-                        "GIT_AUTHOR_DATE": "2024-01-02T03:04:05Z", "GIT_COMMITTER_DATE": "2024-01-02T03:04:05Z"})
+    subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(cwd),
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@example.test",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@example.test",
+            "GIT_AUTHOR_DATE": "2024-01-02T03:04:05Z",
+            "GIT_COMMITTER_DATE": "2024-01-02T03:04:05Z",
+        },
+    )
 
 
 async def test_direct_from_a_git_server_on_loopback(  # type: ignore[no-untyped-def]

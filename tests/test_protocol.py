@@ -25,8 +25,10 @@ from tests.node_fixtures import node_config
         ("/rsc.io/quote/@v/list", ModRequest("rsc.io/quote", "", "list")),
         ("/rsc.io/quote/@latest", ModRequest("rsc.io/quote", "", "latest")),
         ("/rsc.io/!q!u!o!t!e/@v/v1.5.3-!p!r!e.info", ModRequest("rsc.io/QUOTE", "v1.5.3-PRE", "info")),
-        ("/github.com/!azure/go/@v/v2.0.0+incompatible.zip",
-         ModRequest("github.com/Azure/go", "v2.0.0+incompatible", "zip")),
+        (
+            "/github.com/!azure/go/@v/v2.0.0+incompatible.zip",
+            ModRequest("github.com/Azure/go", "v2.0.0+incompatible", "zip"),
+        ),
         ("/gopkg.in/yaml.v2/@v/v2.4.0.mod", ModRequest("gopkg.in/yaml.v2", "v2.4.0", "mod")),
         ("/example.com/m/v2/@v/v2.1.0.zip", ModRequest("example.com/m/v2", "v2.1.0", "zip")),
     ],
@@ -82,15 +84,39 @@ def test_parse_invalid(path: str, error: type[Exception], text: str) -> None:
 
 
 _piece = st.one_of(
-    st.sampled_from(["..", ".", "", "!", "!a", "%2e", "~1", "CON", "a.b", "@v", "@latest", "v1.0.0",
-                     "list", "x.info", "y.zip", "\x00", "é", "A", "+", " ", "\\"]),
+    st.sampled_from(
+        [
+            "..",
+            ".",
+            "",
+            "!",
+            "!a",
+            "%2e",
+            "~1",
+            "CON",
+            "a.b",
+            "@v",
+            "@latest",
+            "v1.0.0",
+            "list",
+            "x.info",
+            "y.zip",
+            "\x00",
+            "é",
+            "A",
+            "+",
+            " ",
+            "\\",
+        ]
+    ),
     st.text(max_size=12),
 )
 _paths = st.one_of(
     st.text(max_size=300),
     st.lists(_piece, max_size=10).map(lambda parts: "/" + "/".join(parts)),
-    st.tuples(st.lists(_piece, max_size=5), st.text(max_size=20), st.sampled_from(["info", "mod", "zip", "x"]))
-    .map(lambda t: "/" + "/".join(["example.com", *t[0]]) + f"/@v/{t[1]}.{t[2]}"),
+    st.tuples(st.lists(_piece, max_size=5), st.text(max_size=20), st.sampled_from(["info", "mod", "zip", "x"])).map(
+        lambda t: "/" + "/".join(["example.com", *t[0]]) + f"/@v/{t[1]}.{t[2]}"
+    ),
 )
 
 
@@ -162,8 +188,15 @@ def _raw_get(host: str, port: int, target: str) -> tuple[int, bytes, str]:
 
 @pytest.mark.parametrize(
     "target",
-    ["/../secret.txt", "/%2e%2e/secret.txt", "/data/../secret.txt", "/example.com/../../secret.txt/@v/list",
-     "/example.com/m/@v/..%2f..%2f..%2fsecret.txt.info", "//secret.txt", "/%00/@v/list"],
+    [
+        "/../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/data/../secret.txt",
+        "/example.com/../../secret.txt/@v/list",
+        "/example.com/m/@v/..%2f..%2f..%2fsecret.txt.info",
+        "//secret.txt",
+        "/%00/@v/list",
+    ],
 )
 def test_traversal_attempts(live_node: tuple[str, int], target: str) -> None:
     status, body, ctype = _raw_get(*live_node, target)

@@ -259,16 +259,20 @@ def _oracle_versions() -> list[str]:
             v += "+" + rng.choice(["meta", "incompatible", "1.2", "", "a..b", "x-y"])
         return v
 
-    tricky = [v for v, _ in ORDERED] + INVALID + [
-        # The go command leaves pseudo-versions out of its list; is_pseudo_version must agree.
-        "v0.0.0-20200101000000-abcdefabcdef",
-        "v1.0.0-20200101000000-abcdefabcdef",
-        "v1.2.4-0.20200101000000-abcdefabcdef",
-        "v1.2.3-pre.0.20200101000000-abcdefabcdef+incompatible",
-        "v1.2.0-20200101000000-abcdefabcdef",  # not a pseudo-version: needs X.0.0
-        "v1.2.4-1.20200101000000-abcdefabcdef",  # not one either: needs -0.
-        "v1.2.4-0.2020010100000-abcdefabcdef",  # 13 digits
-    ]
+    tricky = (
+        [v for v, _ in ORDERED]
+        + INVALID
+        + [
+            # The go command leaves pseudo-versions out of its list; is_pseudo_version must agree.
+            "v0.0.0-20200101000000-abcdefabcdef",
+            "v1.0.0-20200101000000-abcdefabcdef",
+            "v1.2.4-0.20200101000000-abcdefabcdef",
+            "v1.2.3-pre.0.20200101000000-abcdefabcdef+incompatible",
+            "v1.2.0-20200101000000-abcdefabcdef",  # not a pseudo-version: needs X.0.0
+            "v1.2.4-1.20200101000000-abcdefabcdef",  # not one either: needs -0.
+            "v1.2.4-0.2020010100000-abcdefabcdef",  # 13 digits
+        ]
+    )
     # strings.Fields splits list lines on white space; keep one version per line.
     candidates = tricky + [one() for _ in range(500)]
     return [v for v in candidates if v and not any(c.isspace() for c in v)]

@@ -61,8 +61,7 @@ async def test_eviction_keeps_hot_and_pinned_under_cap(fake_proxy, make_node, cl
     # biggest of the unused ones, so it goes first.
     sibling = ("example.com/hot", "v1.1.0", big_module("example.com/hot", "v1.1.0", size + 5000))
     pinned = ("example.com/pinned", "v1.0.0", big_module("example.com/pinned", "v1.0.0", size))
-    cold = [(f"example.com/cold{i}", "v1.0.0", big_module(f"example.com/cold{i}", "v1.0.0", size))
-            for i in range(10)]
+    cold = [(f"example.com/cold{i}", "v1.0.0", big_module(f"example.com/cold{i}", "v1.0.0", size)) for i in range(10)]
     up = await fake_proxy(module_set(hot, sibling, pinned, *cold))
     cap = 100_000
     node = await make_node(up.url, max_size=cap)
@@ -99,7 +98,7 @@ async def test_eviction_keeps_hot_and_pinned_under_cap(fake_proxy, make_node, cl
     m, v, files = cold[0]
     for kind, want, cache in zip(KINDS, files, ("hit", "hit", "miss")):
         assert await get(client, f"{node.url}/{m}/@v/{v}.{kind}") == (200, want, cache)
-    assert f'modmesh_store_max_bytes {float(cap)}' in (await (await client.get(node.url + "/metrics")).text())
+    assert f"modmesh_store_max_bytes {float(cap)}" in (await (await client.get(node.url + "/metrics")).text())
 
 
 async def test_pin_endpoints(make_node, client) -> None:  # type: ignore[no-untyped-def]
@@ -108,8 +107,13 @@ async def test_pin_endpoints(make_node, client) -> None:  # type: ignore[no-unty
     for want in (True, False):
         async with client.post(url, json={"pattern": "rsc.io/*"}) as r:
             assert r.status == 200 and await r.json() == {"pattern": "rsc.io/*", "added": want}
-    for bad in ({"pattern": "a b"}, {"pattern": ""}, {"pattern": "x,y"}, {"pattern": "rsc.io/quote@v1.5.2"},
-                {"nope": 1}):
+    for bad in (
+        {"pattern": "a b"},
+        {"pattern": ""},
+        {"pattern": "x,y"},
+        {"pattern": "rsc.io/quote@v1.5.2"},
+        {"nope": 1},
+    ):
         async with client.post(url, json=bad) as r:
             assert r.status == 400, bad
     async with client.post(url, data=b"{not json") as r:
@@ -128,11 +132,17 @@ async def test_pin_endpoints(make_node, client) -> None:  # type: ignore[no-unty
 
 async def test_gc(fake_proxy, make_node, client) -> None:  # type: ignore[no-untyped-def]
     m, other = "example.com/kept", "example.com/listed"
-    up = await fake_proxy(module_set((m, "v1.0.0", module_files(m, "v1.0.0")),
-                                     (other, "v1.0.0", module_files(other, "v1.0.0"))))
+    up = await fake_proxy(
+        module_set((m, "v1.0.0", module_files(m, "v1.0.0")), (other, "v1.0.0", module_files(other, "v1.0.0")))
+    )
     node = await make_node(up.url, meta_ttl=0.05, meta_stale_window=0)
-    for path in (f"/{m}/@v/v1.0.0.info", f"/{m}/@v/v1.0.0.mod", f"/{m}/@v/v1.0.0.zip",
-                 f"/{m}/@v/list", f"/{other}/@v/list"):
+    for path in (
+        f"/{m}/@v/v1.0.0.info",
+        f"/{m}/@v/v1.0.0.mod",
+        f"/{m}/@v/v1.0.0.zip",
+        f"/{m}/@v/list",
+        f"/{other}/@v/list",
+    ):
         assert (await get(client, node.url + path))[0] == 200
     data = node.config.data
     old = time.time() - 3600
@@ -281,7 +291,7 @@ async def test_full_disk_passes_files_through_and_corrupts_nothing(  # type: ign
     assert not [p for p in (data / "tmp").rglob("*") if p.is_file()]
     for mod, kind in ((m, "mod"), (m, "zip"), (big, "zip")):
         assert await node.index.get(mod, "v1.0.0", kind) is None
-    health = (await (await client.get(f"{node.url}/healthz")).json())
+    health = await (await client.get(f"{node.url}/healthz")).json()
     assert health["status"] == "degraded" and health["store"]["files_passed"] == 3
     assert health["store"]["reason"] == "disk full (ENOSPC)" and health["store"]["first"] == f"{m}@v1.0.0"
     metrics = (await get(client, f"{node.url}/metrics"))[1].decode()
@@ -318,9 +328,14 @@ def test_max_size_config(tmp_path: Path) -> None:
 async def modmesh(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """Run the real command line in a subprocess (the node runs in this event loop)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "node.cli", *args, cwd=ROOT,
+        sys.executable,
+        "-m",
+        "node.cli",
+        *args,
+        cwd=ROOT,
         env={**os.environ, **(env or {})},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None

@@ -17,13 +17,17 @@ from tests.test_storage import cached, modmesh, on_disk
 
 pytestmark = pytest.mark.e2e
 
-HOT = {("rsc.io/quote", "v1.5.2"), ("rsc.io/sampler", "v1.3.0"),
-       ("golang.org/x/text", "v0.0.0-20170915032832-14c0d48ead0c")}
+HOT = {
+    ("rsc.io/quote", "v1.5.2"),
+    ("rsc.io/sampler", "v1.3.0"),
+    ("golang.org/x/text", "v0.0.0-20170915032832-14c0d48ead0c"),
+}
 
 
 def blobs_of(modules: dict[str, dict[str, tuple[bytes | None, ...]]], versions: list[CorpusVersion]) -> dict[str, int]:
-    return {hashlib.sha256(b).hexdigest(): len(b)
-            for cv in versions for b in modules[cv.path][cv.version] if b is not None}
+    return {
+        hashlib.sha256(b).hexdigest(): len(b) for cv in versions for b in modules[cv.path][cv.version] if b is not None
+    }
 
 
 async def test_cap_below_working_set_keeps_hot_set_and_pins(  # type: ignore[no-untyped-def]
@@ -33,8 +37,11 @@ async def test_cap_below_working_set_keeps_hot_set_and_pins(  # type: ignore[no-
     hot = [cv for cv in versions if (cv.path, cv.version) in HOT]
     # Cold but pinned: rsc.io/quote's other releases. Cold and unpinned: everything
     # outside rsc.io/ (about half the corpus).
-    pinned = [cv for cv in versions if cv.path == "rsc.io/quote" and (cv.path, cv.version) not in HOT
-              and not cv.version.startswith("v0.")]
+    pinned = [
+        cv
+        for cv in versions
+        if cv.path == "rsc.io/quote" and (cv.path, cv.version) not in HOT and not cv.version.startswith("v0.")
+    ]
     cold = [cv for cv in versions if not cv.path.startswith("rsc.io/") and (cv.path, cv.version) not in HOT]
     assert len(hot) == 3 and len(pinned) > 5 and len(cold) > 100
     keep = blobs_of(corpus_modules, hot + pinned)

@@ -36,8 +36,11 @@ MB = 1 << 20
 #: The node's shipped timeouts (the test fixture shortens them for failure tests).
 _D = Config()
 AT_DEFAULTS = dict(
-    connect_timeout=_D.connect_timeout, read_timeout=_D.read_timeout, small_timeout=_D.small_timeout,
-    breaker_reset=_D.breaker_reset, stream_threshold=_D.stream_threshold,
+    connect_timeout=_D.connect_timeout,
+    read_timeout=_D.read_timeout,
+    small_timeout=_D.small_timeout,
+    breaker_reset=_D.breaker_reset,
+    stream_threshold=_D.stream_threshold,
     write_idle_timeout=_D.write_idle_timeout,
 )
 #: Longest a transfer in these tests may take before it counts as a hang.
@@ -143,8 +146,9 @@ async def test_coalesced_followers_joining_at_any_moment_get_the_verified_zip(  
         await db.stop()
 
 
-@pytest.mark.parametrize("fault", [Fault.chunked_cut(8 * MB), Fault.chunked_short(8 * MB)],
-                         ids=["cut-mid-stream", "clean-short-end"])
+@pytest.mark.parametrize(
+    "fault", [Fault.chunked_cut(8 * MB), Fault.chunked_short(8 * MB)], ids=["cut-mid-stream", "clean-short-end"]
+)
 async def test_upstream_without_length_truncated_never_ends_cleanly(  # type: ignore[no-untyped-def]
     fault: Fault, fake_proxy, make_node
 ) -> None:
@@ -322,7 +326,9 @@ async def test_full_disk_passes_modules_through_to_the_go_command(  # type: igno
         async with aiohttp.ClientSession() as s:
             async with s.get(f"{node.url}/_admin/doctor", params={"timeout": "2"}) as r:
                 node_side = {c["code"]: c for c in (await r.json())["checks"] if c.get("code")}
-        assert "disk full" in node_side["store-refusing"]["detail"] and f"{M}@{v}" in node_side["store-refusing"]["detail"]
+        assert (
+            "disk full" in node_side["store-refusing"]["detail"] and f"{M}@{v}" in node_side["store-refusing"]["detail"]
+        )
 
         filler.unlink()  # space is back: the next request caches it
         env = go_env(tmp_path / "go2", node.url, gosumdb=db.vkey)

@@ -34,10 +34,14 @@ V = "v1.0.0"
 
 
 def lib(module: str, text: str) -> tuple[bytes, bytes, bytes]:
-    return module_files(module, V, {
-        "go.mod": f"module {module}\n\ngo 1.21\n".encode(),
-        "lib.go": f'package lib\n\nfunc Name() string {{ return "{text}" }}\n'.encode(),
-    })
+    return module_files(
+        module,
+        V,
+        {
+            "go.mod": f"module {module}\n\ngo 1.21\n".encode(),
+            "lib.go": f'package lib\n\nfunc Name() string {{ return "{text}" }}\n'.encode(),
+        },
+    )
 
 
 GENUINE = {m: {V: lib(m, m)} for m in (LIB, OTHER, FORGED)}
@@ -81,16 +85,23 @@ async def test_go_builds_through_a_node_while_the_database_is_down_then_it_catch
     up = await fake_proxy(SERVED)
     node = await make_node(up.url, sumdb=(f"{db.vkey} {db.url}",))
     await db.stop()  # a firewall, an outage
-    gosum = "".join(f"{LIB} {V}{suffix} {h}\n" for suffix, h in (
-        ("", h1_zip(GENUINE[LIB][V][2], tmp_path)), ("/go.mod", modzip.h1_gomod(GENUINE[LIB][V][1]))))
+    gosum = "".join(
+        f"{LIB} {V}{suffix} {h}\n"
+        for suffix, h in (("", h1_zip(GENUINE[LIB][V][2], tmp_path)), ("/go.mod", modzip.h1_gomod(GENUINE[LIB][V][1])))
+    )
 
     # A project whose go.sum holds the hashes, with a fresh module cache: go checks go.sum.
-    env = go_env(tmp_path / "a", node.url, gosumdb=db.vkey, GOFLAGS="-mod=mod -modcacherw",
-                 GOCACHE=str(go_build_cache))
+    env = go_env(tmp_path / "a", node.url, gosumdb=db.vkey, GOFLAGS="-mod=mod -modcacherw", GOCACHE=str(go_build_cache))
     (await run_go(["build", "-o", str(tmp_path / "a.bin"), "."], env, cwd=project(tmp_path / "a", LIB, gosum))).check()
     # A client that skips the database for the module (GONOSUMDB), no go.sum.
-    env = go_env(tmp_path / "b", node.url, gosumdb=db.vkey, GONOSUMDB=OTHER, GOFLAGS="-mod=mod -modcacherw",
-                 GOCACHE=str(go_build_cache))
+    env = go_env(
+        tmp_path / "b",
+        node.url,
+        gosumdb=db.vkey,
+        GONOSUMDB=OTHER,
+        GOFLAGS="-mod=mod -modcacherw",
+        GOCACHE=str(go_build_cache),
+    )
     (await run_go(["build", "-o", str(tmp_path / "b.bin"), "."], env, cwd=project(tmp_path / "b", OTHER))).check()
     # And a forged zip, fetched while nothing can tell.
     async with aiohttp.ClientSession() as s, s.get(f"{node.url}/{FORGED}/@v/{V}.zip") as r:
@@ -141,8 +152,14 @@ async def test_require_mode_refuses_what_the_database_cannot_confirm(  # type: i
     up = await fake_proxy(SERVED)
     node = await make_node(up.url, sumdb=(f"{db.vkey} {db.url}",), sumdb_verify="require")
     await db.stop()
-    env = go_env(tmp_path / "b", node.url, gosumdb=db.vkey, GONOSUMDB=OTHER, GOFLAGS="-mod=mod -modcacherw",
-                 GOCACHE=str(go_build_cache))
+    env = go_env(
+        tmp_path / "b",
+        node.url,
+        gosumdb=db.vkey,
+        GONOSUMDB=OTHER,
+        GOFLAGS="-mod=mod -modcacherw",
+        GOCACHE=str(go_build_cache),
+    )
     res = await run_go(["build", "-o", str(tmp_path / "b.bin"), "."], env, cwd=project(tmp_path / "b", OTHER))
     assert not res.ok and "502 Bad Gateway" in res.stderr and "did not answer" in res.stderr
     assert await node.index.get(OTHER, V, "zip") is None and await node.index.get(OTHER, V, "mod") is None

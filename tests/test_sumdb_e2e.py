@@ -49,10 +49,15 @@ async def test_go_verifies_through_node_then_offline(  # type: ignore[no-untyped
 ) -> None:
     up = await fake_proxy(corpus_modules)
     node = await make_node(up.url, sumdb=db_spec(sumdb))
-    wanted = ["rsc.io/quote@v1.5.2", "rsc.io/sampler@v1.3.0", "rsc.io/QUOTE@v1.5.3-PRE",
-              "golang.org/x/text@v0.0.0-20170915032832-14c0d48ead0c"]
-    env = go_env(tmp_path / "online", node.url, gosumdb=sumdb.vkey,
-                 GOFLAGS="-mod=mod -modcacherw", GOCACHE=str(go_build_cache))
+    wanted = [
+        "rsc.io/quote@v1.5.2",
+        "rsc.io/sampler@v1.3.0",
+        "rsc.io/QUOTE@v1.5.3-PRE",
+        "golang.org/x/text@v0.0.0-20170915032832-14c0d48ead0c",
+    ]
+    env = go_env(
+        tmp_path / "online", node.url, gosumdb=sumdb.vkey, GOFLAGS="-mod=mod -modcacherw", GOCACHE=str(go_build_cache)
+    )
     res = (await run_go(["mod", "download", "-json", *wanted], env, cwd=tmp_path)).check()
     assert all("Error" not in o for o in decode_stream(res.stdout))
     await build_hello(tmp_path / "online", env)
@@ -70,8 +75,9 @@ async def test_go_verifies_through_node_then_offline(  # type: ignore[no-untyped
     # Upstream and database gone; a fresh machine still downloads AND verifies.
     await up.stop()
     await sumdb.stop()
-    env2 = go_env(tmp_path / "offline", node.url, gosumdb=sumdb.vkey,
-                  GOFLAGS="-mod=mod -modcacherw", GOCACHE=str(go_build_cache))
+    env2 = go_env(
+        tmp_path / "offline", node.url, gosumdb=sumdb.vkey, GOFLAGS="-mod=mod -modcacherw", GOCACHE=str(go_build_cache)
+    )
     res = (await run_go(["mod", "download", "-json", *wanted], env2, cwd=tmp_path)).check()
     sums = {f"{o['Path']}@{o['Version']}": o for o in decode_stream(res.stdout)}
     assert all("Error" not in o and o["Sum"].startswith("h1:") for o in sums.values())
@@ -142,8 +148,9 @@ async def test_private_modules_never_reach_the_database(  # type: ignore[no-unty
     up = await fake_proxy(corpus_modules)
     node = await make_node(up.url, sumdb=db_spec(sumdb), private="rsc.io/sampler")
     env = go_env(tmp_path, node.url, gosumdb=sumdb.vkey, GONOSUMDB="rsc.io/sampler")
-    (await run_go(["mod", "download", "-json", "rsc.io/sampler@v1.3.0", "rsc.io/quote@v1.5.2"],
-                  env, cwd=tmp_path)).check()
+    (
+        await run_go(["mod", "download", "-json", "rsc.io/sampler@v1.3.0", "rsc.io/quote@v1.5.2"], env, cwd=tmp_path)
+    ).check()
     async with aiohttp.ClientSession() as s:
         async with s.get(f"{node.url}/sumdb/{DB}/lookup/rsc.io/sampler@v1.3.0") as r:
             assert r.status == 404 and "private" in await r.text()

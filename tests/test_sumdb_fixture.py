@@ -54,10 +54,7 @@ QUOTE_DEPS = [
     ("rsc.io/sampler", "v1.3.0"),
     ("golang.org/x/text", "v0.0.0-20170915032832-14c0d48ead0c"),
 ]
-MAIN_GO = (
-    'package main\n\nimport (\n\t"fmt"\n\n\t"rsc.io/quote"\n)\n\n'
-    "func main() { fmt.Println(quote.Hello()) }\n"
-)
+MAIN_GO = 'package main\n\nimport (\n\t"fmt"\n\n\t"rsc.io/quote"\n)\n\nfunc main() { fmt.Println(quote.Hello()) }\n'
 
 
 async def _db(modules: ModuleSet, **kwargs: Any) -> FakeSumDB:
@@ -165,9 +162,20 @@ def test_tile_paths() -> None:
         ("tile/8/data/000.p/5", (8, -1, 0, 5)),
     ]:
         assert parse_tile_path(path) == want
-    for bad in ("tile/8/0/0", "tile/8/0/000.p/256", "tile/8/0/000.p/0", "tile/8/0/x000/001",
-                "tile/8/-1/000", "tile/0/0/000", "tile/31/0/000", "tile/8/0", "tile/8/0/1000",
-                "tile/8/0/000.p/", "tiles/8/0/000", "tile/8/0/00a"):
+    for bad in (
+        "tile/8/0/0",
+        "tile/8/0/000.p/256",
+        "tile/8/0/000.p/0",
+        "tile/8/0/x000/001",
+        "tile/8/-1/000",
+        "tile/0/0/000",
+        "tile/31/0/000",
+        "tile/8/0",
+        "tile/8/0/1000",
+        "tile/8/0/000.p/",
+        "tiles/8/0/000",
+        "tile/8/0/00a",
+    ):
         with pytest.raises(ValueError):
             parse_tile_path(bad)
 
@@ -202,9 +210,7 @@ def test_tiles_match_naive_tree_hash(size: int) -> None:
     data = db.reply_for(f"/{tile_path(8, -1, 0, min(size, 256))}")
     assert data.body == b"".join(r + b"\n" for r in recs[:256])
     assert data.content_type.startswith("text/plain")
-    assert db.reply_for(f"/{tile_path(8, -1, 0, size % 256 + 1)}").status == (
-        200 if size >= 256 else 404
-    )
+    assert db.reply_for(f"/{tile_path(8, -1, 0, size % 256 + 1)}").status == (200 if size >= 256 else 404)
     assert db.reply_for("/tile/4/0/000.p/1").status == 404  # only H=8, like sum.golang.org
     assert db.reply_for("/tile/8/0/0").status == 400
 
@@ -302,8 +308,7 @@ async def test_go_verifies_against_fixture(
     """GOSUMDB="<vkey> http://...": ~30 downloads and a build, all verified; 267 records."""
     subset = _subset(corpus, corpus_modules)
     fp = await fake_proxy(subset)
-    env = go_env(tmp_path, fp.url, sumdb.gosumdb, GOFLAGS="-mod=mod -modcacherw",
-                 GOCACHE=str(go_build_cache))
+    env = go_env(tmp_path, fp.url, sumdb.gosumdb, GOFLAGS="-mod=mod -modcacherw", GOCACHE=str(go_build_cache))
     keys = [f"{p}@{v}" for p, vs in subset.items() for v in vs]
     assert len(keys) == 30
     res = await run_go(["mod", "download", "-json", *keys], env, cwd=tmp_path)
@@ -478,8 +483,14 @@ async def test_go_reports_injected_fault(
 
 async def test_script_mode(corpus: list[CorpusVersion]) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.sumdb_fixture", "--listen", "127.0.0.1:0",
-        "--seed", "00" * 32, cwd=str(Path(__file__).resolve().parent.parent),
+        sys.executable,
+        "-m",
+        "tests.sumdb_fixture",
+        "--listen",
+        "127.0.0.1:0",
+        "--seed",
+        "00" * 32,
+        cwd=str(Path(__file__).resolve().parent.parent),
         stdout=asyncio.subprocess.PIPE,
     )
     try:

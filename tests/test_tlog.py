@@ -701,9 +701,7 @@ class Module:
     mod_h1: str
 
     def record(self, zip_h1: str | None = None) -> bytes:
-        return (
-            f"{MODULE} {VERSION} {zip_h1 or self.zip_h1}\n{MODULE} {VERSION}/go.mod {self.mod_h1}\n"
-        ).encode()
+        return (f"{MODULE} {VERSION} {zip_h1 or self.zip_h1}\n{MODULE} {VERSION}/go.mod {self.mod_h1}\n").encode()
 
 
 def make_module(root: Path) -> Module:
@@ -854,8 +852,13 @@ class Harnesses:
         self.made: list[Harness] = []
 
     async def __call__(
-        self, records: list[bytes], prefix: str = "", head: int | None = None, hide_partial_tiles: bool = False,
-        corrupt_tile: str | None = None, record_text: dict[int, bytes] | None = None,
+        self,
+        records: list[bytes],
+        prefix: str = "",
+        head: int | None = None,
+        hide_partial_tiles: bool = False,
+        corrupt_tile: str | None = None,
+        record_text: dict[int, bytes] | None = None,
         tile_overrides: dict[str, bytes] | None = None,
     ) -> Harness:
         db = FakeSumDB(
@@ -879,7 +882,6 @@ def records_with_module(module: Module, n: int, at: int, record: bytes | None = 
     records = [filler(i) for i in range(n)]
     records[at] = record or module.record()
     return records
-
 
 
 @pytest.mark.e2e

@@ -15,6 +15,9 @@ def test_mypy_strict() -> None:
     pytest.importorskip("mypy")
     res = subprocess.run(
         [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]

@@ -91,8 +91,14 @@ async def session():  # type: ignore[no-untyped-def]
 
 
 def _chain(value: str, session: aiohttp.ClientSession, **kw: float):  # type: ignore[no-untyped-def]
-    return build_chain(value, session, Timeouts(connect=1, read=kw.get("read", 1), small_total=5),
-                       Metrics(), int(kw.get("threshold", 3)), kw.get("reset", 30))
+    return build_chain(
+        value,
+        session,
+        Timeouts(connect=1, read=kw.get("read", 1), small_total=5),
+        Metrics(),
+        int(kw.get("threshold", 3)),
+        kw.get("reset", 30),
+    )
 
 
 async def test_comma_falls_through_on_404_only(fake_proxy, session) -> None:  # type: ignore[no-untyped-def]

@@ -53,28 +53,43 @@ def test_latest_is_the_highest_release_then_prerelease_then_pseudo(vs: list[str]
     assert got == max(pool, key=semver.sort_key)
 
 
-@pytest.mark.parametrize(("body", "version"), [
-    (b'{"Version":"v1.2.3","Time":"2024-01-02T03:04:05Z"}', "v1.2.3"),
-    (b'{"Version":"v0.0.0-20240102030405-abcdefabcdef"}', "v0.0.0-20240102030405-abcdefabcdef"),
-])
+@pytest.mark.parametrize(
+    ("body", "version"),
+    [
+        (b'{"Version":"v1.2.3","Time":"2024-01-02T03:04:05Z"}', "v1.2.3"),
+        (b'{"Version":"v0.0.0-20240102030405-abcdefabcdef"}', "v0.0.0-20240102030405-abcdefabcdef"),
+    ],
+)
 def test_query_answers_name_a_canonical_version(body: bytes, version: str) -> None:
     assert verify.resolved_version(Q, body) == version
 
 
-@pytest.mark.parametrize("body", [
-    b"", b"not json", b"[]", b'{"Version":"master"}', b'{"Version":"v1.2"}', b'{"Version":"v2.0.0"}',
-    b'{"Version":"v1.2.3","Time":"yesterday"}', json.dumps({"Version": 5}).encode(),
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"not json",
+        b"[]",
+        b'{"Version":"master"}',
+        b'{"Version":"v1.2"}',
+        b'{"Version":"v2.0.0"}',
+        b'{"Version":"v1.2.3","Time":"yesterday"}',
+        json.dumps({"Version": 5}).encode(),
+    ],
+)
 def test_query_answers_that_are_upstream_failures(body: bytes) -> None:
     with pytest.raises(IntegrityError):
         verify.resolved_version(Q, body)
 
 
-@pytest.mark.parametrize("body", [
-    b"module example.com/other\n",  # a fork, a renamed module: the go command decides
-    b"go 1.21\n",  # no module directive: ParseLax takes it, and so does the go command
-    b"module example.com/m\n\nrequire example.com/x v1.0.0\n",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"module example.com/other\n",  # a fork, a renamed module: the go command decides
+        b"go 1.21\n",  # no module directive: ParseLax takes it, and so does the go command
+        b"module example.com/m\n\nrequire example.com/x v1.0.0\n",
+    ],
+)
 def test_mod_files_go_would_read_are_taken(body: bytes) -> None:
     assert verify.check_mod(ModRequest("example.com/m", "v1.0.0", "mod"), body) == body
 

@@ -61,8 +61,10 @@ def module_versions(draw: st.DrawFn) -> tuple[str, str]:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(module_versions(), st.sampled_from(["zip", "mod", "both"])), max_size=12),
-       st.randoms(use_true_random=False))
+@given(
+    st.lists(st.tuples(module_versions(), st.sampled_from(["zip", "mod", "both"])), max_size=12),
+    st.randoms(use_true_random=False),
+)
 def test_gosum_parses_exactly_what_is_listed(  # type: ignore[no-untyped-def]
     entries: list[tuple[tuple[str, str], str]], rnd
 ) -> None:
@@ -135,7 +137,10 @@ def test_list_formats() -> None:
         "rsc.io/quote@master\n"
     )
     assert [(t.module, t.version) for t in targets] == [
-        ("rsc.io/quote", "v1.5.2"), ("golang.org/x/text", "v0.3.0"), ("rsc.io/sampler", "v1.3.0")]
+        ("rsc.io/quote", "v1.5.2"),
+        ("golang.org/x/text", "v0.3.0"),
+        ("rsc.io/sampler", "v1.3.0"),
+    ]
     assert [e.origin for e in errors] == ["list:5", "list:6"]
 
 
@@ -146,7 +151,7 @@ def test_gomod_replace_rules() -> None:
         "\texample.com/local v1.0.0\n"
         "\texample.com/moved v1.0.0\n"
         "\texample.com/moved v1.1.0\n"
-        "\t\"example.com/quoted\" v1.2.0\n"
+        '\t"example.com/quoted" v1.2.0\n'
         ")\n"
         "require example.com/pinned v0.1.0 // indirect\n"
         "replace example.com/local => ../local\n"
@@ -156,8 +161,11 @@ def test_gomod_replace_rules() -> None:
     )
     targets, errors = apply_replaces(mf, "go.mod")
     assert sorted((t.module, t.version) for t in targets) == [
-        ("example.com/exact", "v2.0.0+incompatible"), ("example.com/fork", "v1.9.0"),
-        ("example.com/pinned", "v0.1.0"), ("example.com/quoted", "v1.2.0")]
+        ("example.com/exact", "v2.0.0+incompatible"),
+        ("example.com/fork", "v1.9.0"),
+        ("example.com/pinned", "v0.1.0"),
+        ("example.com/quoted", "v1.2.0"),
+    ]
     assert len(errors) == 1 and "must be a directory path" in errors[0].message
 
 
@@ -167,13 +175,18 @@ def test_gowork_uses_modules_and_overrides_replaces(tmp_path: Path) -> None:
     (tmp_path / "a" / "go.mod").write_text(
         "module example.com/a\nrequire (\n\texample.com/b v0.0.0-00010101000000-000000000000\n"
         "\trsc.io/quote v1.5.2\n\texample.com/dep v1.0.0\n)\n"
-        "replace example.com/dep => example.com/dep v1.0.1\n")
+        "replace example.com/dep => example.com/dep v1.0.1\n"
+    )
     (tmp_path / "b" / "go.mod").write_text("module example.com/b\nrequire golang.org/x/text v0.3.0\n")
     (tmp_path / "go.work").write_text(
-        "go 1.22\n\nuse (\n\t./a\n\t./b\n)\nuse ./missing\n\nreplace example.com/dep => example.com/dep v1.0.2\n")
+        "go 1.22\n\nuse (\n\t./a\n\t./b\n)\nuse ./missing\n\nreplace example.com/dep => example.com/dep v1.0.2\n"
+    )
     targets, errors = load_inputs([str(tmp_path / "go.work")])
     assert sorted((t.module, t.version) for t in targets) == [
-        ("example.com/dep", "v1.0.2"), ("golang.org/x/text", "v0.3.0"), ("rsc.io/quote", "v1.5.2")]
+        ("example.com/dep", "v1.0.2"),
+        ("golang.org/x/text", "v0.3.0"),
+        ("rsc.io/quote", "v1.5.2"),
+    ]
     assert len(errors) == 1 and "missing" in errors[0].message
 
 
@@ -216,8 +229,9 @@ class SlowFetcher:
 async def test_concurrency_is_bounded() -> None:
     f = SlowFetcher()
     done: list[str] = []
-    results = await warm(f, [Target("a.com/m", f"v1.0.{i}") for i in range(20)], jobs=3,
-                         on_done=lambda r: done.append(r.version))
+    results = await warm(
+        f, [Target("a.com/m", f"v1.0.{i}") for i in range(20)], jobs=3, on_done=lambda r: done.append(r.version)
+    )
     assert f.peak == 3 and len(done) == 20
     assert [r.version for r in results] == [f"v1.0.{i}" for i in range(20)]  # input order
     assert all(r.status == "fetched" and r.bytes == 3 for r in results)
@@ -271,13 +285,22 @@ async def test_warm_gosum_over_http_fetches_exactly_the_listed_versions_once(  #
         assert errors == []
         results = await warm_node(node.url, targets, jobs=4)
         assert {(r.module, r.version): r.status for r in results} == {
-            ("example.com/a", "v1.0.0"): "fetched", ("example.com/a", "v1.2.0"): "fetched",
-            ("example.com/b", "v0.1.0"): "fetched"}
-        assert _files(up) == sorted([
-            "/example.com/a/@v/v1.0.0.info", "/example.com/a/@v/v1.0.0.mod", "/example.com/a/@v/v1.0.0.zip",
-            "/example.com/a/@v/v1.2.0.info", "/example.com/a/@v/v1.2.0.mod", "/example.com/a/@v/v1.2.0.zip",
-            "/example.com/b/@v/v0.1.0.info", "/example.com/b/@v/v0.1.0.mod",  # a /go.mod-only line: no zip
-        ])
+            ("example.com/a", "v1.0.0"): "fetched",
+            ("example.com/a", "v1.2.0"): "fetched",
+            ("example.com/b", "v0.1.0"): "fetched",
+        }
+        assert _files(up) == sorted(
+            [
+                "/example.com/a/@v/v1.0.0.info",
+                "/example.com/a/@v/v1.0.0.mod",
+                "/example.com/a/@v/v1.0.0.zip",
+                "/example.com/a/@v/v1.2.0.info",
+                "/example.com/a/@v/v1.2.0.mod",
+                "/example.com/a/@v/v1.2.0.zip",
+                "/example.com/b/@v/v0.1.0.info",
+                "/example.com/b/@v/v0.1.0.mod",  # a /go.mod-only line: no zip
+            ]
+        )
         for r in results:
             assert r.sumdb.keys() == {DB} and r.reason is None
         await node.sumdbs.dbs[0].idle()
@@ -326,8 +349,9 @@ async def test_warm_data_dir_beside_a_running_node_then_go_offline(  # type: ign
         await db.stop()
         offline = await make_node(up.url, data=data, sumdb=spec, offline=True)
         env = go_env(tmp_path / "go", offline.url, gosumdb=db.vkey)
-        res = await run_go(["mod", "download", "-json", "example.com/a@v1.0.0", "example.com/big@v1.0.0"],
-                           env, cwd=tmp_path)
+        res = await run_go(
+            ["mod", "download", "-json", "example.com/a@v1.0.0", "example.com/big@v1.0.0"], env, cwd=tmp_path
+        )
         got = {f"{o['Path']}@{o['Version']}": o for o in decode_stream(res.check().stdout)}
         assert got.keys() == {"example.com/a@v1.0.0", "example.com/big@v1.0.0"}
         assert all("Error" not in o and o["Sum"].startswith("h1:") for o in got.values()), got
@@ -353,8 +377,17 @@ async def test_failures_hash_mismatch_and_cli_exit_code(  # type: ignore[no-unty
         "example.com/bad v1 h1:x=\n"
     )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "node.cli", "warm", "--node", node.url, "--json", str(gosum),
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "node.cli",
+        "warm",
+        "--node",
+        node.url,
+        "--json",
+        str(gosum),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     out, err = await proc.communicate()
@@ -385,7 +418,6 @@ async def test_unreachable_node_is_a_usage_error(tmp_path: Path) -> None:
         await warm_node("http://127.0.0.1:9", [Target("a.com/m", "v1.0.0")])
 
 
-
 async def test_credentials_and_rate_limits(  # type: ignore[no-untyped-def]
     fake_proxy, make_node, tmp_path: Path
 ) -> None:
@@ -402,6 +434,10 @@ async def test_credentials_and_rate_limits(  # type: ignore[no-untyped-def]
     assert all(r.status == "failed" and "401" in (r.reason or "") for r in denied)
     results = await warm_node(node.url, targets, jobs=8, token="s3cret")
     assert [r.status for r in results] == ["fetched"] * 3, [r.reason for r in results]
-    limited = sum(s.value for m in node.metrics.requests.collect() for s in m.samples
-                  if s.name.endswith("_total") and s.labels["status"] == "429")
+    limited = sum(
+        s.value
+        for m in node.metrics.requests.collect()
+        for s in m.samples
+        if s.name.endswith("_total") and s.labels["status"] == "429"
+    )
     assert limited > 0  # the node did push back, and warm waited

@@ -42,8 +42,17 @@ __all__ = ["Fault", "FaultKind", "FakeProxy", "ModuleSet", "Reply", "VersionFile
 VersionFiles = tuple[bytes | None, bytes | None, bytes | None]
 ModuleSet = Mapping[str, Mapping[str, VersionFiles]]
 FaultKind = Literal[
-    "status", "empty_200", "reset_mid_body", "truncate", "wrong_body", "hang", "delay", "slow_body",
-    "chunked", "chunked_cut", "chunked_short",
+    "status",
+    "empty_200",
+    "reset_mid_body",
+    "truncate",
+    "wrong_body",
+    "hang",
+    "delay",
+    "slow_body",
+    "chunked",
+    "chunked_cut",
+    "chunked_short",
 ]
 
 _TEXT = "text/plain; charset=utf-8"
@@ -191,9 +200,7 @@ class FakeProxy:
         """Serve every corpus version (servable and broken) with the zip tests/corpus.py builds."""
         return cls(modules_from_corpus(corpus, workdir), host=host, port=port)
 
-    def add_module(
-        self, path: str, version: str, info: bytes | None, mod: bytes | None, zip: bytes | None
-    ) -> None:
+    def add_module(self, path: str, version: str, info: bytes | None, mod: bytes | None, zip: bytes | None) -> None:
         """Add or replace one version at runtime (e.g. a big synthetic zip)."""
         self.modules.setdefault(path, {})[version] = (info, mod, zip)
 
@@ -516,7 +523,9 @@ async def _chunked(
     return resp
 
 
-def modules_from_corpus(corpus: Iterable[CorpusVersion], workdir: Path | None = None) -> dict[str, dict[str, VersionFiles]]:
+def modules_from_corpus(
+    corpus: Iterable[CorpusVersion], workdir: Path | None = None
+) -> dict[str, dict[str, VersionFiles]]:
     """path -> version -> (info, mod, zip) for every corpus version."""
     modules: dict[str, dict[str, VersionFiles]] = {}
     for cv in corpus:

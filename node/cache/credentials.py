@@ -46,9 +46,7 @@ def route_credentials(route: Route) -> Callable[[str], Mapping[str, str]] | None
         raise ConfigError(f"route {route.pattern!r}: basic auth must be 'user:password'")
     for entry in parse_goproxy(route.upstream):
         if entry.target not in (OFF, DIRECT) and not _safe_for_credentials(entry.target):
-            raise ConfigError(
-                f"route {route.pattern!r}: refusing to send credentials to insecure URL {entry.target}"
-            )
+            raise ConfigError(f"route {route.pattern!r}: refusing to send credentials to insecure URL {entry.target}")
     value = f"Bearer {token}" if token else "Basic " + base64.b64encode(str(basic).encode()).decode()
     headers = {"Authorization": value}
     return lambda path: headers

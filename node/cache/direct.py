@@ -29,8 +29,15 @@ T = TypeVar("T")
 
 CHUNK = 256 * 1024
 #: Phrases in go's errors that mean "no such module or version" rather than a failure.
-_NOT_FOUND = ("not found", "unknown revision", "no matching versions", "invalid version",
-              "does not contain package", "repository not found", "no secure protocol found")
+_NOT_FOUND = (
+    "not found",
+    "unknown revision",
+    "no matching versions",
+    "invalid version",
+    "does not contain package",
+    "repository not found",
+    "no secure protocol found",
+)
 
 
 class _Content:
@@ -93,8 +100,7 @@ class Direct:
         req = parse_request("/" + path)
         if self.go is None or shutil.which("git") is None:
             raise UpstreamError(
-                "direct fetch needs the go command and git on the node; install them or route "
-                f"{req.module} to a proxy"
+                f"direct fetch needs the go command and git on the node; install them or route {req.module} to a proxy"
             )
         async with self._sem:
             if req.kind == "list":
@@ -115,20 +121,35 @@ class Direct:
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({
-            "GOPROXY": "direct", "GOSUMDB": "off", "GONOSUMDB": "*", "GOPRIVATE": "*",
-            "GOFLAGS": "-modcacherw", "GOTOOLCHAIN": "local", "GOWORK": "off", "GO111MODULE": "on",
-            "GOPATH": str(self.workdir / "gopath"), "GOMODCACHE": str(self.workdir / "modcache"),
-            "GOCACHE": str(self.workdir / "gocache"), "GIT_TERMINAL_PROMPT": "0",
-        })
+        env.update(
+            {
+                "GOPROXY": "direct",
+                "GOSUMDB": "off",
+                "GONOSUMDB": "*",
+                "GOPRIVATE": "*",
+                "GOFLAGS": "-modcacherw",
+                "GOTOOLCHAIN": "local",
+                "GOWORK": "off",
+                "GO111MODULE": "on",
+                "GOPATH": str(self.workdir / "gopath"),
+                "GOMODCACHE": str(self.workdir / "modcache"),
+                "GOCACHE": str(self.workdir / "gocache"),
+                "GIT_TERMINAL_PROMPT": "0",
+            }
+        )
         return env
 
     async def _go(self, args: list[str]) -> dict[str, Any]:
         assert self.go is not None
         (self.workdir / "run").mkdir(parents=True, exist_ok=True)
         proc = await asyncio.create_subprocess_exec(
-            self.go, *args, cwd=self.workdir / "run", env=self._env(),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+            self.go,
+            *args,
+            cwd=self.workdir / "run",
+            env=self._env(),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
         )
         try:
             stdout, stderr = await asyncio.wait_for(proc.communicate(), self.timeout)

@@ -185,9 +185,7 @@ class Index:
         return got
 
     async def delete(self, module: str, version: str, kind: str) -> None:
-        await self.db.execute(
-            "DELETE FROM entries WHERE module=? AND version=? AND kind=?", (module, version, kind)
-        )
+        await self.db.execute("DELETE FROM entries WHERE module=? AND version=? AND kind=?", (module, version, kind))
         await self.db.commit()
 
     async def changes_since(self, serial: int, limit: int = 1000, verified_only: bool = False) -> list[Entry]:
@@ -276,8 +274,7 @@ class Index:
         """(version, sha256 of its .info or None) for every version of `module` the store
         holds a file of."""
         async with self.db.execute(
-            "SELECT version, MAX(CASE WHEN kind='info' THEN sha256 END) FROM entries WHERE module=?"
-            " GROUP BY version",
+            "SELECT version, MAX(CASE WHEN kind='info' THEN sha256 END) FROM entries WHERE module=? GROUP BY version",
             (module,),
         ) as cur:
             return [(str(v), s) for v, s in await cur.fetchall()]
@@ -346,9 +343,7 @@ class Index:
             return [(str(p), float(t)) for p, t in await cur.fetchall()]
 
     async def add_pin(self, pattern: str, now: float) -> bool:
-        cur = await self.db.execute(
-            "INSERT INTO pins VALUES (?, ?) ON CONFLICT (pattern) DO NOTHING", (pattern, now)
-        )
+        cur = await self.db.execute("INSERT INTO pins VALUES (?, ?) ON CONFLICT (pattern) DO NOTHING", (pattern, now))
         await self.db.commit()
         return bool(cur.rowcount)
 

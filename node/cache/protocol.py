@@ -132,9 +132,7 @@ def _version(module: str, escaped: str) -> str:
     except ValueError as e:
         raise InvalidRequest(f"invalid version escaping: {e}") from None
     if not semver.is_valid(version) or modpath.canonical_version(version) != version:
-        raise NotFound(
-            f"{module}@{_clip(version)}: not a canonical version; this proxy serves canonical versions only"
-        )
+        raise NotFound(f"{module}@{_clip(version)}: not a canonical version; this proxy serves canonical versions only")
     try:
         modpath.check(module, version)
     except ValueError as e:

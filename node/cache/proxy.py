@@ -192,9 +192,7 @@ class ModuleProxy:
         threshold = self.settings.stream_threshold
         transfer: Transfer | None = Transfer(dl)  # claimed now: the bytes outlive the download for us
         try:
-            await dl.wait_until(
-                lambda: dl.written >= threshold and (dl.expected is None or dl.expected > threshold)
-            )
+            await dl.wait_until(lambda: dl.written >= threshold and (dl.expected is None or dl.expected > threshold))
             if dl.finished:
                 entry = dl.result.result()  # raises the flight's error, if any
                 if dl.stored:
@@ -289,8 +287,13 @@ class ModuleProxy:
         it through to clients warns once (not once per client)."""
         self.store.status.refused(cause, f"{req.module}@{req.version}", self.clock())
         if passing:
-            log.warning("store cannot take %s %s .%s (%s): passing it through uncached",
-                        req.module, req.version, req.kind, cause)
+            log.warning(
+                "store cannot take %s %s .%s (%s): passing it through uncached",
+                req.module,
+                req.version,
+                req.kind,
+                cause,
+            )
 
     async def _download(self, dl: Download) -> None:
         req = dl.req
@@ -347,8 +350,17 @@ class ModuleProxy:
         if refusal is not None:
             spool.refuse(refusal)
         blob = await spool.commit()
-        entry = Entry(req.module, req.version, req.kind, spool.sha256, spool.size, h1, origin, self.clock(),
-                      unverified=not verified)
+        entry = Entry(
+            req.module,
+            req.version,
+            req.kind,
+            spool.sha256,
+            spool.size,
+            h1,
+            origin,
+            self.clock(),
+            unverified=not verified,
+        )
         if blob is None:
             dl.stored = False
             return entry
@@ -389,9 +401,7 @@ class ModuleProxy:
         for cand in peers.peers_for(req):
             peer = cand.upstream
             try:
-                h1 = await peer.fetch(
-                    req.upstream_path, functools.partial(consume, dl, peer), small=req.kind != "zip"
-                )
+                h1 = await peer.fetch(req.upstream_path, functools.partial(consume, dl, peer), small=req.kind != "zip")
                 if (cand.sha256 and cand.sha256 != dl.spool.sha256) or (cand.h1 and h1 and cand.h1 != h1):
                     raise IntegrityError(
                         f"peer {peer.name} sent bytes for {req.key} that differ from what it advertised"
@@ -542,9 +552,7 @@ class ModuleProxy:
             raise
         return MetaAnswer(fresh.body, "miss" if cached is None else "revalidated", 0.0, fresh.source)
 
-    async def admit_meta(
-        self, req: ModRequest, origin: str, body: bytes, fetched_at: float
-    ) -> tuple[MetaEntry, bool]:
+    async def admit_meta(self, req: ModRequest, origin: str, body: bytes, fetched_at: float) -> tuple[MetaEntry, bool]:
         """Take an `@v/list` / `@latest` answer from an import, vetted like an upstream's
         (IntegrityError), keeping its original fetch time. The newer answer wins: returns
         (entry kept, True) if this one was stored, (current entry, False) if not."""
@@ -735,4 +743,3 @@ async def _read_bounded(resp: aiohttp.ClientResponse, limit: int, req: ModReques
             raise IntegrityError(f"upstream {req.kind} answer for {req.key} is too large")
         chunks.append(chunk)
     return b"".join(chunks)
-

@@ -39,8 +39,15 @@ BATCH = 500
 
 
 class Reverifier:
-    def __init__(self, index: Index, sumdbs: ChecksumDatabases, proxy: ModuleProxy, store: BlobStore,
-                 hooks: Hooks, registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        index: Index,
+        sumdbs: ChecksumDatabases,
+        proxy: ModuleProxy,
+        store: BlobStore,
+        hooks: Hooks,
+        registry: CollectorRegistry,
+    ) -> None:
         self.index = index
         self.sumdbs = sumdbs
         self.proxy = proxy
@@ -50,10 +57,14 @@ class Reverifier:
         self.pending = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._m_pending = Gauge("modmesh_unverified_files", "Cached .zip/.mod files the checksum "
-                                "database has not confirmed yet", registry=registry)
-        self._m_results = Counter("modmesh_reverified", "Unverified files checked again, by result",
-                                  ["result"], registry=registry)
+        self._m_pending = Gauge(
+            "modmesh_unverified_files",
+            "Cached .zip/.mod files the checksum database has not confirmed yet",
+            registry=registry,
+        )
+        self._m_results = Counter(
+            "modmesh_reverified", "Unverified files checked again, by result", ["result"], registry=registry
+        )
 
     async def start(self) -> None:
         self.pending = await self.index.count_unverified()
@@ -126,8 +137,13 @@ class Reverifier:
         self.proxy.forget(ModRequest(e.module, e.version, _kind(e.kind)).key, e.sha256)
         if not await self.index.is_referenced(e.sha256):
             self.store.remove(e.sha256)
-        log.error("deleted %s@%s .%s from the store: its h1 %s is not the checksum database's",
-                  e.module, e.version, e.kind, e.h1)
+        log.error(
+            "deleted %s@%s .%s from the store: its h1 %s is not the checksum database's",
+            e.module,
+            e.version,
+            e.kind,
+            e.h1,
+        )
 
 
 def _kind(kind: str) -> Kind:

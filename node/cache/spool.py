@@ -237,8 +237,6 @@ class Spool:
         return f"<Spool {self.size} bytes in {where}, passthrough={self.passthrough!r}>"
 
 
-
-
 class _MemoryFile(io.RawIOBase):
     """A read-only, seekable file over a bytearray, without copying it."""
 

@@ -75,8 +75,7 @@ GRACE = 15 * 60.0
 # ---- policy (pure) -------------------------------------------------------------
 
 
-def score(hits: int, last_access: float, size: int, pinned: bool, now: float,
-          half_life: float = HALF_LIFE) -> float:
+def score(hits: int, last_access: float, size: int, pinned: bool, now: float, half_life: float = HALF_LIFE) -> float:
     """How much the site would miss a file; the lowest score is evicted first.
 
     Popularity grows with the log of the hit count (a burst of a thousand
@@ -110,8 +109,9 @@ class EvictionPlan:
     used_after: int
 
 
-def candidates(rows: Iterable[Usage], is_pinned: Callable[[str], bool], now: float,
-               half_life: float = HALF_LIFE) -> list[BlobCandidate]:
+def candidates(
+    rows: Iterable[Usage], is_pinned: Callable[[str], bool], now: float, half_life: float = HALF_LIFE
+) -> list[BlobCandidate]:
     """Group rows by blob. A blob is worth as much as its most valuable row, so a
     cold version never takes away a `.mod` body a hot (or pinned) one shares."""
     groups: dict[str, list[Usage]] = defaultdict(list)
@@ -217,8 +217,15 @@ class StorageManager:
     may start an eviction pass, which must not wait for verify to finish.
     """
 
-    def __init__(self, store: BlobStore, index: Index, proxy: ModuleProxy, metrics: Metrics,
-                 max_size: int | None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: BlobStore,
+        index: Index,
+        proxy: ModuleProxy,
+        metrics: Metrics,
+        max_size: int | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
         self.index = index
         self.proxy = proxy
@@ -373,10 +380,19 @@ class StorageManager:
             self._m_bytes.inc(freed)
             if plan.used_after > self.max_size:
                 report.pinned_over_cap = self._saturated = True
-                log.warning("pinned modules alone take %d bytes, over max_size %d: nothing else is kept",
-                            plan.used_after, self.max_size)
-            log.info("evicted %d files (%d bytes): store %d -> %d bytes of max %d",
-                     report.evicted_files, freed, used, report.used_after, self.max_size)
+                log.warning(
+                    "pinned modules alone take %d bytes, over max_size %d: nothing else is kept",
+                    plan.used_after,
+                    self.max_size,
+                )
+            log.info(
+                "evicted %d files (%d bytes): store %d -> %d bytes of max %d",
+                report.evicted_files,
+                freed,
+                used,
+                report.used_after,
+                self.max_size,
+            )
             return report
 
     async def _remove(self, victims: Sequence[BlobCandidate], started: float) -> int:
@@ -418,8 +434,12 @@ class StorageManager:
             referenced: dict[str, list[Usage]] = defaultdict(list)
             for r in await self.index.usage():
                 referenced[r.sha256].append(r)
-            dangling = [(r.module, r.version, r.kind) for sha, rs in referenced.items()
-                        if not self.store.path_for(sha).is_file() for r in rs]
+            dangling = [
+                (r.module, r.version, r.kind)
+                for sha, rs in referenced.items()
+                if not self.store.path_for(sha).is_file()
+                for r in rs
+            ]
             if dangling:
                 await self.index.delete_entries(dangling)
                 for m, v, k in dangling:
@@ -561,6 +581,7 @@ def _problem(e: Entry, reason: str) -> Problem:
 
 async def _check_blob(path: Path, sha256: str) -> tuple[str | None, int]:
     """(None, size) for a whole blob, else (reason, bytes read)."""
+
     def digest() -> tuple[str, int]:
         with open(path, "rb") as f:
             return hashlib.file_digest(f, "sha256").hexdigest(), os.fstat(f.fileno()).st_size

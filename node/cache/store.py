@@ -235,6 +235,7 @@ def _storage_error(e: OSError) -> Exception:
     if e.errno == errno.ENOSPC:
         return StorageFull("node storage is full; the file was not cached", cause="disk full (ENOSPC)")
     if e.errno == errno.EDQUOT:
-        return StorageFull("node storage quota is exceeded; the file was not cached",
-                           cause="disk quota exceeded (EDQUOT)")
+        return StorageFull(
+            "node storage quota is exceeded; the file was not cached", cause="disk quota exceeded (EDQUOT)"
+        )
     return e

@@ -189,9 +189,7 @@ class Upstream:
         """GET base/path and hand a 200 response to `consume`; map every failure
         (including those raised while `consume` reads the body) to our error tree."""
         if not self.breaker.allow():
-            raise UpstreamError(
-                f"the upstream is failing; not retried for another {self.breaker.retry_in():.0f}s"
-            )
+            raise UpstreamError(f"the upstream is failing; not retried for another {self.breaker.retry_in():.0f}s")
         url = f"{self.base}/{path}"
         to = self.timeouts
         timeout = aiohttp.ClientTimeout(
@@ -241,9 +239,7 @@ class Upstream:
         if self.breaker.failure():
             self.metrics.breaker_open.labels(self.name).set(1)
             # Logged at state changes only, not once per request.
-            log.warning(
-                "upstream %s failing (%s); circuit open for %.0fs", self.name, err, self.breaker.reset_after
-            )
+            log.warning("upstream %s failing (%s); circuit open for %.0fs", self.name, err, self.breaker.reset_after)
 
     async def _status_error(self, resp: aiohttp.ClientResponse, path: str) -> ModmeshError:
         text = mask_address(await _error_text(resp), self.base)
@@ -369,8 +365,12 @@ class UpstreamChain:
 
 
 def build_chain(
-    value: str, session: aiohttp.ClientSession, timeouts: Timeouts, metrics: Metrics,
-    breaker_threshold: int, breaker_reset: float,
+    value: str,
+    session: aiohttp.ClientSession,
+    timeouts: Timeouts,
+    metrics: Metrics,
+    breaker_threshold: int,
+    breaker_reset: float,
     direct: Source | None = None,
     headers: Callable[[str], Mapping[str, str]] | None = None,
 ) -> UpstreamChain:
@@ -386,8 +386,13 @@ def build_chain(
         else:
             entries.append(
                 Upstream(
-                    e.target, session, timeouts, metrics, e.fallthrough_on_error,
-                    CircuitBreaker(breaker_threshold, breaker_reset), headers=headers,
+                    e.target,
+                    session,
+                    timeouts,
+                    metrics,
+                    e.fallthrough_on_error,
+                    CircuitBreaker(breaker_threshold, breaker_reset),
+                    headers=headers,
                 )
             )
     return UpstreamChain(entries)

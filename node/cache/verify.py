@@ -24,9 +24,7 @@ def check_info(req: ModRequest, body: bytes) -> bytes:
     obj = _json_object(req, body)
     got = obj.get("Version")
     if got != req.version:
-        raise IntegrityError(
-            f"upstream .info for {req.module}@{req.version} names version {str(got)[:80]!r}"
-        )
+        raise IntegrityError(f"upstream .info for {req.module}@{req.version} names version {str(got)[:80]!r}")
     _check_time(req, obj)
     return body
 

@@ -224,7 +224,14 @@ def _directives(stmts: list[_Line | _Block]) -> Iterator[tuple[str, list[str], i
         if isinstance(st, _Line):
             yield st.tokens[0], st.tokens[1:], st.line
         elif len(st.tokens) == 1 and st.tokens[0] in (
-            "module", "godebug", "require", "exclude", "replace", "retract", "tool", "ignore",
+            "module",
+            "godebug",
+            "require",
+            "exclude",
+            "replace",
+            "retract",
+            "tool",
+            "ignore",
         ):
             for ln in st.lines:
                 yield st.tokens[0], ln.tokens, ln.line

@@ -53,9 +53,7 @@ class InvalidPathError(ValueError):
     `path` the string as passed in (for unescape_path: the escaped form).
     """
 
-    def __init__(
-        self, path: str, reason: str, kind: PathKind = "module", message: str | None = None
-    ) -> None:
+    def __init__(self, path: str, reason: str, kind: PathKind = "module", message: str | None = None) -> None:
         self.path = path
         self.reason = reason
         self.kind: PathKind = kind
@@ -184,9 +182,7 @@ _FILE_ASCII_OK = frozenset(_ALNUM + "!#$%&()+,-.=@[]^_{}~ ")
 # Reserved on Windows whatever follows the first dot and in any case. Only ASCII letters
 # case-fold to these letters (Kelvin K and long s fold to k and s, used by no name), so an
 # ASCII upper() matches Go's strings.EqualFold.
-_BAD_WINDOWS_NAMES = frozenset(
-    ["CON", "PRN", "AUX", "NUL"] + [f"{p}{d}" for p in ("COM", "LPT") for d in "123456789"]
-)
+_BAD_WINDOWS_NAMES = frozenset(["CON", "PRN", "AUX", "NUL"] + [f"{p}{d}" for p in ("COM", "LPT") for d in "123456789"])
 
 
 def _file_char_ok(ch: str) -> bool:
@@ -358,9 +354,7 @@ def path_major_prefix(path_major: str) -> str:
         path_major = path_major.removesuffix("-unstable")
     m = path_major[1:]
     if m != semver.major(m):
-        raise ValueError(
-            f"pathMajor suffix {path_major} passed to PathMajorPrefix is not a valid major version"
-        )
+        raise ValueError(f"pathMajor suffix {path_major} passed to PathMajorPrefix is not a valid major version")
     return m
 
 
@@ -420,14 +414,10 @@ def unescape_path(escaped: str) -> str:
     """Inverse of escape_path; raises InvalidPathError for bad escaping or a bad path."""
     path = _unescape(escaped)
     if path is None:
-        raise InvalidPathError(
-            escaped, "invalid escaping", message=f"invalid escaped module path {_quote(escaped)}"
-        )
+        raise InvalidPathError(escaped, "invalid escaping", message=f"invalid escaped module path {_quote(escaped)}")
     if problem := _module_path_problem(path):
         inner = InvalidPathError(path, problem)
-        raise InvalidPathError(
-            escaped, problem, message=f"invalid escaped module path {_quote(escaped)}: {inner}"
-        )
+        raise InvalidPathError(escaped, problem, message=f"invalid escaped module path {_quote(escaped)}: {inner}")
     return path
 
 
@@ -447,13 +437,9 @@ def unescape_version(escaped: str) -> str:
     """Inverse of escape_version; raises InvalidVersionError."""
     v = _unescape(escaped)
     if v is None:
-        raise InvalidVersionError(
-            escaped, "invalid escaping", message=f"invalid escaped version {_quote(escaped)}"
-        )
+        raise InvalidVersionError(escaped, "invalid escaping", message=f"invalid escaped version {_quote(escaped)}")
     if problem := _elem_problem(v, "file"):
-        raise InvalidVersionError(
-            escaped, problem, message=f"invalid escaped version {_quote(v)}: {problem}"
-        )
+        raise InvalidVersionError(escaped, problem, message=f"invalid escaped version {_quote(v)}: {problem}")
     return v
 
 
@@ -523,16 +509,12 @@ def pseudo_version_base(v: str) -> str:
     pre = semver.prerelease(base)
     if not pre:
         if build:
-            raise InvalidVersionError(
-                v, f"lacks base version, but has build metadata {_quote(build)}", pseudo=True
-            )
+            raise InvalidVersionError(v, f"lacks base version, but has build metadata {_quote(build)}", pseudo=True)
         return ""
     if pre == "-0":
         release = base.removesuffix(pre)
         head, _, patch = release.rpartition(".")
         if not (prev := _dec_decimal(patch)):
-            raise InvalidVersionError(
-                v, f"version before {release} would have negative patch number", pseudo=True
-            )
+            raise InvalidVersionError(v, f"version before {release} would have negative patch number", pseudo=True)
         return f"{head}.{prev}{build}"
     return base.removesuffix(".0") + build

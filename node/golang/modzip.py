@@ -122,6 +122,7 @@ def h1_gomod(data: bytes) -> str:
 
 # --- names ---------------------------------------------------------------------
 
+
 def _clean(p: str) -> str:
     """Go's path.Clean."""
     rooted = p.startswith("/")
@@ -150,17 +151,28 @@ def _fold_ranges(*spec: tuple[int, int, int]) -> dict[str, str]:
 # the key stays consistent on a Python that knows some of them.
 # tests/test_modzip.py checks the whole fold against the real go command.
 _FOLD_EXTRA = _fold_ranges(
-    (0xA7CB, 0xA7CB, 0x0264), (0xA7DC, 0xA7DC, 0x019B),
-    (0xA7CC, 0xA7CC, 0xA7CD), (0xA7CD, 0xA7CD, 0xA7CD),
-    (0xA7CE, 0xA7CE, 0xA7CF), (0xA7CF, 0xA7CF, 0xA7CF),
-    (0xA7D2, 0xA7D2, 0xA7D3), (0xA7D3, 0xA7D3, 0xA7D3),
-    (0xA7D4, 0xA7D4, 0xA7D5), (0xA7D5, 0xA7D5, 0xA7D5),
-    (0xA7DA, 0xA7DA, 0xA7DB), (0xA7DB, 0xA7DB, 0xA7DB),
-    (0x1C89, 0x1C89, 0x1C8A), (0x1C8A, 0x1C8A, 0x1C8A),
-    (0x10D50, 0x10D65, 0x10D70), (0x10D70, 0x10D85, 0x10D70),
-    (0x16EA0, 0x16EB8, 0x16EBB), (0x16EBB, 0x16ED3, 0x16EBB),
-    (0xFB05, 0xFB05, 0xFB05), (0xFB06, 0xFB06, 0xFB05),
-    (0x1FD3, 0x1FD3, 0x0390), (0x1FE3, 0x1FE3, 0x03B0),
+    (0xA7CB, 0xA7CB, 0x0264),
+    (0xA7DC, 0xA7DC, 0x019B),
+    (0xA7CC, 0xA7CC, 0xA7CD),
+    (0xA7CD, 0xA7CD, 0xA7CD),
+    (0xA7CE, 0xA7CE, 0xA7CF),
+    (0xA7CF, 0xA7CF, 0xA7CF),
+    (0xA7D2, 0xA7D2, 0xA7D3),
+    (0xA7D3, 0xA7D3, 0xA7D3),
+    (0xA7D4, 0xA7D4, 0xA7D5),
+    (0xA7D5, 0xA7D5, 0xA7D5),
+    (0xA7DA, 0xA7DA, 0xA7DB),
+    (0xA7DB, 0xA7DB, 0xA7DB),
+    (0x1C89, 0x1C89, 0x1C8A),
+    (0x1C8A, 0x1C8A, 0x1C8A),
+    (0x10D50, 0x10D65, 0x10D70),
+    (0x10D70, 0x10D85, 0x10D70),
+    (0x16EA0, 0x16EB8, 0x16EBB),
+    (0x16EBB, 0x16ED3, 0x16EBB),
+    (0xFB05, 0xFB05, 0xFB05),
+    (0xFB06, 0xFB06, 0xFB05),
+    (0x1FD3, 0x1FD3, 0x0390),
+    (0x1FE3, 0x1FE3, 0x03B0),
 )
 
 
@@ -309,8 +321,25 @@ def _read_directory(f: IO[bytes], size: int) -> tuple[list[_Entry], int]:
     entries: list[_Entry] = []
     blocks = _Blocks(f, cd_off, cd_size)
     while not blocks.exhausted and len(entries) <= n:
-        (sig, _, _, flags, method, _, _, crc, csize, usize, name_len, extra_len, comment_len,
-         disk_start, _, _, offset) = _CENTRAL.unpack(blocks.take(_CENTRAL.size))
+        (
+            sig,
+            _,
+            _,
+            flags,
+            method,
+            _,
+            _,
+            crc,
+            csize,
+            usize,
+            name_len,
+            extra_len,
+            comment_len,
+            disk_start,
+            _,
+            _,
+            offset,
+        ) = _CENTRAL.unpack(blocks.take(_CENTRAL.size))
         if sig != _SIG_CENTRAL:
             raise _bad("bad central directory header")
         raw = blocks.take(name_len + extra_len + comment_len)
@@ -438,6 +467,7 @@ def h1_zip(path: str | os.PathLike[str]) -> str:
 
 
 # --- checking zips ----------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class CheckedZip:

@@ -9,6 +9,7 @@ from node.golang.modpath import _decode_rune, _go_bytes
 
 __all__ = ["match_prefix_patterns"]
 
+
 class _BadPattern(Exception):
     """path.ErrBadPattern."""
 

@@ -194,8 +194,6 @@ def sort_key(v: str) -> SortKey:
         minor=(len(p.minor), p.minor),
         patch=(len(p.patch), p.patch),
         release=not p.prerelease,
-        prerelease=tuple(_ident_key(i) for i in p.prerelease[1:].split("."))
-        if p.prerelease
-        else (),
+        prerelease=tuple(_ident_key(i) for i in p.prerelease[1:].split(".")) if p.prerelease else (),
         text=v,
     )

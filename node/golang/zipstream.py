@@ -36,6 +36,7 @@ __all__ = ["ZipStreamHasher"]
 
 _log = logging.getLogger(__name__)
 
+
 @dataclass(slots=True)
 class _Seen:
     """A local entry as the stream showed it: header fields and what we computed."""
@@ -244,8 +245,25 @@ class ZipStreamHasher:
     def _central_header(self) -> bool:
         if len(self._buf) < _CENTRAL.size:
             return False
-        (_, _, _, flags, method, _, _, crc, csize, usize, name_len, extra_len, comment_len,
-         disk_start, _, _, offset) = _CENTRAL.unpack_from(self._buf)
+        (
+            _,
+            _,
+            _,
+            flags,
+            method,
+            _,
+            _,
+            crc,
+            csize,
+            usize,
+            name_len,
+            extra_len,
+            comment_len,
+            disk_start,
+            _,
+            _,
+            offset,
+        ) = _CENTRAL.unpack_from(self._buf)
         end = _CENTRAL.size + name_len + extra_len + comment_len
         if len(self._buf) < end:
             return False

@@ -33,6 +33,7 @@ from node.golang.modzip import (
 
 __all__ = ["create_zip", "create_zip_from_files"]
 
+
 @dataclass(frozen=True, slots=True)
 class _Source:
     path: str  # slash-separated, relative to the module root
@@ -166,9 +167,7 @@ def _write(sources: list[_Source], module: str, version: str, out: IO[bytes]) ->
                 raise ZipError(f"file {src.path!r} is larger than declared size")
 
 
-def create_zip_from_files(
-    files: Iterable[tuple[str, bytes]], module: str, version: str, out: BinaryIO
-) -> None:
+def create_zip_from_files(files: Iterable[tuple[str, bytes]], module: str, version: str, out: BinaryIO) -> None:
     """x/mod/zip.Create over (slash-separated relative name, content) pairs."""
     _write([_Source(name, len(data), partial(io.BytesIO, data)) for name, data in files], module, version, out)
 

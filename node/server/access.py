@@ -131,12 +131,14 @@ class AccessPolicy:
                 wait = self.limiter.take(request.remote)
                 if wait > 0:
                     return web.Response(
-                        status=429, text="too many requests from this client; slow down\n\n",
+                        status=429,
+                        text="too many requests from this client; slow down\n\n",
                         headers={"Retry-After": str(max(1, round(wait))), "Cache-Control": "no-store"},
                     )
             if self.clients_need_auth and not self.client_ok(request):
                 return web.Response(
-                    status=401, text="this module proxy needs credentials (token or .netrc)\n\n",
+                    status=401,
+                    text="this module proxy needs credentials (token or .netrc)\n\n",
                     headers={"WWW-Authenticate": 'Basic realm="modmesh"', "Cache-Control": "no-store"},
                 )
             return await handler(request)

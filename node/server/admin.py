@@ -19,7 +19,12 @@ if TYPE_CHECKING:
     from node.service import Node
 
 PREFIX = "/_admin/"
-ADMIN_MODULES: list[str] = ["node.server.dashboard", "node.tools.doctor.report", "node.tools.storage", "node.tools.bundle.commands"]
+ADMIN_MODULES: list[str] = [
+    "node.server.dashboard",
+    "node.tools.doctor.report",
+    "node.tools.storage",
+    "node.tools.bundle.commands",
+]
 
 
 def add_admin_routes(app: web.Application, node: Node) -> None:

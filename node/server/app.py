@@ -77,7 +77,8 @@ def build_app(
     async def readyz(request: web.Request) -> web.Response:
         ok = ready()
         return web.Response(
-            status=200 if ok else 503, text="ready\n" if ok else "not ready\n",
+            status=200 if ok else 503,
+            text="ready\n" if ok else "not ready\n",
             headers={"Cache-Control": "no-store"},
         )
 
@@ -151,7 +152,8 @@ def error_response(request: web.Request, e: Exception) -> web.Response:
         return web.Response(status=e.status, text=f"{e.reason}\n\n", headers=headers)
     log.error("internal error on %s", request.path, exc_info=e)
     return web.Response(
-        status=500, text="internal error in the module proxy (logged)\n\n",
+        status=500,
+        text="internal error in the module proxy (logged)\n\n",
         headers={"Cache-Control": "no-store"},
     )
 
@@ -257,9 +259,13 @@ async def stream_transfer(
     with transfer:
         dl = transfer.dl
         request[CACHE] = "miss"
-        resp = web.StreamResponse(headers={
-            CACHE_HEADER: "miss", "Cache-Control": IMMUTABLE, "Content-Type": CONTENT_TYPES[dl.req.kind],
-        })
+        resp = web.StreamResponse(
+            headers={
+                CACHE_HEADER: "miss",
+                "Cache-Control": IMMUTABLE,
+                "Content-Type": CONTENT_TYPES[dl.req.kind],
+            }
+        )
         size = dl.written if dl.finished else dl.expected
         if size is not None:
             resp.content_length = size
@@ -316,9 +322,7 @@ async def sumdb_response(
         module, version = _lookup_target(endpoint[len("lookup/") :])
         assert sumdbs is not None
         if sumdbs.is_private(module):
-            raise NotFound(
-                f"{module} matches this node's private patterns; it is not sent to a checksum database"
-            )
+            raise NotFound(f"{module} matches this node's private patterns; it is not sent to a checksum database")
         body, cache = await db.lookup(module, version)
         headers = {"Cache-Control": "public, max-age=86400", CACHE_HEADER: cache}
     elif endpoint.startswith("tile/"):
@@ -358,8 +362,14 @@ class FastPathRunner(web.AppRunner):
     """Answers in-memory cache hits below aiohttp (node/fastpath.py); everything else
     goes to the application as usual. Only used while client access is open."""
 
-    def __init__(self, app: web.Application, proxy: ModuleProxy, recorder: RequestRecorder,
-                 write_idle: float = 60.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        proxy: ModuleProxy,
+        recorder: RequestRecorder,
+        write_idle: float = 60.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(app, **kwargs)
         self.proxy = proxy
         self.recorder = recorder
@@ -367,8 +377,13 @@ class FastPathRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         await super()._make_server()  # startup signals, freezing
-        return FastServer(self._answer, self.app._handle, request_factory=self.app._make_request,
-                          write_idle=self.write_idle, **self._kwargs)
+        return FastServer(
+            self._answer,
+            self.app._handle,
+            request_factory=self.app._make_request,
+            write_idle=self.write_idle,
+            **self._kwargs,
+        )
 
     def _answer(self, path: str) -> tuple[bytes, bytes, Callable[[float, str | None], None]] | None:
         try:
@@ -386,11 +401,17 @@ class FastPathRunner(web.AppRunner):
             body = hit.body
             fresh_for = max(0, int(self.proxy.settings.meta_ttl - hit.age))
             head = (
-                b"HTTP/1.1 200 OK\r\nContent-Type: " + CONTENT_TYPES[req.kind].encode()
-                + b"\r\nContent-Length: " + str(len(body)).encode()
-                + b"\r\nCache-Control: public, max-age=" + str(fresh_for).encode()
-                + b"\r\nAge: " + str(int(hit.age)).encode()
-                + b"\r\n" + CACHE_HEADER.encode() + b": hit\r\n"
+                b"HTTP/1.1 200 OK\r\nContent-Type: "
+                + CONTENT_TYPES[req.kind].encode()
+                + b"\r\nContent-Length: "
+                + str(len(body)).encode()
+                + b"\r\nCache-Control: public, max-age="
+                + str(fresh_for).encode()
+                + b"\r\nAge: "
+                + str(int(hit.age)).encode()
+                + b"\r\n"
+                + CACHE_HEADER.encode()
+                + b": hit\r\n"
             )
         record = self.recorder.record
         sent = len(body)
@@ -420,8 +441,17 @@ class RequestRecorder:
         self._counters: dict[tuple[str, int, str], tuple[Any, Any]] = {}
 
     def record(
-        self, method: str, path: str, status: int, kind: str, cache: str, upstream: str,
-        seconds: float, sent: int, remote: str | None, req: ModRequest | None,
+        self,
+        method: str,
+        path: str,
+        status: int,
+        kind: str,
+        cache: str,
+        upstream: str,
+        seconds: float,
+        sent: int,
+        remote: str | None,
+        req: ModRequest | None,
     ) -> None:
         key = (kind, status, cache)
         counters = self._counters.get(key)
@@ -435,8 +465,15 @@ class RequestRecorder:
         if not self.logger.isEnabledFor(logging.INFO):
             return
         fields: dict[str, object] = {
-            "method": method, "path": path, "status": status, "kind": kind, "cache": cache,
-            "upstream": upstream, "ms": round(seconds * 1000, 2), "bytes": sent, "remote": remote,
+            "method": method,
+            "path": path,
+            "status": status,
+            "kind": kind,
+            "cache": cache,
+            "upstream": upstream,
+            "ms": round(seconds * 1000, 2),
+            "bytes": sent,
+            "remote": remote,
         }
         if req is not None:
             fields["module"] = req.module
@@ -454,8 +491,16 @@ class AccessLogger(AbstractAccessLogger):
         req: ModRequest | None = request.get(REQ)
         kind = req.kind if req else request.get(KIND) or _endpoint_kind(request.path)
         self.recorder.record(
-            request.method, request.path, response.status, kind, request.get(CACHE, ""),
-            request.get(UPSTREAM, ""), time, _body_bytes(request, response), request.remote, req,
+            request.method,
+            request.path,
+            response.status,
+            kind,
+            request.get(CACHE, ""),
+            request.get(UPSTREAM, ""),
+            time,
+            _body_bytes(request, response),
+            request.remote,
+            req,
         )
 
 
@@ -471,4 +516,3 @@ def _body_bytes(request: BaseRequest, response: StreamResponse) -> int:
 
 def _endpoint_kind(path: str) -> str:
     return path.strip("/") if path in ("/healthz", "/readyz", "/metrics") else "other"
-

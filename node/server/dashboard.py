@@ -90,12 +90,14 @@ class ErrorLog(logging.Handler):
             if record.exc_info and record.exc_info[1] is not None:
                 exc = record.exc_info[1]
                 message += f": {type(exc).__name__}: {exc}"
-            self.records.append({
-                "t": record.created,
-                "level": record.levelname.lower(),
-                "logger": record.name,
-                "message": message[:500],
-            })
+            self.records.append(
+                {
+                    "t": record.created,
+                    "level": record.levelname.lower(),
+                    "logger": record.name,
+                    "message": message[:500],
+                }
+            )
         except Exception:
             self.handleError(record)
 
@@ -142,12 +144,14 @@ def series(samples: Iterable[Sample]) -> list[dict[str, Any]]:
     for s in samples:
         delta = {k: max(0, v - prev.get(k, 0)) for k, v in s.by_cache.items()}
         ratio = hit_ratio(delta)
-        out.append({
-            "t": s.t,
-            "requests": sum(delta.values()),
-            "hit_ratio": None if ratio is None else round(ratio, 4),
-            "store_bytes": s.store_bytes,
-        })
+        out.append(
+            {
+                "t": s.t,
+                "requests": sum(delta.values()),
+                "hit_ratio": None if ratio is None else round(ratio, 4),
+                "store_bytes": s.store_bytes,
+            }
+        )
         prev = s.by_cache
     return out
 
@@ -262,14 +266,18 @@ class Dashboard:
     async def page(self, request: web.Request) -> web.Response:
         # The CSP makes a log line that slipped into the DOM inert: no inline script runs.
         return web.Response(
-            body=self._page, content_type="text/html", charset="utf-8",
+            body=self._page,
+            content_type="text/html",
+            charset="utf-8",
             headers={"Cache-Control": "no-cache", "Content-Security-Policy": CSP},
         )
 
     async def asset(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         return web.Response(
-            body=self._assets[name], content_type=ASSETS[name], charset="utf-8",
+            body=self._assets[name],
+            content_type=ASSETS[name],
+            charset="utf-8",
             headers={"Cache-Control": "no-cache"},
         )
 
@@ -326,12 +334,14 @@ class Dashboard:
         out = []
         for u in ups:
             n = count.get(u["name"], 0.0)
-            out.append({
-                **u,
-                "requests": int(n),
-                "errors": errors.get(u["name"], 0),
-                "avg_latency_ms": round(1000 * total.get(u["name"], 0.0) / n, 1) if n else None,
-            })
+            out.append(
+                {
+                    **u,
+                    "requests": int(n),
+                    "errors": errors.get(u["name"], 0),
+                    "avg_latency_ms": round(1000 * total.get(u["name"], 0.0) / n, 1) if n else None,
+                }
+            )
         return out
 
     def _sumdbs(self, dbs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -46,8 +46,14 @@ class _Date:
 
 
 class FastConnection(asyncio.Protocol):
-    def __init__(self, answer: Answer, fallback: Callable[[], asyncio.Protocol], date: _Date,
-                 live: set[FastConnection], write_idle: float = 60.0) -> None:
+    def __init__(
+        self,
+        answer: Answer,
+        fallback: Callable[[], asyncio.Protocol],
+        date: _Date,
+        live: set[FastConnection],
+        write_idle: float = 60.0,
+    ) -> None:
         self._answer = answer
         self._fallback = fallback
         self._date = date

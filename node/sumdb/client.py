@@ -264,7 +264,9 @@ class SumDB:
             tree = tlog.parse_tree(note.open_note(signed, [self.verifier]).text)
         except note.NoteError as e:
             self.metrics.sumdb_errors.labels(self.name, "signature").inc()
-            raise SumDBError(f"checksum database {self.name}: tree head not signed by the configured key: {e}") from None
+            raise SumDBError(
+                f"checksum database {self.name}: tree head not signed by the configured key: {e}"
+            ) from None
         except tlog.TlogError as e:
             raise SumDBError(f"checksum database {self.name}: malformed tree head: {e}") from None
         async with self._tree_lock:
@@ -352,14 +354,18 @@ class SumDB:
         try:
             rid, text, signed = tlog.split_lookup(reply)
         except tlog.TlogError as e:
-            raise SumDBError(f"checksum database {self.name}: malformed lookup reply for {module}@{version}: {e}") from None
+            raise SumDBError(
+                f"checksum database {self.name}: malformed lookup reply for {module}@{version}: {e}"
+            ) from None
         tree = await self.accept(signed)
         if rid >= tree.n:
             raise SumDBError(f"checksum database {self.name}: record {rid} is outside its tree of size {tree.n}")
         try:
             leaf = await self.with_tiles(tree, lambda r: r.read_hashes([tlog.stored_hash_index(0, rid)])[0])
         except tlog.TlogError as e:
-            raise SumDBError(f"checksum database {self.name}: tiles for {module}@{version} do not verify: {e}") from None
+            raise SumDBError(
+                f"checksum database {self.name}: tiles for {module}@{version} do not verify: {e}"
+            ) from None
         if leaf != tlog.record_hash(text):
             self.metrics.sumdb_errors.labels(self.name, "record").inc()
             raise SumDBError(f"checksum database {self.name}: record for {module}@{version} is not the one in its log")
@@ -567,4 +573,3 @@ class ChecksumDatabases:
     @property
     def forked(self) -> bool:
         return any(db.fork for db in self.dbs)
-

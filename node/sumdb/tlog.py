@@ -499,4 +499,3 @@ def split_lookup(reply: bytes) -> tuple[int, bytes, bytes]:
     if not note:
         raise TlogError("lookup reply has no signed tree head")
     return id, text, note
-

@@ -29,7 +29,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import aiohttp
 from aiohttp import web
 
-from node.tools.target import UsageError, add_node_arguments, local_config, local_node, node_url, read_secret, setup_cli_logging
+from node.tools.target import (
+    UsageError,
+    add_node_arguments,
+    local_config,
+    local_node,
+    node_url,
+    read_secret,
+    setup_cli_logging,
+)
 from node.config import Config, ConfigError, parse_size
 from node.errors import InvalidRequest
 
@@ -108,9 +116,10 @@ async def _pattern(request: web.Request) -> str:
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "pin", help="keep modules through eviction",
+        "pin",
+        help="keep modules through eviction",
         description="Pin modules (GOPRIVATE-style patterns such as rsc.io/* or corp.example.com): "
-                    "eviction never removes them. Without arguments, list the pins.",
+        "eviction never removes them. Without arguments, list the pins.",
     )
     p.add_argument("patterns", nargs="*", metavar="PATTERN")
     p.add_argument("--list", action="store_true", help="list pins and what they hold")
@@ -119,20 +128,22 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run_pin)
 
     g = subparsers.add_parser(
-        "gc", help="delete orphan blobs, stale temp files and expired answers; enforce max_size",
+        "gc",
+        help="delete orphan blobs, stale temp files and expired answers; enforce max_size",
         description="Remove blobs no index row refers to and temp files (both after 15 minutes), "
-                    "rows whose blob is gone, expired list/latest answers of modules with nothing "
-                    "cached; then evict down to max_size if one is set.",
+        "rows whose blob is gone, expired list/latest answers of modules with nothing "
+        "cached; then evict down to max_size if one is set.",
     )
     _common(g)
     g.add_argument("--max-size", metavar="SIZE", help="with --data: the cap to enforce (e.g. 50GB)")
     g.set_defaults(func=run_gc)
 
     v = subparsers.add_parser(
-        "verify", help="re-hash every blob and repair bad ones",
+        "verify",
+        help="re-hash every blob and repair bad ones",
         description="Re-hash every blob against its name and the index's sha256, size and h1; "
-                    "refetch bad files from the mesh's peers or the upstreams. Exit status 1 "
-                    "when something could not be repaired.",
+        "refetch bad files from the mesh's peers or the upstreams. Exit status 1 "
+        "when something could not be repaired.",
     )
     _common(v)
     v.add_argument("--no-repair", action="store_true", help="only report")
@@ -141,8 +152,9 @@ def register(subparsers: Any) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     add_node_arguments(p)
-    p.add_argument("--admin-token-file", metavar="FILE", type=Path,
-                   help="with --node: the node's admin token, if it has one")
+    p.add_argument(
+        "--admin-token-file", metavar="FILE", type=Path, help="with --node: the node's admin token, if it has one"
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -179,8 +191,11 @@ def run_pin(args: argparse.Namespace) -> int:
     else:
         console = _console()
         for c in res["changed"]:
-            verb = ("removed" if c["removed"] else "was not pinned") if "removed" in c else \
-                   ("pinned" if c["added"] else "already pinned")
+            verb = (
+                ("removed" if c["removed"] else "was not pinned")
+                if "removed" in c
+                else ("pinned" if c["added"] else "already pinned")
+            )
             console.print(f"{c['pattern']}: {verb}", markup=False, highlight=False)
         _print_pins(console, res)
     return 1 if missing else 0
@@ -223,9 +238,10 @@ def run_gc(args: argparse.Namespace) -> int:
     console = _console()
     console.print(t)
     cap_text = _size(ev["max_size"]) if ev.get("max_size") else "no max_size"
-    console.print(f"store: {_size(ev.get('used_after', 0))} ({cap_text})"
-                  + (f"; {res['young_orphans']} recent unindexed blobs left for the next run"
-                     if res["young_orphans"] else ""))
+    console.print(
+        f"store: {_size(ev.get('used_after', 0))} ({cap_text})"
+        + (f"; {res['young_orphans']} recent unindexed blobs left for the next run" if res["young_orphans"] else "")
+    )
     if ev.get("pinned_over_cap"):
         console.print("[bold yellow]pinned modules alone exceed max_size[/]")
     return 0
@@ -249,17 +265,24 @@ def run_verify(args: argparse.Namespace) -> int:
         from rich.table import Table
 
         console = _console()
-        console.print(f"verified {res['blobs']} blobs ({_size(res['bytes'])}) for {res['files']} files; "
-                      f"{len(res['problems'])} bad, {res['repaired']} repaired, {res['unrepaired']} not repaired"
-                      + (f"; {res['orphans_corrupt']} corrupt unindexed blobs deleted" if res["orphans_corrupt"] else ""))
+        console.print(
+            f"verified {res['blobs']} blobs ({_size(res['bytes'])}) for {res['files']} files; "
+            f"{len(res['problems'])} bad, {res['repaired']} repaired, {res['unrepaired']} not repaired"
+            + (f"; {res['orphans_corrupt']} corrupt unindexed blobs deleted" if res["orphans_corrupt"] else "")
+        )
         if res["problems"]:
             t = Table(title="problems", title_justify="left")
             for col in ("Module", "Version", "File", "Problem", "Result"):
                 t.add_column(col, overflow="fold")
             style = {"repaired": "green", "found": "yellow", "unrepairable": "bold red"}
             for p in res["problems"]:
-                t.add_row(p["module"], p["version"], p["kind"], p["reason"],
-                          f"[{style.get(p['status'], '')}]{p['status']}[/] {p['detail']}".rstrip())
+                t.add_row(
+                    p["module"],
+                    p["version"],
+                    p["kind"],
+                    p["reason"],
+                    f"[{style.get(p['status'], '')}]{p['status']}[/] {p['detail']}".rstrip(),
+                )
             console.print(t)
     return 1 if res["unrepaired"] else 0
 
@@ -322,8 +345,9 @@ class _Client:
         self.session = session
         self.base = base
 
-    async def call(self, method: str, path: str, params: dict[str, str] | None = None,
-                   body: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def call(
+        self, method: str, path: str, params: dict[str, str] | None = None, body: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         try:
             async with self.session.request(method, self.base + path, params=params, json=body) as r:
                 text = await r.text()

@@ -36,14 +36,20 @@ class UsageError(Exception):
 def add_node_arguments(p: argparse.ArgumentParser) -> None:
     """--node / --data (+ --config, --upstream, --sumdb for --data), shared with doctor."""
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--node", metavar="URL",
-                       help=f"a running node, over HTTP (default {DEFAULT_NODE}, or $MODMESH_NODE)")
-    where.add_argument("--data", metavar="DIR", type=Path,
-                       help="a data directory, opened in this process (a node may be running on it)")
+    where.add_argument(
+        "--node", metavar="URL", help=f"a running node, over HTTP (default {DEFAULT_NODE}, or $MODMESH_NODE)"
+    )
+    where.add_argument(
+        "--data",
+        metavar="DIR",
+        type=Path,
+        help="a data directory, opened in this process (a node may be running on it)",
+    )
     p.add_argument("--config", metavar="FILE", type=Path, help="with --data: the node's TOML configuration")
     p.add_argument("--upstream", metavar="GOPROXY-STRING", help="with --data: the upstream chain")
-    p.add_argument("--sumdb", metavar="'NAME+KEY URL'", action="append",
-                   help="with --data: checksum database (repeatable)")
+    p.add_argument(
+        "--sumdb", metavar="'NAME+KEY URL'", action="append", help="with --data: checksum database (repeatable)"
+    )
 
 
 def local_config(args: argparse.Namespace) -> Config | None:

@@ -20,8 +20,17 @@ from yarl import URL
 
 #: First path elements under /mod/ that only Go's test proxy (proxy_test.go) knows.
 TEST_ONLY = re.compile(r"^(invalid|redirect|sumdb-direct|sumdb-wrong|sumdb-redirect|sumdb-\d+|\d+)/")
-_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "content-length",
-        "content-encoding", "host"}
+_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+    "content-encoding",
+    "host",
+}
 
 
 def target(tail: str, test_proxy: str, node: str) -> str:
@@ -37,11 +46,14 @@ async def running_front(test_proxy: str, node: str) -> AsyncIterator[str]:
     session = aiohttp.ClientSession(auto_decompress=False, timeout=aiohttp.ClientTimeout(total=300))
 
     async def forward(request: web.Request) -> web.StreamResponse:
-        url = target(request.raw_path[len("/mod/"):], test_proxy, node)  # still escaped, query kept
+        url = target(request.raw_path[len("/mod/") :], test_proxy, node)  # still escaped, query kept
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         async with session.request(
-            request.method, URL(url, encoded=True), headers=headers,
-            data=await request.read() if request.can_read_body else None, allow_redirects=False,
+            request.method,
+            URL(url, encoded=True),
+            headers=headers,
+            data=await request.read() if request.can_read_body else None,
+            allow_redirects=False,
         ) as up:
             resp = web.StreamResponse(status=up.status, reason=up.reason)
             for k, v in up.headers.items():

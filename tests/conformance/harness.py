@@ -52,7 +52,7 @@ SUMDB_KEY = "localhost.localdev/sumdb+00000c67+AcTrnkbUA+TU4heY3hkjiSES/DSQniBqI
 PATCH = (
     '"GOPROXY=" + proxyURL,',
     '"GOPROXY=" + func() string { if v := os.Getenv("MODMESH_SCRIPT_GOPROXY"); v != "" '
-    '{ return v }; return proxyURL }(),',
+    "{ return v }; return proxyURL }(),",
 )
 #: The mod_ group: every script that uses the proxy for queries, lists, retractions,
 #: downloads and sums. `--all` (make test) adds every other script that uses a proxy.
@@ -120,8 +120,10 @@ class Report:
 
         rows = self.rows()
         explained = sum(1 for *_, note in rows if note.startswith("expected:"))
-        return (f"{len(rows)} scripts. directly: {count(self.direct)}; through the node: {count(self.node)}; "
-                f"{explained} differences explained in expected.txt, {len(self.unexplained)} unexplained")
+        return (
+            f"{len(rows)} scripts. directly: {count(self.direct)}; through the node: {count(self.node)}; "
+            f"{explained} differences explained in expected.txt, {len(self.unexplained)} unexplained"
+        )
 
 
 # ---- the toolchain ---------------------------------------------------------------------
@@ -141,14 +143,19 @@ def _go_env(go: str, *names: str) -> list[str]:
 
 def build_env(goroot: Path, extra: Mapping[str, str] = ()) -> dict[str, str]:  # type: ignore[assignment]
     """A clean environment for Go's tests: no GO*, no MODMESH_*, the toolchain copy first."""
-    keep = {k: v for k, v in os.environ.items()
-            if not k.startswith(("GO", "MODMESH_", "CGO_")) and k not in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")}
-    keep.update({
-        "PATH": f"{goroot / 'bin'}{os.pathsep}{keep.get('PATH', os.defpath)}",
-        "GOROOT": str(goroot),
-        "GOTOOLCHAIN": "local",
-        "GOCACHE": str(cache_dir() / "gocache"),
-    })
+    keep = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("GO", "MODMESH_", "CGO_")) and k not in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+    }
+    keep.update(
+        {
+            "PATH": f"{goroot / 'bin'}{os.pathsep}{keep.get('PATH', os.defpath)}",
+            "GOROOT": str(goroot),
+            "GOTOOLCHAIN": "local",
+            "GOCACHE": str(cache_dir() / "gocache"),
+        }
+    )
     keep.update(dict(extra))
     return keep
 
@@ -182,8 +189,9 @@ def prepare(log: Callable[[str], None] = print) -> Toolchain:
 
     started = time.monotonic()
     tmp_bin = tc.binary.with_suffix(f".{os.getpid()}")
-    subprocess.run([str(tc.go), "test", "-c", "-o", str(tmp_bin), "."], cwd=tc.pkgdir,
-                   env=build_env(tc.goroot), check=True)
+    subprocess.run(
+        [str(tc.go), "test", "-c", "-o", str(tmp_bin), "."], cwd=tc.pkgdir, env=build_env(tc.goroot), check=True
+    )
     tmp_bin.rename(tc.binary)
     log(f"built in {time.monotonic() - started:.0f} s")
     return tc
@@ -196,8 +204,12 @@ def select_scripts(tc: Toolchain, run: str, proxy_users: bool = False) -> list[s
     pattern = re.compile(f"^(?:{run})$")
     scripts = [s for s in scripts if pattern.match(s)]
     if proxy_users:
-        return [s for s in scripts if s.startswith("mod_") or
-                _USES_PROXY.search((tc.pkgdir / "testdata" / "script" / f"{s}.txt").read_text(errors="replace"))]
+        return [
+            s
+            for s in scripts
+            if s.startswith("mod_")
+            or _USES_PROXY.search((tc.pkgdir / "testdata" / "script" / f"{s}.txt").read_text(errors="replace"))
+        ]
     return scripts
 
 
@@ -227,8 +239,14 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
 async def test_proxy(tc: Toolchain) -> AsyncIterator[str]:
     """Go's test proxy on 127.0.0.1; yields its GOPROXY URL (ending in /mod)."""
     proc = await asyncio.create_subprocess_exec(
-        str(tc.binary), "-proxy", "127.0.0.1:0", cwd=tc.pkgdir, env=build_env(tc.goroot),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        str(tc.binary),
+        "-proxy",
+        "127.0.0.1:0",
+        cwd=tc.pkgdir,
+        env=build_env(tc.goroot),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
     )
     try:
         assert proc.stderr is not None
@@ -259,9 +277,26 @@ async def node(upstream: str, data: Path, log_file: Path) -> AsyncIterator[str]:
     env["PYTHONPATH"] = str(ROOT)
     with open(log_file, "ab") as log:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "node.cli", "serve", "--listen", f"127.0.0.1:{port}", "--data", str(data),
-            "--upstream", upstream, "--sumdb", SUMDB_KEY, "--log-format", "text", "--log-level", "warning",
-            env=env, stdout=log, stderr=log, start_new_session=True,
+            sys.executable,
+            "-m",
+            "node.cli",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--data",
+            str(data),
+            "--upstream",
+            upstream,
+            "--sumdb",
+            SUMDB_KEY,
+            "--log-format",
+            "text",
+            "--log-level",
+            "warning",
+            env=env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -281,8 +316,13 @@ async def node(upstream: str, data: Path, log_file: Path) -> AsyncIterator[str]:
         await _stop(proc)
 
 
-async def run_scripts(tc: Toolchain, names: Sequence[str], goproxy: str | None, workdir: Path,
-                      progress: Callable[[str, Outcome], None] = lambda n, o: None) -> ScriptRun:
+async def run_scripts(
+    tc: Toolchain,
+    names: Sequence[str],
+    goproxy: str | None,
+    workdir: Path,
+    progress: Callable[[str, Outcome], None] = lambda n, o: None,
+) -> ScriptRun:
     """Run the named scripts with test2json; GOPROXY is the test proxy's unless `goproxy`."""
     workdir.mkdir(parents=True, exist_ok=True)
     pattern = "^TestScript$/^(" + "|".join(re.escape(n) for n in names) + ")$"
@@ -290,10 +330,24 @@ async def run_scripts(tc: Toolchain, names: Sequence[str], goproxy: str | None, 
     if goproxy is not None:
         extra["MODMESH_SCRIPT_GOPROXY"] = goproxy
     proc = await asyncio.create_subprocess_exec(
-        str(tc.go), "tool", "test2json", "-p", "cmd/go", "-t", str(tc.binary),
-        "-test.run", pattern, "-test.v=test2json", "-test.timeout=30m", "-test.count=1",
-        cwd=tc.pkgdir, env=build_env(tc.goroot, extra), stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, start_new_session=True, limit=1 << 24,
+        str(tc.go),
+        "tool",
+        "test2json",
+        "-p",
+        "cmd/go",
+        "-t",
+        str(tc.binary),
+        "-test.run",
+        pattern,
+        "-test.v=test2json",
+        "-test.timeout=30m",
+        "-test.count=1",
+        cwd=tc.pkgdir,
+        env=build_env(tc.goroot, extra),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+        limit=1 << 24,
     )
     run = ScriptRun()
     started = time.monotonic()
@@ -307,7 +361,7 @@ async def run_scripts(tc: Toolchain, names: Sequence[str], goproxy: str | None, 
             test = str(ev.get("Test") or "")
             if not test.startswith("TestScript/"):
                 continue
-            name = test[len("TestScript/"):]
+            name = test[len("TestScript/") :]
             if "/" in name:
                 continue
             if ev.get("Action") == "output":
@@ -336,8 +390,7 @@ def read_expected(path: Path = EXPECTED) -> dict[str, str]:
     return out
 
 
-async def conformance(names: Sequence[str], tc: Toolchain, work: Path,
-                      log: Callable[[str], None] = print) -> Report:
+async def conformance(names: Sequence[str], tc: Toolchain, work: Path, log: Callable[[str], None] = print) -> Report:
     """Both passes over `names`; the node and the front live only for the second."""
     log(f"{len(names)} scripts, Go {tc.version}; directly against Go's test proxy ...")
     async with test_proxy(tc) as upstream:

@@ -34,11 +34,27 @@ from node.server.app import ClientSink, ClientStalled, abort_connection
 from node.tools.bundle.format import BLOCK, CHUNK, MANIFEST_NAME, BundleError, Manifest, TarReader
 from node.config import Config
 from node.errors import InvalidRequest
-from node.tools.bundle.export import ExportPlan, Selection, SelectionError, parse_gosum, parse_since, plan_export, write_bundle
+from node.tools.bundle.export import (
+    ExportPlan,
+    Selection,
+    SelectionError,
+    parse_gosum,
+    parse_since,
+    plan_export,
+    write_bundle,
+)
 from node.tools.bundle.importing import Report, import_members, import_stream
 from node.tools.bundle.sources import FileSource, SourceError, open_directory, tar_stream
 from node.cache.upstream import redact
-from node.tools.target import UsageError, add_node_arguments, local_config, local_node, node_url, read_secret, setup_cli_logging
+from node.tools.target import (
+    UsageError,
+    add_node_arguments,
+    local_config,
+    local_node,
+    node_url,
+    read_secret,
+    setup_cli_logging,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -77,8 +93,15 @@ def admin_routes(node: Node) -> list[web.RouteDef]:
         source = request.query.get("source", "upload")[:200]
         report = await import_stream(node, TarReader(request.content), f"import {source}")
         c = report.counts()
-        log.info("import %s: %d admitted, %d present, %d refused, %d skipped%s", source, c["admitted"],
-                 c["present"], c["refused"], c["skipped"], f"; {report.errors[0]}" if report.errors else "")
+        log.info(
+            "import %s: %d admitted, %d present, %d refused, %d skipped%s",
+            source,
+            c["admitted"],
+            c["present"],
+            c["refused"],
+            c["skipped"],
+            f"; {report.errors[0]}" if report.errors else "",
+        )
         return web.json_response(report.to_json(), headers={"Cache-Control": "no-store"})
 
     return [
@@ -90,10 +113,13 @@ def admin_routes(node: Node) -> list[web.RouteDef]:
 
 async def _send_bundle(request: web.Request, node: Node, sel: Selection) -> web.StreamResponse:
     plan = await plan_export(node, sel)
-    resp = web.StreamResponse(headers={
-        "Content-Type": TAR, "Cache-Control": "no-store",
-        "Content-Disposition": 'attachment; filename="modmesh-bundle.tar"',
-    })
+    resp = web.StreamResponse(
+        headers={
+            "Content-Type": TAR,
+            "Cache-Control": "no-store",
+            "Content-Disposition": 'attachment; filename="modmesh-bundle.tar"',
+        }
+    )
     resp.content_length = plan.tar_size()
     await resp.prepare(request)
     sink = ClientSink(request, resp, node.config.write_idle_timeout)
@@ -113,33 +139,43 @@ async def _send_bundle(request: web.Request, node: Node, sel: Selection) -> web.
 
 def register(subparsers: Any) -> None:
     e = subparsers.add_parser(
-        "export", help="write modules and their checksum-database proofs to a bundle",
+        "export",
+        help="write modules and their checksum-database proofs to a bundle",
         description="Write a bundle (a tar stream) of cached modules, list/latest answers and the "
-                    "checksum-database records, tiles and tree head needed to verify them offline.",
+        "checksum-database records, tiles and tree head needed to verify them offline.",
     )
     e.add_argument("-o", "--output", required=True, metavar="FILE", help="the bundle file ('-': stdout)")
     add_node_arguments(e)
-    e.add_argument("--module", action="append", default=[], metavar="PATTERN",
-                   help="only modules matching this GOPRIVATE-style pattern (repeatable)")
+    e.add_argument(
+        "--module",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="only modules matching this GOPRIVATE-style pattern (repeatable)",
+    )
     e.add_argument("--gosum", metavar="FILE", type=Path, help="only the versions in this go.sum")
     e.add_argument("--since", metavar="DATE", help="only what was fetched after this ISO date or time (UTC)")
-    e.add_argument("--since-bundle", metavar="FILE", type=Path,
-                   help="only what is not in this earlier bundle (incremental)")
+    e.add_argument(
+        "--since-bundle", metavar="FILE", type=Path, help="only what is not in this earlier bundle (incremental)"
+    )
     e.add_argument("--admin-token-file", metavar="FILE", type=Path, help="with --node: the node's admin token")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     e.set_defaults(func=run_export)
 
     i = subparsers.add_parser(
-        "import", help="verify and admit a bundle, a GOMODCACHE or a module directory",
+        "import",
+        help="verify and admit a bundle, a GOMODCACHE or a module directory",
         description="Verify every entry (sha256, h1, checksum-database record) and admit the sound "
-                    "ones; refused entries are named. Importing twice changes nothing.",
+        "ones; refused entries are named. Importing twice changes nothing.",
     )
-    i.add_argument("source", metavar="SOURCE",
-                   help="a bundle ('-': stdin), an unpacked bundle, a GOMODCACHE or its cache/download, "
-                        "or a module directory (module@version, or with --module/--version)")
+    i.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="a bundle ('-': stdin), an unpacked bundle, a GOMODCACHE or its cache/download, "
+        "or a module directory (module@version, or with --module/--version)",
+    )
     add_node_arguments(i)
-    i.add_argument("--offline", action="store_true",
-                   help="with --data: never contact an upstream or checksum database")
+    i.add_argument("--offline", action="store_true", help="with --data: never contact an upstream or checksum database")
     i.add_argument("--module", metavar="PATH", help="module path of a module directory SOURCE")
     i.add_argument("--version", metavar="VERSION", help="version of a module directory SOURCE")
     i.add_argument("--admin-token-file", metavar="FILE", type=Path, help="with --node: the node's admin token")
@@ -159,9 +195,14 @@ def _progress(console: Console, quiet: bool, verb: str) -> Progress:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     return Progress(
-        TextColumn(f"[bold]{verb}[/]"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        TextColumn("{task.description}", markup=False), console=console,
-        disable=quiet or not console.is_terminal, transient=True,
+        TextColumn(f"[bold]{verb}[/]"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TextColumn("{task.description}", markup=False),
+        console=console,
+        disable=quiet or not console.is_terminal,
+        transient=True,
     )
 
 
@@ -311,8 +352,9 @@ async def export_main(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _export_local(cfg: Config, sel: Selection, sink: Callable[[bytes], Awaitable[None]],
-                        total: Callable[[int], None]) -> Manifest:
+async def _export_local(
+    cfg: Config, sel: Selection, sink: Callable[[bytes], Awaitable[None]], total: Callable[[int], None]
+) -> Manifest:
     async with local_node(dataclasses.replace(cfg, offline=True)) as node:
         plan: ExportPlan = await plan_export(node, sel)
         total(plan.tar_size())
@@ -324,8 +366,13 @@ class _RemoteError(Exception):
     pass
 
 
-async def _export_remote(url: str, token: str | None, body: dict[str, Any], sink: Callable[[bytes], Awaitable[None]],
-                         total: Callable[[int], None]) -> Manifest | None:
+async def _export_remote(
+    url: str,
+    token: str | None,
+    body: dict[str, Any],
+    sink: Callable[[bytes], Awaitable[None]],
+    total: Callable[[int], None],
+) -> Manifest | None:
     sniffer = _ManifestSniffer()
     try:
         async with _session(token) as s, s.post(f"{url}/_admin/export", json=body) as r:
@@ -378,11 +425,17 @@ def _print_export_summary(err: Console, manifest: Manifest | None, where: str, o
         counts[e.kind] = counts.get(e.kind, 0) + 1
     size = sum(e.size for e in manifest.entries)
     kinds = ", ".join(f"{counts[k]} {k}" for k in ("zip", "mod", "info", "list", "latest") if counts.get(k))
-    dbs = ", ".join(f"{d.get('name')} (tree {d.get('tree_size')}: {counts.get('sumdb-lookup', 0)} records, "
-                    f"{counts.get('sumdb-tile', 0)} tiles)" for d in manifest.sumdb)
-    err.print(f"exported {len(manifest.entries)} entries ({_size(size)}) from {where} to {output}: "
-              f"{kinds or 'no module files'}" + (f"; checksum database {dbs}" if dbs else ""),
-              markup=False, highlight=False)
+    dbs = ", ".join(
+        f"{d.get('name')} (tree {d.get('tree_size')}: {counts.get('sumdb-lookup', 0)} records, "
+        f"{counts.get('sumdb-tile', 0)} tiles)"
+        for d in manifest.sumdb
+    )
+    err.print(
+        f"exported {len(manifest.entries)} entries ({_size(size)}) from {where} to {output}: "
+        f"{kinds or 'no module files'}" + (f"; checksum database {dbs}" if dbs else ""),
+        markup=False,
+        highlight=False,
+    )
     for w in manifest.warnings:
         err.print(f"warning: {w}", style="yellow", markup=False, highlight=False)
 
@@ -487,8 +540,9 @@ async def _file_body(f: BinaryIO, on_bytes: Callable[[int], None]) -> AsyncItera
         yield chunk
 
 
-async def _import_remote(url: str, token: str | None, src: str, args: argparse.Namespace, label: str,
-                         bar: _Bar) -> Report:
+async def _import_remote(
+    url: str, token: str | None, src: str, args: argparse.Namespace, label: str, bar: _Bar
+) -> Report:
     ds = None
     f: BinaryIO | None = None
     try:
@@ -497,13 +551,16 @@ async def _import_remote(url: str, token: str | None, src: str, args: argparse.N
             bar.total(os.fstat(f.fileno()).st_size if src != "-" else None)
             data: AsyncIterator[bytes] = _file_body(f, bar.bytes)
         else:
-            ds = await asyncio.to_thread(open_directory, Path(src), args.module, args.version,
-                                         Path(tempfile.gettempdir()))
+            ds = await asyncio.to_thread(
+                open_directory, Path(src), args.module, args.version, Path(tempfile.gettempdir())
+            )
             bar.total(ds.total)
             data = tar_stream(ds, bar.bytes)
         bar.entry(f"uploading to {redact(url)}")
-        async with _session(token) as s, s.post(f"{url}/_admin/import", params={"source": label}, data=data,
-                                          headers={"Content-Type": TAR}) as r:
+        async with (
+            _session(token) as s,
+            s.post(f"{url}/_admin/import", params={"source": label}, data=data, headers={"Content-Type": TAR}) as r,
+        ):
             if r.status != 200:
                 raise _RemoteError(f"{redact(url)} answered {r.status}: {await _first_line(r)}")
             return Report.from_json(await r.json())
@@ -524,8 +581,7 @@ def print_report(console: Console, report: Report, where: str, verbose: bool = F
     c = report.counts()
     rows = [o for o in report.outcomes if verbose or o.status == "refused"]
     if rows:
-        table = Table(title=f"modmesh import {report.source.removeprefix('import ')} → {where}",
-                      title_justify="left")
+        table = Table(title=f"modmesh import {report.source.removeprefix('import ')} → {where}", title_justify="left")
         table.add_column("Status")
         table.add_column("Entry", overflow="fold")
         table.add_column("Reason", overflow="fold")
@@ -535,5 +591,8 @@ def print_report(console: Console, report: Report, where: str, verbose: bool = F
         console.print(table)
     for e in report.errors:
         console.print(Text(f"error: {e}", style="bold red"))
-    console.print(Text(f"{c['admitted']} admitted, {c['present']} already present, {c['refused']} refused, "
-                       f"{c['skipped']} skipped"))
+    console.print(
+        Text(
+            f"{c['admitted']} admitted, {c['present']} already present, {c['refused']} refused, {c['skipped']} skipped"
+        )
+    )

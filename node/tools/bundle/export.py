@@ -93,7 +93,9 @@ def parse_since(value: str) -> float:
     try:
         t = datetime.fromisoformat(value.strip())
     except ValueError:
-        raise SelectionError(f"--since {value!r} is not an ISO date (e.g. 2024-05-01 or 2024-05-01T12:00:00Z)") from None
+        raise SelectionError(
+            f"--since {value!r} is not an ISO date (e.g. 2024-05-01 or 2024-05-01T12:00:00Z)"
+        ) from None
     if t.tzinfo is None:
         t = t.replace(tzinfo=timezone.utc)
     return t.timestamp()
@@ -205,8 +207,9 @@ async def plan_export(node: Node, sel: Selection, clock: Callable[[], float] = t
         if not sel.in_scope(e.module) or (sel.since is not None and e.fetched_at <= sel.since):
             continue
         if e.unverified:
-            warnings.append(f"{e.module}@{e.version} {e.kind}: not confirmed by the checksum database yet; "
-                            "not exported")
+            warnings.append(
+                f"{e.module}@{e.version} {e.kind}: not confirmed by the checksum database yet; not exported"
+            )
             continue
         if sel.gosum is not None:
             want = sel.gosum.get((e.module, e.version))
@@ -239,8 +242,9 @@ async def plan_export(node: Node, sel: Selection, clock: Callable[[], float] = t
         path = module_member(meta.module, "", meta.kind)
         sha = _sha(meta.body)
         if not unchanged(path, sha):
-            chosen.append((ManifestEntry(path, meta.kind, len(meta.body), sha, meta.module, "", None,
-                                         meta.fetched_at), meta.body))
+            chosen.append(
+                (ManifestEntry(path, meta.kind, len(meta.body), sha, meta.module, "", None, meta.fetched_at), meta.body)
+            )
     chosen.sort(key=lambda c: _module_order(c[0]))
 
     versions = sorted({(e.module, e.version) for e in scoped if e.kind in ("mod", "zip")})
@@ -257,9 +261,12 @@ async def plan_export(node: Node, sel: Selection, clock: Callable[[], float] = t
 
     members = sumdb_members + chosen
     manifest = Manifest(
-        [m for m, _ in members], _iso(created),
+        [m for m, _ in members],
+        _iso(created),
         origin={"kind": "node", "epoch": node.index.epoch, "serial": max_serial, "node_version": _node_version()},
-        selection=sel.describe(), sumdb=sumdb_info, warnings=warnings,
+        selection=sel.describe(),
+        sumdb=sumdb_info,
+        warnings=warnings,
     )
     return ExportPlan(manifest, [s for _, s in members], created)
 
@@ -347,7 +354,9 @@ def _plan_sumdb(
             continue
         what = f"{module}@{version}"
         if latest is None or note is None:
-            warnings.append(f"checksum database {db.name} has no verified tree head here; record of {what} not exported")
+            warnings.append(
+                f"checksum database {db.name} has no verified tree head here; record of {what} not exported"
+            )
             continue
         try:
             rid, _text, signed = tlog.split_lookup(reply)
@@ -375,13 +384,20 @@ def _plan_sumdb(
         path = lookup_member(db.name, module, version)
         sha = _sha(reply)
         if not unchanged(path, sha):
-            lookups.append((ManifestEntry(path, "sumdb-lookup", len(reply), sha, module, version, db=db.name), _loader(store.lookup, module, version)))
+            lookups.append(
+                (
+                    ManifestEntry(path, "sumdb-lookup", len(reply), sha, module, version, db=db.name),
+                    _loader(store.lookup, module, version),
+                )
+            )
     if latest is None or note is None or not lookups:
         return [], {}
     if prev_tree is not None and prev_tree.n <= latest.n:
         proof = set(tiles_needed_for_tree_proof(prev_tree, latest, HEIGHT))
         if any(store.tile(t) is None for t in proof - needed):
-            warnings.append(f"checksum database {db.name}: tiles proving the earlier bundle's tree is a prefix of this one are not cached")
+            warnings.append(
+                f"checksum database {db.name}: tiles proving the earlier bundle's tree is a prefix of this one are not cached"
+            )
         else:
             needed |= proof
     tiles_out: list[tuple[ManifestEntry, Source]] = []
@@ -396,8 +412,12 @@ def _plan_sumdb(
         (ManifestEntry(f"sumdb/{db.name}/supported", "sumdb-supported", 0, _sha(b""), db=db.name), b""),
         (ManifestEntry(f"sumdb/{db.name}/latest", "sumdb-latest", len(note), _sha(note), db=db.name), note),
     ]
-    info = {"name": db.name, "vkey": db.vkey, "tree_size": latest.n,
-            "tree_hash": base64.b64encode(latest.hash).decode()}
+    info = {
+        "name": db.name,
+        "vkey": db.vkey,
+        "tree_size": latest.n,
+        "tree_hash": base64.b64encode(latest.hash).decode(),
+    }
     return head + tiles_out + lookups, info
 
 

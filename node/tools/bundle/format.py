@@ -78,10 +78,15 @@ class ManifestEntry:
             raise BundleError("manifest entry is not an object")
         try:
             e = cls(
-                path=_typed(obj, "path", str), kind=_typed(obj, "kind", str), size=_typed(obj, "size", int),
-                sha256=_typed(obj, "sha256", str, None), module=_typed(obj, "module", str, ""),
-                version=_typed(obj, "version", str, ""), h1=_typed(obj, "h1", str, None),
-                fetched_at=_number(obj.get("fetched_at")), db=_typed(obj, "db", str, ""),
+                path=_typed(obj, "path", str),
+                kind=_typed(obj, "kind", str),
+                size=_typed(obj, "size", int),
+                sha256=_typed(obj, "sha256", str, None),
+                module=_typed(obj, "module", str, ""),
+                version=_typed(obj, "version", str, ""),
+                h1=_typed(obj, "h1", str, None),
+                fetched_at=_number(obj.get("fetched_at")),
+                db=_typed(obj, "db", str, ""),
             )
         except (TypeError, ValueError) as err:
             raise BundleError(f"manifest entry {str(obj.get('path'))[:120]!r}: {err}") from None
@@ -161,16 +166,23 @@ class Manifest:
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
             raise BundleError(f"not a modmesh bundle manifest (format is not {FORMAT!r})")
         if obj.get("format_version") != FORMAT_VERSION:
-            raise BundleError(f"bundle format version {obj.get('format_version')!r} is not supported (want {FORMAT_VERSION})")
+            raise BundleError(
+                f"bundle format version {obj.get('format_version')!r} is not supported (want {FORMAT_VERSION})"
+            )
         entries = obj.get("entries")
         if not isinstance(entries, list):
             raise BundleError("manifest has no entry list")
         origin, selection = (obj.get(k) for k in ("origin", "selection"))
         sumdb = [d for d in obj.get("sumdb") or [] if isinstance(d, dict)]
         warnings = [str(w) for w in obj.get("warnings") or []]
-        return cls([ManifestEntry.from_json(e) for e in entries], str(obj.get("created", "")),
-                   origin if isinstance(origin, dict) else {}, selection if isinstance(selection, dict) else {},
-                   sumdb, warnings)
+        return cls(
+            [ManifestEntry.from_json(e) for e in entries],
+            str(obj.get("created", "")),
+            origin if isinstance(origin, dict) else {},
+            selection if isinstance(selection, dict) else {},
+            sumdb,
+            warnings,
+        )
 
     def by_path(self) -> dict[str, ManifestEntry]:
         return {e.path: e for e in self.entries}
@@ -212,7 +224,7 @@ def parse_sumdb_member(entry: ManifestEntry) -> tiles.Tile | tuple[str, str] | N
     prefix = f"sumdb/{entry.db}/"
     if not entry.db or not entry.path.startswith(prefix):
         raise ValueError(f"path is not under {prefix}")
-    rest = entry.path[len(prefix):]
+    rest = entry.path[len(prefix) :]
     if entry.kind == "sumdb-tile":
         tile = tiles.parse_tile_path(rest)
         if tile.l < 0:
@@ -221,7 +233,7 @@ def parse_sumdb_member(entry: ManifestEntry) -> tiles.Tile | tuple[str, str] | N
     if entry.kind == "sumdb-lookup":
         if not rest.startswith("lookup/"):
             raise ValueError("lookup path must start with lookup/")
-        return parse_lookup_target(rest[len("lookup/"):])
+        return parse_lookup_target(rest[len("lookup/") :])
     if rest != entry.kind.removeprefix("sumdb-"):
         raise ValueError(f"{entry.kind} must be at {prefix}{entry.kind.removeprefix('sumdb-')}")
     return None

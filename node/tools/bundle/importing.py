@@ -84,13 +84,20 @@ class Report:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {"source": self.source, "counts": self.counts(), "errors": self.errors,
-                "entries": [o.to_json() for o in self.outcomes]}
+        return {
+            "source": self.source,
+            "counts": self.counts(),
+            "errors": self.errors,
+            "entries": [o.to_json() for o in self.outcomes],
+        }
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Report:
-        return cls(str(obj.get("source", "")), [Outcome(**o) for o in obj.get("entries", [])],
-                   [str(e) for e in obj.get("errors", [])])
+        return cls(
+            str(obj.get("source", "")),
+            [Outcome(**o) for o in obj.get("entries", [])],
+            [str(e) for e in obj.get("errors", [])],
+        )
 
 
 @dataclass
@@ -287,8 +294,9 @@ class Importer:
 # ---- sources -----------------------------------------------------------------------
 
 
-async def import_stream(node: Node, reader: TarReader, origin: str,
-                        on_entry: Callable[[str], None] | None = None) -> Report:
+async def import_stream(
+    node: Node, reader: TarReader, origin: str, on_entry: Callable[[str], None] | None = None
+) -> Report:
     """Import a bundle read from a tar stream."""
     imp = Importer(node, origin, on_entry)
     try:
@@ -305,7 +313,12 @@ async def import_stream(node: Node, reader: TarReader, origin: str,
     return await imp.run(manifest, members())
 
 
-async def import_members(node: Node, manifest: Manifest, members: AsyncIterator[Member], origin: str,
-                         on_entry: Callable[[str], None] | None = None) -> Report:
+async def import_members(
+    node: Node,
+    manifest: Manifest,
+    members: AsyncIterator[Member],
+    origin: str,
+    on_entry: Callable[[str], None] | None = None,
+) -> Report:
     """Import a manifest and its members from elsewhere (a directory)."""
     return await Importer(node, origin, on_entry).run(manifest, members)

@@ -28,7 +28,16 @@ from pathlib import Path
 from typing import BinaryIO
 
 from node.golang import gomod, modpath, semver
-from node.tools.bundle.format import CHUNK, MANIFEST_NAME, Manifest, ManifestEntry, TarWriter, module_member, once, parse_module_member
+from node.tools.bundle.format import (
+    CHUNK,
+    MANIFEST_NAME,
+    Manifest,
+    ManifestEntry,
+    TarWriter,
+    module_member,
+    once,
+    parse_module_member,
+)
 from node.tools.bundle.importing import Member
 from node.golang.modzip import ZipError
 from node.golang.zipwriter import create_zip
@@ -195,8 +204,10 @@ def _module_dir(root: Path, module: str | None, version: str | None, tmp_dir: Pa
         except ValueError as e:
             raise SourceError(f"{go_mod}: {e}") from None
         if declared is not None and declared != module:
-            raise SourceError(f"{go_mod} declares module {declared}, not {module}: a directory is imported as "
-                              "the module its go.mod names")
+            raise SourceError(
+                f"{go_mod} declares module {declared}, not {module}: a directory is imported as "
+                "the module its go.mod names"
+            )
     try:
         parse_module_member(module_member(module, version, "zip"))
     except ValueError as e:

@@ -122,8 +122,11 @@ def _verify_tiles(tree: tlog.Tree, spool: _Spool, store: SumDBStore) -> tuple[se
     try:
         tlog.tree_hash(tree.n, tile_hash_reader(tree, HEIGHT, view))
     except (tlog.MissingTiles, tlog.TlogError) as e:
-        why = (f"the tree head's edge tile {e.tiles[0].path()} is in neither the bundle nor this node"
-               if isinstance(e, tlog.MissingTiles) else "the tree head's edge tiles do not hash to its root")
+        why = (
+            f"the tree head's edge tile {e.tiles[0].path()} is in neither the bundle nor this node"
+            if isinstance(e, tlog.MissingTiles)
+            else "the tree head's edge tiles do not hash to its root"
+        )
         for t in todo:
             bad.setdefault(t, why if t in edge else f"cannot be authenticated: {why}")
         return set(), bad
@@ -245,11 +248,19 @@ class DatabaseImport:
                 await db.accept(signed)  # a prefix of the node's tree: proven with its tiles
                 await self._store(ok)
         except (ForkDetected, tlog.TlogError) as e:
-            log.error("SECURITY: import %s: checksum database %s: the bundle's tree (size %d) does not "
-                      "match this node's (size %d): %s", self.origin, db.name, tree.n,
-                      current.n if current else 0, e)
-            self._refuse_all(f"the bundle's tree head (size {tree.n}) is not consistent with this node's "
-                             f"verified tree (size {current.n if current else 0}): a forked database?")
+            log.error(
+                "SECURITY: import %s: checksum database %s: the bundle's tree (size %d) does not "
+                "match this node's (size %d): %s",
+                self.origin,
+                db.name,
+                tree.n,
+                current.n if current else 0,
+                e,
+            )
+            self._refuse_all(
+                f"the bundle's tree head (size {tree.n}) is not consistent with this node's "
+                f"verified tree (size {current.n if current else 0}): a forked database?"
+            )
             return
         except (tlog.MissingTiles, ModmeshError) as e:
             self._refuse_all(
@@ -307,8 +318,13 @@ class DatabaseImport:
             elif have == lk.reply or tlog.split_lookup(have)[:2] == tlog.split_lookup(lk.reply)[:2]:
                 self.outcome(lk.entry, "present")
             else:
-                log.error("SECURITY: import %s: checksum database %s: record for %s@%s differs from "
-                          "the one this node has", self.origin, db.name, lk.module, lk.version)
+                log.error(
+                    "SECURITY: import %s: checksum database %s: record for %s@%s differs from the one this node has",
+                    self.origin,
+                    db.name,
+                    lk.module,
+                    lk.version,
+                )
                 self.outcome(lk.entry, "refused", "the record differs from the one this node has")
 
 

@@ -32,11 +32,30 @@ from node.cache.upstream import redact
 Status = Literal["ok", "info", "warn", "fail"]
 RANK: dict[str, int] = {"ok": 0, "info": 0, "warn": 1, "fail": 2}
 GO_DEFAULT_PROXY = "https://proxy.golang.org,direct"
-GO_VARS = ("GOPROXY", "GONOPROXY", "GOPRIVATE", "GONOSUMDB", "GOSUMDB", "GOFLAGS", "GOINSECURE", "GOAUTH",
-           "GOENV", "GOROOT", "GOVERSION", "GOOS", "GOARCH")
+GO_VARS = (
+    "GOPROXY",
+    "GONOPROXY",
+    "GOPRIVATE",
+    "GONOSUMDB",
+    "GOSUMDB",
+    "GOFLAGS",
+    "GOINSECURE",
+    "GOAUTH",
+    "GOENV",
+    "GOROOT",
+    "GOVERSION",
+    "GOOS",
+    "GOARCH",
+)
 #: Well-known public modules: patterns that match them are not "private" patterns.
-PUBLIC_SAMPLES = ("github.com/spf13/cobra", "golang.org/x/mod", "google.golang.org/grpc",
-                  "gopkg.in/yaml.v3", "go.uber.org/zap", "rsc.io/quote")
+PUBLIC_SAMPLES = (
+    "github.com/spf13/cobra",
+    "golang.org/x/mod",
+    "google.golang.org/grpc",
+    "gopkg.in/yaml.v3",
+    "go.uber.org/zap",
+    "rsc.io/quote",
+)
 
 
 @dataclass(frozen=True)
@@ -53,8 +72,13 @@ class Check:
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Check:
         status = str(d.get("status", "fail"))
-        return cls(str(d.get("section", "node")), str(d.get("name", "?")),
-                   cast(Status, status if status in RANK else "fail"), str(d.get("detail", "")), str(d.get("code", "")))
+        return cls(
+            str(d.get("section", "node")),
+            str(d.get("name", "?")),
+            cast(Status, status if status in RANK else "fail"),
+            str(d.get("detail", "")),
+            str(d.get("code", "")),
+        )
 
 
 def worst(checks: Sequence[Check]) -> Status:
@@ -113,9 +137,15 @@ async def read_go_env(environ: Mapping[str, str], go: str | None, timeout: float
         return GoEnv(with_go_defaults(environ), "environment (go command not found)")
     try:
         proc = await asyncio.create_subprocess_exec(
-            go, "env", "-json", *GO_VARS, env={**environ, "GOTOOLCHAIN": "local"},
-            cwd=tempfile.gettempdir(), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            go,
+            "env",
+            "-json",
+            *GO_VARS,
+            env={**environ, "GOTOOLCHAIN": "local"},
+            cwd=tempfile.gettempdir(),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         try:
             out, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -128,10 +158,12 @@ async def read_go_env(environ: Mapping[str, str], go: str | None, timeout: float
         values = {k: str(v) for k, v in json.loads(out).items()}
     except (OSError, ValueError) as e:
         return GoEnv(with_go_defaults(environ), "environment (go env failed)", str(e))
-    values["GOTOOLCHAIN"] = (environ.get("GOTOOLCHAIN")
-                             or env_file_value(_read(values.get("GOENV")), "GOTOOLCHAIN")
-                             or env_file_value(_read(os.path.join(values.get("GOROOT", ""), "go.env")), "GOTOOLCHAIN")
-                             or "auto")
+    values["GOTOOLCHAIN"] = (
+        environ.get("GOTOOLCHAIN")
+        or env_file_value(_read(values.get("GOENV")), "GOTOOLCHAIN")
+        or env_file_value(_read(os.path.join(values.get("GOROOT", ""), "go.env")), "GOTOOLCHAIN")
+        or "auto"
+    )
     return GoEnv(values, f"go env ({values.get('GOVERSION', 'go')})")
 
 
@@ -212,6 +244,7 @@ def match_node(entries: Sequence[ProxyEntry], node: str) -> tuple[int, bool] | N
 
 def goproxy_checks(value: str, node: str | None, found: tuple[int, bool] | None) -> list[Check]:
     """What GOPROXY does to a client that should go through the node."""
+
     def chk(status: Status, detail: str, code: str = "") -> Check:
         return Check("client", "GOPROXY", status, detail, code)
 
@@ -225,38 +258,71 @@ def goproxy_checks(value: str, node: str | None, found: tuple[int, bool] | None)
     if entries[0].url == "off":
         return [chk("fail", "GOPROXY=off: module lookup disabled, every download fails", "goproxy-off")]
     if ignored:
-        out.append(chk("warn", f"entries after {entries[-1].url!r} are never used: {', '.join(ignored)}",
-                       "goproxy-ignored-entries"))
+        out.append(
+            chk(
+                "warn",
+                f"entries after {entries[-1].url!r} are never used: {', '.join(ignored)}",
+                "goproxy-ignored-entries",
+            )
+        )
     if node is None:
         return out
     if found is not None and not found[1]:
         e = entries[found[0]]
         scheme = urlsplit(node).scheme
-        how = f"entry {e.raw!r} has no scheme, so go uses {e.url}" if e.prefixed else \
-            f"entry {e.raw!r} uses {urlsplit(e.url).scheme}"
+        how = (
+            f"entry {e.raw!r} has no scheme, so go uses {e.url}"
+            if e.prefixed
+            else f"entry {e.raw!r} uses {urlsplit(e.url).scheme}"
+        )
         fails = "fails the TLS handshake" if scheme == "http" else "fails"
-        return out + [chk("fail", f"{how}, but the node speaks {scheme}: every request {fails}; write {node}",
-                          "goproxy-no-scheme" if e.prefixed else "goproxy-scheme")]
+        return out + [
+            chk(
+                "fail",
+                f"{how}, but the node speaks {scheme}: every request {fails}; write {node}",
+                "goproxy-no-scheme" if e.prefixed else "goproxy-scheme",
+            )
+        ]
     if found is None:
         default = " (go's default: GOPROXY is unset)" if value == GO_DEFAULT_PROXY else ""
-        return out + [chk("fail", f"GOPROXY={value}{default} never reaches the node {node}: "
-                                  f"export GOPROXY={node}", "goproxy-misses-node")]
+        return out + [
+            chk(
+                "fail",
+                f"GOPROXY={value}{default} never reaches the node {node}: export GOPROXY={node}",
+                "goproxy-misses-node",
+            )
+        ]
     i = found[0]
     if i > 0:
         first = ", ".join(e.url for e in entries[:i])
-        out.append(chk("warn", f"{first} answers before the node; the node is asked only when "
-                               f"{'it fails' if entries[i - 1].sep == '|' else 'it answers 404/410'}",
-                       "goproxy-node-not-first"))
+        out.append(
+            chk(
+                "warn",
+                f"{first} answers before the node; the node is asked only when "
+                f"{'it fails' if entries[i - 1].sep == '|' else 'it answers 404/410'}",
+                "goproxy-node-not-first",
+            )
+        )
     after, sep = entries[i + 1 :], entries[i].sep
     if not after:
         out.append(chk("ok", "reaches the node; no fallback: what the node cannot serve fails the build"))
     elif sep == ",":
-        out.append(chk("ok", f"reaches the node; ',{after[0].url}': go falls back only when the node answers "
-                             "404/410, never on a node failure (502/504)"))
+        out.append(
+            chk(
+                "ok",
+                f"reaches the node; ',{after[0].url}': go falls back only when the node answers "
+                "404/410, never on a node failure (502/504)",
+            )
+        )
     else:
-        out.append(chk("warn", f"'|{after[0].url}' after the node: any node error (an outage, a checksum mismatch) "
-                               f"silently falls through to {after[0].url}; use ',' to see failures",
-                       "goproxy-pipe-fallback"))
+        out.append(
+            chk(
+                "warn",
+                f"'|{after[0].url}' after the node: any node error (an outage, a checksum mismatch) "
+                f"silently falls through to {after[0].url}; use ',' to see failures",
+                "goproxy-pipe-fallback",
+            )
+        )
     return out
 
 
@@ -277,31 +343,70 @@ def private_checks(v: Mapping[str, str], node_private: str | None, through_node:
     priv, noproxy, nosumdb = v.get("GOPRIVATE", ""), v.get("GONOPROXY", ""), v.get("GONOSUMDB", "")
     public = [m for m in PUBLIC_SAMPLES if noproxy and match_prefix_patterns(noproxy, m)]
     if public:
-        out.append(Check("client", "GONOPROXY", "fail", f"GONOPROXY={noproxy} matches public modules such as "
-                         f"{public[0]}: they are fetched directly, bypassing the node", "gonoproxy-public"))
+        out.append(
+            Check(
+                "client",
+                "GONOPROXY",
+                "fail",
+                f"GONOPROXY={noproxy} matches public modules such as "
+                f"{public[0]}: they are fetched directly, bypassing the node",
+                "gonoproxy-public",
+            )
+        )
     unverified = [m for m in PUBLIC_SAMPLES if nosumdb and match_prefix_patterns(nosumdb, m)]
     if unverified:
-        out.append(Check("client", "GONOSUMDB", "warn", f"GONOSUMDB={nosumdb} matches public modules such as "
-                         f"{unverified[0]}: their checksums are not verified", "nosumdb-public"))
+        out.append(
+            Check(
+                "client",
+                "GONOSUMDB",
+                "warn",
+                f"GONOSUMDB={nosumdb} matches public modules such as {unverified[0]}: their checksums are not verified",
+                "nosumdb-public",
+            )
+        )
     for p in _patterns(priv):
         if not _covers(nosumdb, p):
-            out.append(Check("client", "GONOSUMDB", "fail", f"private pattern {p} (GOPRIVATE) is not in "
-                             f"GONOSUMDB={nosumdb!r}: go asks the checksum database about private modules, "
-                             "which fails and leaks their paths", "private-sumdb-leak"))
+            out.append(
+                Check(
+                    "client",
+                    "GONOSUMDB",
+                    "fail",
+                    f"private pattern {p} (GOPRIVATE) is not in "
+                    f"GONOSUMDB={nosumdb!r}: go asks the checksum database about private modules, "
+                    "which fails and leaks their paths",
+                    "private-sumdb-leak",
+                )
+            )
         if not _covers(noproxy, p) and through_node and node_private is not None and not _covers(node_private, p):
-            out.append(Check("client", "GOPRIVATE", "warn", f"private modules matching {p} go through the node "
-                             f"(GONOPROXY={noproxy!r}), which does not treat them as private: it would look them "
-                             "up in its checksum database and refuse them; add them to the node's `private`",
-                             "private-node-sumdb"))
+            out.append(
+                Check(
+                    "client",
+                    "GOPRIVATE",
+                    "warn",
+                    f"private modules matching {p} go through the node "
+                    f"(GONOPROXY={noproxy!r}), which does not treat them as private: it would look them "
+                    "up in its checksum database and refuse them; add them to the node's `private`",
+                    "private-node-sumdb",
+                )
+            )
     if not out:
         if noproxy:
-            out.append(Check("client", "GOPRIVATE", "info", f"modules matching {noproxy} are fetched directly, "
-                             "not through the node (GONOPROXY)"))
+            out.append(
+                Check(
+                    "client",
+                    "GOPRIVATE",
+                    "info",
+                    f"modules matching {noproxy} are fetched directly, not through the node (GONOPROXY)",
+                )
+            )
         elif not (priv or nosumdb):
             out.append(Check("client", "GOPRIVATE", "ok", "no private module patterns"))
         else:
-            out.append(Check("client", "GOPRIVATE", "ok", f"GOPRIVATE={priv!r} GONOPROXY={noproxy!r} "
-                             f"GONOSUMDB={nosumdb!r} agree"))
+            out.append(
+                Check(
+                    "client", "GOPRIVATE", "ok", f"GOPRIVATE={priv!r} GONOPROXY={noproxy!r} GONOSUMDB={nosumdb!r} agree"
+                )
+            )
     return out
 
 
@@ -312,20 +417,45 @@ def gosumdb_checks(v: Mapping[str, str], node_dbs: Sequence[str] | None, environ
         out.append(Check("client", "GOSUMDB", "info", "GONOSUMCHECK is not a Go setting and is ignored"))
     if value == "off":
         node_note = "; the node still verifies what it caches" if node_dbs else ""
-        return out + [Check("client", "GOSUMDB", "warn", "GOSUMDB=off: checksum verification disabled, go accepts "
-                            f"any module bytes not already in go.sum{node_note}", "gosumdb-off")]
+        return out + [
+            Check(
+                "client",
+                "GOSUMDB",
+                "warn",
+                "GOSUMDB=off: checksum verification disabled, go accepts "
+                f"any module bytes not already in go.sum{node_note}",
+                "gosumdb-off",
+            )
+        ]
     fields = value.split()
     if len(fields) > 2 or not fields:
-        return out + [Check("client", "GOSUMDB", "fail", f"GOSUMDB={value!r}: want NAME[+KEY] [URL]",
-                            "gosumdb-invalid")]
+        return out + [
+            Check("client", "GOSUMDB", "fail", f"GOSUMDB={value!r}: want NAME[+KEY] [URL]", "gosumdb-invalid")
+        ]
     name = fields[0].split("+", 1)[0]
     if len(fields) == 2:
-        out.append(Check("client", "GOSUMDB", "warn", f"GOSUMDB names the URL {fields[1]}: go talks to it directly, "
-                         "not through the node, so verification fails offline", "gosumdb-url"))
+        out.append(
+            Check(
+                "client",
+                "GOSUMDB",
+                "warn",
+                f"GOSUMDB names the URL {fields[1]}: go talks to it directly, "
+                "not through the node, so verification fails offline",
+                "gosumdb-url",
+            )
+        )
     elif node_dbs is not None and name not in node_dbs:
-        out.append(Check("client", "GOSUMDB", "warn", f"the node does not proxy checksum database {name} "
-                         f"(it proxies {', '.join(node_dbs) or 'none'}): go goes to https://{name} directly, "
-                         "which fails offline", "gosumdb-not-proxied"))
+        out.append(
+            Check(
+                "client",
+                "GOSUMDB",
+                "warn",
+                f"the node does not proxy checksum database {name} "
+                f"(it proxies {', '.join(node_dbs) or 'none'}): go goes to https://{name} directly, "
+                "which fails offline",
+                "gosumdb-not-proxied",
+            )
+        )
     else:
         via = " through the node" if node_dbs else ""
         out.append(Check("client", "GOSUMDB", "ok", f"go verifies against {name}{via}"))
@@ -344,12 +474,23 @@ def auth_checks(v: Mapping[str, str], environ: Mapping[str, str], proxy_url: str
         return []
     p = urlsplit(proxy_url)
     if p.scheme != "https":
-        return [Check("client", "GOAUTH", "fail", "the node requires credentials, and go sends credentials over "
-                      "https only: serve TLS (tls_cert_file) and use an https:// GOPROXY", "auth-over-http")]
+        return [
+            Check(
+                "client",
+                "GOAUTH",
+                "fail",
+                "the node requires credentials, and go sends credentials over "
+                "https only: serve TLS (tls_cert_file) and use an https:// GOPROXY",
+                "auth-over-http",
+            )
+        ]
     goauth = (v.get("GOAUTH") or "netrc").strip()
     if goauth == "off":
-        return [Check("client", "GOAUTH", "fail", "the node requires credentials, but GOAUTH=off: go sends none",
-                      "goauth-off")]
+        return [
+            Check(
+                "client", "GOAUTH", "fail", "the node requires credentials, but GOAUTH=off: go sends none", "goauth-off"
+            )
+        ]
     if "netrc" not in [c.strip() for c in goauth.split(";")]:
         return [Check("client", "GOAUTH", "info", f"the node requires credentials; GOAUTH={goauth} provides them")]
     netrc = environ.get("NETRC") or os.path.join(environ.get("HOME", "~"), ".netrc")
@@ -358,21 +499,44 @@ def auth_checks(v: Mapping[str, str], environ: Mapping[str, str], proxy_url: str
     if host in machines:
         return [Check("client", "GOAUTH", "ok", f"{netrc} has credentials for {host}")]
     if p.hostname in machines and p.port:
-        return [Check("client", "GOAUTH", "fail", f"{netrc} names machine {p.hostname}, but go matches {host} "
-                      "(with the port): add it", "netrc-no-port")]
-    return [Check("client", "GOAUTH", "fail", f"the node requires credentials and {netrc} has no 'machine {host}' "
-                  "line: go sends none and gets 401", "netrc-missing")]
+        return [
+            Check(
+                "client",
+                "GOAUTH",
+                "fail",
+                f"{netrc} names machine {p.hostname}, but go matches {host} (with the port): add it",
+                "netrc-no-port",
+            )
+        ]
+    return [
+        Check(
+            "client",
+            "GOAUTH",
+            "fail",
+            f"the node requires credentials and {netrc} has no 'machine {host}' line: go sends none and gets 401",
+            "netrc-missing",
+        )
+    ]
 
 
 def goflags_checks(v: Mapping[str, str]) -> list[Check]:
     flags = v.get("GOFLAGS", "").split()
     if any(f.split("=", 1)[0].lstrip("-") == "insecure" for f in flags):
-        return [Check("client", "GOFLAGS", "fail", "GOFLAGS has -insecure, which is no longer supported ('go get' "
-                      "fails: use GOINSECURE, which relaxes TLS for direct fetches only)", "goflags-insecure")]
+        return [
+            Check(
+                "client",
+                "GOFLAGS",
+                "fail",
+                "GOFLAGS has -insecure, which is no longer supported ('go get' "
+                "fails: use GOINSECURE, which relaxes TLS for direct fetches only)",
+                "goflags-insecure",
+            )
+        ]
     bad = [f for f in flags if not f.startswith("-")]
     if bad:
-        return [Check("client", "GOFLAGS", "fail", f"GOFLAGS entries must be flags: {' '.join(bad)}",
-                      "goflags-invalid")]
+        return [
+            Check("client", "GOFLAGS", "fail", f"GOFLAGS entries must be flags: {' '.join(bad)}", "goflags-invalid")
+        ]
     return [Check("client", "GOFLAGS", "ok", f"GOFLAGS={' '.join(flags)!r}")]
 
 
@@ -401,22 +565,41 @@ def gotoolchain_checks(v: Mapping[str, str]) -> list[Check]:
     sumdb_off = v.get("GOSUMDB", "") == "off"
     if not name.startswith("go"):  # auto, local+auto
         if sumdb_off:
-            return chk("warn", "toolchain switches are always verified, so with GOSUMDB=off a go.mod needing a newer "
-                       "go fails ('checksum database disabled by GOSUMDB=off')", "gotoolchain-sumdb-off")
+            return chk(
+                "warn",
+                "toolchain switches are always verified, so with GOSUMDB=off a go.mod needing a newer "
+                "go fails ('checksum database disabled by GOSUMDB=off')",
+                "gotoolchain-sumdb-off",
+            )
         return chk("ok", "a go.mod needing a newer go downloads golang.org/toolchain through GOPROXY")
     module = f"golang.org/toolchain@v0.0.1-{name}.{v.get('GOOS', 'linux')}-{v.get('GOARCH', 'amd64')}"
     if sumdb_off:
         return chk("fail", f"{name} must be downloaded and verified, but GOSUMDB=off", "gotoolchain-sumdb-off")
-    return chk("info", f"every go command runs {name}, downloaded as {module} through GOPROXY; "
-               f"`modmesh warm {module}` caches it", "gotoolchain-pinned")
+    return chk(
+        "info",
+        f"every go command runs {name}, downloaded as {module} through GOPROXY; `modmesh warm {module}` caches it",
+        "gotoolchain-pinned",
+    )
 
 
-def client_checks(goenv: GoEnv, environ: Mapping[str, str], node: str, found: tuple[int, bool] | None,
-                  facts: Mapping[str, Any] | None, needs_auth: bool = False) -> list[Check]:
+def client_checks(
+    goenv: GoEnv,
+    environ: Mapping[str, str],
+    node: str,
+    found: tuple[int, bool] | None,
+    facts: Mapping[str, Any] | None,
+    needs_auth: bool = False,
+) -> list[Check]:
     v = goenv.values
-    out = [Check("client", "go env", "warn" if goenv.error else "ok" if "go env" in goenv.source else "info",
-                 f"read from {goenv.source}" + (f": {goenv.error}" if goenv.error else ""),
-                 "go-env-failed" if goenv.error else "")]
+    out = [
+        Check(
+            "client",
+            "go env",
+            "warn" if goenv.error else "ok" if "go env" in goenv.source else "info",
+            f"read from {goenv.source}" + (f": {goenv.error}" if goenv.error else ""),
+            "go-env-failed" if goenv.error else "",
+        )
+    ]
     goproxy = redact_list(v.get("GOPROXY", GO_DEFAULT_PROXY))  # the same entries, credentials masked
     out += goproxy_checks(goproxy, redact(node), found)
     through = found is not None and found[1]
@@ -427,6 +610,13 @@ def client_checks(goenv: GoEnv, environ: Mapping[str, str], node: str, found: tu
     out += goflags_checks(v)
     out += gotoolchain_checks(v)
     if v.get("GOINSECURE"):
-        out.append(Check("client", "GOINSECURE", "info", f"GOINSECURE={v['GOINSECURE']} relaxes TLS for direct "
-                         "fetches only; it changes nothing for proxies or checksum verification"))
+        out.append(
+            Check(
+                "client",
+                "GOINSECURE",
+                "info",
+                f"GOINSECURE={v['GOINSECURE']} relaxes TLS for direct "
+                "fetches only; it changes nothing for proxies or checksum verification",
+            )
+        )
     return out

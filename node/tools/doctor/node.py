@@ -68,8 +68,13 @@ class Probe:
         return self.error or f"HTTP {self.status}"
 
 
-async def probe(session: aiohttp.ClientSession, url: str, timeout: float, limit: int = 1 << 20,
-                headers: Mapping[str, str] | None = None) -> Probe:
+async def probe(
+    session: aiohttp.ClientSession,
+    url: str,
+    timeout: float,
+    limit: int = 1 << 20,
+    headers: Mapping[str, str] | None = None,
+) -> Probe:
     """GET `url`, keeping at most `limit` body bytes; never raises."""
     started = time.monotonic()
     try:
@@ -97,8 +102,7 @@ def disk_checks(path: Path, free: int, total: int, ifree: int, itotal: int) -> l
     ratio = free / total if total else 1.0
     detail = f"{free / GIB:.1f} GiB free of {total / GIB:.1f} GiB ({ratio:.0%}) at {path}"
     if free < DISK_FAIL:
-        out.append(Check("node", "disk", "fail", detail + ": new files pass through to clients uncached",
-                         "disk-full"))
+        out.append(Check("node", "disk", "fail", detail + ": new files pass through to clients uncached", "disk-full"))
     elif free < DISK_WARN or ratio < DISK_WARN_RATIO:
         out.append(Check("node", "disk", "warn", detail, "disk-low"))
     else:
@@ -115,8 +119,11 @@ def disk_checks(path: Path, free: int, total: int, ifree: int, itotal: int) -> l
 
 def cache_check(entries: int, size: int, from_cache: int, fetched: int) -> Check:
     asked = from_cache + fetched
-    ratio = f"hit ratio {from_cache / asked:.0%} ({from_cache} of {asked} answers since start)" if asked else \
-        "no requests since start"
+    ratio = (
+        f"hit ratio {from_cache / asked:.0%} ({from_cache} of {asked} answers since start)"
+        if asked
+        else "no requests since start"
+    )
     return Check("node", "cache", "ok", f"{entries} files, {size / (1 << 20):.1f} MiB; {ratio}")
 
 
@@ -138,27 +145,40 @@ async def local_checks(node: Node) -> list[Check]:
     st = os.statvfs(node.config.data)
     out = disk_checks(node.config.data, st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize, st.f_favail, st.f_files)
     count, size = await node.index.totals()
-    return out + [store_check(node.store.status.refusal), unverified_check(node.reverifier.pending),
-                  cache_check(count, size, *request_counts(node))]
+    return out + [
+        store_check(node.store.status.refusal),
+        unverified_check(node.reverifier.pending),
+        cache_check(count, size, *request_counts(node)),
+    ]
 
 
 def unverified_check(pending: int) -> Check:
     if not pending:
         return Check("node", "unverified", "ok", "every cached .zip/.mod the checksum database checks is confirmed")
-    return Check("node", "unverified", "warn",
-                 f"{pending} cached .zip/.mod files are not confirmed by the checksum database yet (it did not "
-                 "answer when they were fetched); they are served, not offered to peers or exported, and "
-                 "checked again in the background: make the database reachable (or set private/nosumdb "
-                 "for modules it does not know)", "sumdb-unverified")
+    return Check(
+        "node",
+        "unverified",
+        "warn",
+        f"{pending} cached .zip/.mod files are not confirmed by the checksum database yet (it did not "
+        "answer when they were fetched); they are served, not offered to peers or exported, and "
+        "checked again in the background: make the database reachable (or set private/nosumdb "
+        "for modules it does not know)",
+        "sumdb-unverified",
+    )
 
 
 def store_check(refusal: Refusal | None) -> Check:
     if refusal is None:
         return Check("node", "store", "ok", "takes new files")
     since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(refusal.since))
-    return Check("node", "store", "fail",
-                 f"cannot take files ({refusal.cause}) since {since}: {refusal.files} passed through to "
-                 f"clients uncached, first {refusal.first}; free space (or raise max_size)", "store-refusing")
+    return Check(
+        "node",
+        "store",
+        "fail",
+        f"cannot take files ({refusal.cause}) since {since}: {refusal.files} passed through to "
+        f"clients uncached, first {refusal.first}; free space (or raise max_size)",
+        "store-refusing",
+    )
 
 
 async def mesh_check(node: Node, timeout: float) -> Check:
@@ -205,14 +225,21 @@ async def upstream_checks(node: Node, modules: Sequence[str], timeout: float) ->
         name, b = f"upstream {up.name}" + (f" (route {pattern})" if pattern else ""), up.breaker
         ms = f"{p.seconds * 1000:.0f} ms"
         if p.status in (401, 403):
-            return Check("upstream", name, "fail", f"{path}: {p.what()}: credentials missing or refused",
-                         "upstream-auth")
+            return Check(
+                "upstream", name, "fail", f"{path}: {p.what()}: credentials missing or refused", "upstream-auth"
+            )
         if p.error or p.status not in (200, 404, 410):
-            return Check("upstream", name, "fail", f"{path}: {p.what()} after {ms} (breaker {b.state})",
-                         "upstream-unreachable")
+            return Check(
+                "upstream", name, "fail", f"{path}: {p.what()} after {ms} (breaker {b.state})", "upstream-unreachable"
+            )
         if b.state != "closed":
-            return Check("upstream", name, "warn", f"answers ({p.status} in {ms}), but its circuit breaker is "
-                         f"{b.state} after {b.failures} failures", "upstream-breaker-open")
+            return Check(
+                "upstream",
+                name,
+                "warn",
+                f"answers ({p.status} in {ms}), but its circuit breaker is {b.state} after {b.failures} failures",
+                "upstream-breaker-open",
+            )
         if p.seconds > SLOW_UPSTREAM:
             return Check("upstream", name, "warn", f"slow: {p.status} for {path} in {ms}", "upstream-slow")
         return Check("upstream", name, "ok", f"{p.status} for {path} in {ms}")
@@ -223,8 +250,11 @@ async def upstream_checks(node: Node, modules: Sequence[str], timeout: float) ->
         probes += [one(u, pattern) for u in chain.upstreams]
         out += [direct_check(e, pattern) for e in chain.entries if isinstance(e, Direct)]
     if not probes and not out:
-        return [Check("upstream", "upstreams", "warn", "no upstream configured: only cached modules are served",
-                      "no-upstream")]
+        return [
+            Check(
+                "upstream", "upstreams", "warn", "no upstream configured: only cached modules are served", "no-upstream"
+            )
+        ]
     return list(await asyncio.gather(*probes)) + out
 
 
@@ -233,8 +263,13 @@ def direct_check(d: Direct, pattern: str | None) -> Check:
     name = "direct" + (f" (route {pattern})" if pattern else "")
     missing = [tool for tool, found in (("go", d.go), ("git", shutil.which("git"))) if not found]
     if missing:
-        return Check("upstream", name, "fail", f"{' and '.join(missing)} not found on the node: direct fetches fail",
-                     "direct-tools-missing")
+        return Check(
+            "upstream",
+            name,
+            "fail",
+            f"{' and '.join(missing)} not found on the node: direct fetches fail",
+            "direct-tools-missing",
+        )
     return Check("upstream", name, "info", f"fetched from version control with {d.go} (not probed)")
 
 
@@ -316,8 +351,14 @@ def reference_version(views: Sequence[View]) -> str | None:
     return max(vs, key=semver.sort_key) if vs else None
 
 
-def consistency_checks(module: str, views: Sequence[View], cached_list: MetaEntry | None,
-                       cached_latest: MetaEntry | None, ttl: float, now: float) -> list[Check]:
+def consistency_checks(
+    module: str,
+    views: Sequence[View],
+    cached_list: MetaEntry | None,
+    cached_latest: MetaEntry | None,
+    ttl: float,
+    now: float,
+) -> list[Check]:
     """Empty 200s, lists that lag, latest drift and stale cache entries, each named."""
     lists = {v.name: list_versions(v.list.body) for v in views if v.list.status == 200}
     union: set[str] = set().union(*lists.values())
@@ -326,8 +367,13 @@ def consistency_checks(module: str, views: Sequence[View], cached_list: MetaEntr
         found += _answer_problems(module, v, lists.get(v.name))
         missing = union - lists.get(v.name, set())
         if missing and v.list.status in (200, 404, 410):
-            state = f"answers {v.list.status}" if v.list.status != 200 else "is empty" if not lists[v.name] else \
-                "lacks " + ", ".join(sorted(missing, key=semver.sort_key)[-3:])
+            state = (
+                f"answers {v.list.status}"
+                if v.list.status != 200
+                else "is empty"
+                if not lists[v.name]
+                else "lacks " + ", ".join(sorted(missing, key=semver.sort_key)[-3:])
+            )
             have = ", ".join(n for n, vs in lists.items() if vs & missing)
             n = f"{len(missing)} version{'s' if len(missing) > 1 else ''}"
             found.append(("fail", "list-lags", f"upstream {v.name}'s @v/list lags: it {state} ({n} listed by {have})"))
@@ -365,18 +411,26 @@ def _answer_problems(module: str, v: View, listed: set[str] | None) -> list[tupl
     return out
 
 
-def _cache_problems(union: set[str], cached_list: MetaEntry | None, cached_latest: MetaEntry | None,
-                    ttl: float, now: float) -> list[tuple[Status, str, str]]:
+def _cache_problems(
+    union: set[str], cached_list: MetaEntry | None, cached_latest: MetaEntry | None, ttl: float, now: float
+) -> list[tuple[Status, str, str]]:
     out: list[tuple[Status, str, str]] = []
     for kind, entry in (("@v/list", cached_list), ("@latest", cached_latest)):
         if entry is not None and now - entry.fetched_at > ttl:
-            out.append(("warn", "cache-stale", f"the node's cached {kind} is {now - entry.fetched_at:.0f}s old "
-                        f"(meta_ttl {ttl:.0f}s): refreshed on the next request"))
+            out.append(
+                (
+                    "warn",
+                    "cache-stale",
+                    f"the node's cached {kind} is {now - entry.fetched_at:.0f}s old "
+                    f"(meta_ttl {ttl:.0f}s): refreshed on the next request",
+                )
+            )
     lacking = union - list_versions(cached_list.body) if cached_list is not None else set()
     if cached_list is not None and lacking:
         shown = ", ".join(sorted(lacking, key=semver.sort_key)[-3:])
-        out.append(("warn", "cache-lags", f"the node's cached @v/list lacks {shown} "
-                    f"(fetched from {cached_list.source})"))
+        out.append(
+            ("warn", "cache-lags", f"the node's cached @v/list lacks {shown} (fetched from {cached_list.source})")
+        )
     return out
 
 
@@ -384,8 +438,9 @@ async def module_views(node: Node, module: str, timeout: float) -> list[View]:
     """@v/list and @latest from every upstream, then the reference version's files."""
     ups = node.proxy.chain_for(module).upstreams  # a routed module is fetched only through its route
     lst, lat = ModRequest(module, "", "list").upstream_path, ModRequest(module, "", "latest").upstream_path
-    metas = await asyncio.gather(*(asyncio.gather(_probe_upstream(u, lst, timeout, 1 << 20),
-                                                  _probe_upstream(u, lat, timeout)) for u in ups))
+    metas = await asyncio.gather(
+        *(asyncio.gather(_probe_upstream(u, lst, timeout, 1 << 20), _probe_upstream(u, lat, timeout)) for u in ups)
+    )
     views = [View(u.name, ls, lt, {}) for u, (ls, lt) in zip(ups, metas)]
     ref = reference_version(views)
     if ref is None or modpath.canonical_version(ref) != ref:
@@ -412,10 +467,17 @@ def node_facts(node: Node) -> dict[str, Any]:
     """What client-side checks need to know about the node."""
     cfg = node.config
     return {
-        "epoch": node.index.epoch, "url": node.url, "listen": cfg.listen, "data": str(cfg.data),
-        "sumdb": [db.name for db in node.sumdbs.dbs], "private": node.sumdbs.private,
-        "offline": cfg.offline, "meta_ttl": cfg.meta_ttl, "upstreams": [u.name for u in node.chain.upstreams],
-        "clients_need_auth": node.access.clients_need_auth, "tls": cfg.tls_cert_file is not None,
+        "epoch": node.index.epoch,
+        "url": node.url,
+        "listen": cfg.listen,
+        "data": str(cfg.data),
+        "sumdb": [db.name for db in node.sumdbs.dbs],
+        "private": node.sumdbs.private,
+        "offline": cfg.offline,
+        "meta_ttl": cfg.meta_ttl,
+        "upstreams": [u.name for u in node.chain.upstreams],
+        "clients_need_auth": node.access.clients_need_auth,
+        "tls": cfg.tls_cert_file is not None,
     }
 
 
@@ -429,6 +491,7 @@ async def _guard(what: str, aw: Awaitable[list[Check]]) -> list[Check]:
 
 async def node_report(node: Node, modules: Sequence[str] = (), timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
     """Every node-side check, run concurrently; JSON-ready."""
+
     async def mesh() -> list[Check]:
         return [await mesh_check(node, timeout)]
 

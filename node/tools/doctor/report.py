@@ -73,8 +73,13 @@ class Report:
     def to_json(self) -> dict[str, Any]:
         summary = {s: sum(c.status == s for c in self.checks) for s in ("ok", "info", "warn", "fail")}
         values = {**self.goenv.values, "GOPROXY": redact_list(self.goenv.values.get("GOPROXY", ""))}
-        return {"status": self.status, "summary": summary, "checks": [c.to_json() for c in self.checks],
-                "go_env": {"source": self.goenv.source, "values": values}, "node": self.facts}
+        return {
+            "status": self.status,
+            "summary": summary,
+            "checks": [c.to_json() for c in self.checks],
+            "go_env": {"source": self.goenv.source, "values": values},
+            "node": self.facts,
+        }
 
 
 def node_health_checks(node: str, health: Probe, ready: Probe, epoch: str | None, required: bool) -> list[Check]:
@@ -94,15 +99,19 @@ def node_health_checks(node: str, health: Probe, ready: Probe, epoch: str | None
         return [Check("client", name, "fail", f"not ready (/readyz {ready.what()})", "node-not-ready")]
     if h.get("status") != "ok":
         why = [str(r) for r in h.get("reasons", [])]
-        why += [f"upstream {u['name']} breaker {u['breaker']}"
-                for u in h.get("upstreams", []) if u.get("breaker") != "closed"]
+        why += [
+            f"upstream {u['name']} breaker {u['breaker']}"
+            for u in h.get("upstreams", [])
+            if u.get("breaker") != "closed"
+        ]
         why += [str(d["fork"]) for d in h.get("sumdb", []) if d.get("fork")]
         return [Check("client", name, "fail", f"degraded: {'; '.join(why) or h.get('status')}", "node-degraded")]
     return [Check("client", name, "ok", f"modmesh {h.get('version', '?')}, healthy, up {h.get('uptime_s', 0):.0f}s")]
 
 
-async def find_node(session: aiohttp.ClientSession, entries: Sequence[ProxyEntry], node: str,
-                    epoch: str | None, timeout: float) -> tuple[int, bool] | None:
+async def find_node(
+    session: aiohttp.ClientSession, entries: Sequence[ProxyEntry], node: str, epoch: str | None, timeout: float
+) -> tuple[int, bool] | None:
     """The GOPROXY entry that reaches the node: by address, else by asking each
     entry's /healthz for the node's store epoch (a LAN name for the same node)."""
     found = match_node(entries, node)
@@ -120,9 +129,16 @@ async def find_node(session: aiohttp.ClientSession, entries: Sequence[ProxyEntry
     return None
 
 
-async def diagnose(environ: Mapping[str, str], go: str | None, *, node: str | None = None,
-                   config: Config | None = None, modules: Sequence[str] = (),
-                   timeout: float = DEFAULT_TIMEOUT, admin_token: str | None = None) -> Report:
+async def diagnose(
+    environ: Mapping[str, str],
+    go: str | None,
+    *,
+    node: str | None = None,
+    config: Config | None = None,
+    modules: Sequence[str] = (),
+    timeout: float = DEFAULT_TIMEOUT,
+    admin_token: str | None = None,
+) -> Report:
     """The whole diagnosis: against a running node (`node`) or a data directory (`config`)."""
     goenv = await read_go_env(environ, go)
     facts: dict[str, Any] | None = None
@@ -141,14 +157,18 @@ async def diagnose(environ: Mapping[str, str], go: str | None, *, node: str | No
             assert node is not None
             url = node
         health, ready = await asyncio.gather(
-            probe(session, f"{url}/healthz", timeout), probe(session, f"{url}/readyz", timeout))
+            probe(session, f"{url}/healthz", timeout), probe(session, f"{url}/readyz", timeout)
+        )
         reach = node_health_checks(url, health, ready, facts["epoch"] if facts else None, required=config is None)
         if config is None and health.status == 200:
             facts, more = await remote_report(session, url, modules, timeout, admin_token)
             node_part += more
         # A path that 404s without touching an upstream, unless credentials are required.
-        needs_auth = bool(facts["clients_need_auth"]) if facts else \
-            (await probe(session, f"{url}/_modmesh-doctor", timeout)).status == 401
+        needs_auth = (
+            bool(facts["clients_need_auth"])
+            if facts
+            else (await probe(session, f"{url}/_modmesh-doctor", timeout)).status == 401
+        )
         epoch = facts["epoch"] if facts else None
         entries, _ = parse_client_goproxy(goenv.values.get("GOPROXY", GO_DEFAULT_PROXY))
         found = await find_node(session, entries, url, epoch, timeout)
@@ -156,21 +176,43 @@ async def diagnose(environ: Mapping[str, str], go: str | None, *, node: str | No
     return Report(checks, goenv, facts)
 
 
-async def remote_report(session: aiohttp.ClientSession, url: str, modules: Sequence[str], timeout: float,
-                        admin_token: str | None = None) -> tuple[dict[str, Any] | None, list[Check]]:
+async def remote_report(
+    session: aiohttp.ClientSession, url: str, modules: Sequence[str], timeout: float, admin_token: str | None = None
+) -> tuple[dict[str, Any] | None, list[Check]]:
     q = urlencode([("timeout", f"{timeout:g}")] + [("module", m) for m in modules])
     auth = {"Authorization": f"Bearer {admin_token}"} if admin_token else None
     # Probes inside the node are bounded by `timeout`, consistency takes two rounds.
     p = await probe(session, f"{url}/_admin/doctor?{q}", timeout * 3 + 5, limit=8 << 20, headers=auth)
     if p.status == 403:
-        return None, [Check("node", "node-side checks", "warn", "the node answers /_admin/ to loopback clients only: "
-                            "run doctor on the node's host, or with --data", "admin-forbidden")]
+        return None, [
+            Check(
+                "node",
+                "node-side checks",
+                "warn",
+                "the node answers /_admin/ to loopback clients only: run doctor on the node's host, or with --data",
+                "admin-forbidden",
+            )
+        ]
     if p.status == 401:
-        return None, [Check("node", "node-side checks", "warn", "the node wants its admin token for /_admin/: "
-                            "pass --admin-token-file", "admin-token")]
+        return None, [
+            Check(
+                "node",
+                "node-side checks",
+                "warn",
+                "the node wants its admin token for /_admin/: pass --admin-token-file",
+                "admin-token",
+            )
+        ]
     if p.status != 200:
-        return None, [Check("node", "node-side checks", "fail", f"/_admin/doctor: {p.what()} "
-                            f"{p.body[:200].decode('utf-8', 'replace').strip()}".strip(), "admin-error")]
+        return None, [
+            Check(
+                "node",
+                "node-side checks",
+                "fail",
+                f"/_admin/doctor: {p.what()} {p.body[:200].decode('utf-8', 'replace').strip()}".strip(),
+                "admin-error",
+            )
+        ]
     try:
         rep = json.loads(p.body)
         return rep["facts"], [Check.from_json(c) for c in rep["checks"]]
@@ -190,16 +232,27 @@ def listen_url(config: Config) -> str:
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "doctor", help="diagnose the client set-up, the node and its upstreams",
+        "doctor",
+        help="diagnose the client set-up, the node and its upstreams",
         description="Check GOPROXY and friends as the go command sees them, the node's health, its upstreams "
-                    "and checksum databases, and (--module) what each upstream and the cache say about a module.",
+        "and checksum databases, and (--module) what each upstream and the cache say about a module.",
     )
     add_node_arguments(p)
-    p.add_argument("-m", "--module", action="append", default=[], metavar="PATH",
-                   help="compare @v/list and @latest for this module across upstreams and the cache (repeatable)")
+    p.add_argument(
+        "-m",
+        "--module",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="compare @v/list and @latest for this module across upstreams and the cache (repeatable)",
+    )
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per probe (default 5)")
-    p.add_argument("--admin-token-file", metavar="FILE", type=Path,
-                   help="with --node: the node's admin token, for its node-side checks (/_admin/doctor)")
+    p.add_argument(
+        "--admin-token-file",
+        metavar="FILE",
+        type=Path,
+        help="with --node: the node's admin token, for its node-side checks (/_admin/doctor)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
 
@@ -220,8 +273,17 @@ def run(args: argparse.Namespace) -> int:
         Console(stderr=True).print(f"modmesh doctor: {e}", markup=False, highlight=False)
         return 2
     setup_cli_logging(Console(stderr=True))
-    report = asyncio.run(diagnose(os.environ, shutil.which("go"), node=url, config=cfg,
-                                  modules=args.module, timeout=args.timeout, admin_token=token))
+    report = asyncio.run(
+        diagnose(
+            os.environ,
+            shutil.which("go"),
+            node=url,
+            config=cfg,
+            modules=args.module,
+            timeout=args.timeout,
+            admin_token=token,
+        )
+    )
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -245,11 +307,18 @@ def render(console: Console, report: Report) -> None:
     for c in report.checks:
         if section is not None and c.section != section:
             table.add_section()
-        table.add_row(c.section if c.section != section else "", escape(c.name), f"[{STYLES[c.status]}]{c.status}[/]",
-                      escape(c.detail) + (f" [dim]({escape(c.code)})[/]" if c.code else ""))
+        table.add_row(
+            c.section if c.section != section else "",
+            escape(c.name),
+            f"[{STYLES[c.status]}]{c.status}[/]",
+            escape(c.detail) + (f" [dim]({escape(c.code)})[/]" if c.code else ""),
+        )
         section = c.section
     console.print(table)
     fails = sum(c.status == "fail" for c in report.checks)
     warns = sum(c.status == "warn" for c in report.checks)
-    console.print(f"{fails} failed, {warns} warnings" if fails or warns else "all checks passed",
-                  style=STYLES[report.status], highlight=False)
+    console.print(
+        f"{fails} failed, {warns} warnings" if fails or warns else "all checks passed",
+        style=STYLES[report.status],
+        highlight=False,
+    )

@@ -145,10 +145,13 @@ def merge(targets: Iterable[Target], errors: list[InputError]) -> Parsed:
         for attr in ("zip_h1", "mod_h1"):
             mine, theirs = getattr(have, attr), getattr(t, attr)
             if mine and theirs and mine != theirs:
-                errors.append(InputError(
-                    t.origin, f"{t.module}@{t.version}",
-                    f"{t.origin} has {theirs} for {t.module}@{t.version}, {have.origin} has {mine}",
-                ))
+                errors.append(
+                    InputError(
+                        t.origin,
+                        f"{t.module}@{t.version}",
+                        f"{t.origin} has {theirs} for {t.module}@{t.version}, {have.origin} has {mine}",
+                    )
+                )
             elif theirs:
                 setattr(have, attr, theirs)
     return list(out.values()), errors
@@ -176,8 +179,11 @@ class ModFile:
 
 def is_directory_path(p: str) -> bool:
     """modfile.IsDirectoryPath: a replacement that is a local directory, not a module."""
-    return (p in (".", "..") or p.startswith(("./", ".\\", "../", "..\\", "/", "\\"))
-            or (len(p) >= 2 and p[0].isascii() and p[0].isalpha() and p[1] == ":"))
+    return (
+        p in (".", "..")
+        or p.startswith(("./", ".\\", "../", "..\\", "/", "\\"))
+        or (len(p) >= 2 and p[0].isascii() and p[0].isalpha() and p[1] == ":")
+    )
 
 
 def _statements(text: str) -> list[tuple[str, list[str], int]]:

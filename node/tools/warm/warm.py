@@ -91,8 +91,9 @@ class HttpFetcher:
     """A running node, spoken to like any GOPROXY client would (credentials from a
     client token, or user:password in the URL; 429s are waited out)."""
 
-    def __init__(self, session: aiohttp.ClientSession, base: str, databases: list[str],
-                 token: str | None = None) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, base: str, databases: list[str], token: str | None = None
+    ) -> None:
         self.session = session
         self.base = base.rstrip("/")
         self.databases = databases
@@ -232,9 +233,14 @@ class Result:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "module": self.module, "version": self.version, "status": self.status,
-            "origin": self.origin, "files": self.files, "sumdb": self.sumdb,
-            "bytes": self.bytes, "reason": self.reason,
+            "module": self.module,
+            "version": self.version,
+            "status": self.status,
+            "origin": self.origin,
+            "files": self.files,
+            "sumdb": self.sumdb,
+            "bytes": self.bytes,
+            "reason": self.reason,
         }
 
 
@@ -283,7 +289,9 @@ async def warm_one(fetcher: Fetcher, t: Target) -> Result:
 
 
 async def warm(
-    fetcher: Fetcher, targets: Sequence[Target], jobs: int = DEFAULT_JOBS,
+    fetcher: Fetcher,
+    targets: Sequence[Target],
+    jobs: int = DEFAULT_JOBS,
     on_done: Callable[[Result], None] | None = None,
 ) -> list[Result]:
     """Warm every target, at most `jobs` at a time; results in input order."""
@@ -305,15 +313,21 @@ def http_session(read_timeout: float = 300.0) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": "modmesh-warm"})
 
 
-async def warm_node(url: str, targets: Sequence[Target], jobs: int = DEFAULT_JOBS,
-                    on_done: Callable[[Result], None] | None = None, token: str | None = None) -> list[Result]:
+async def warm_node(
+    url: str,
+    targets: Sequence[Target],
+    jobs: int = DEFAULT_JOBS,
+    on_done: Callable[[Result], None] | None = None,
+    token: str | None = None,
+) -> list[Result]:
     async with http_session() as session:
         fetcher = await HttpFetcher.connect(session, url, token)
         return await warm(fetcher, targets, jobs, on_done)
 
 
-async def warm_data(config: Config, targets: Sequence[Target], jobs: int = DEFAULT_JOBS,
-                    on_done: Callable[[Result], None] | None = None) -> list[Result]:
+async def warm_data(
+    config: Config, targets: Sequence[Target], jobs: int = DEFAULT_JOBS, on_done: Callable[[Result], None] | None = None
+) -> list[Result]:
     async with local_node(config) as node:
         return await warm(LocalFetcher(node), targets, jobs, on_done)
 
@@ -323,16 +337,24 @@ async def warm_data(config: Config, targets: Sequence[Target], jobs: int = DEFAU
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "warm", help="fetch modules into a node ahead of time",
+        "warm",
+        help="fetch modules into a node ahead of time",
         description="Fetch every module listed in go.sum / go.mod / go.work files or module@version "
-                    "lists into a node, with their checksum-database records. Resumable: run it again.",
+        "lists into a node, with their checksum-database records. Resumable: run it again.",
     )
-    p.add_argument("files", nargs="+", metavar="FILE",
-                   help="go.sum, go.mod, go.work, a list of module@version ('-': stdin), or module@version")
+    p.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="go.sum, go.mod, go.work, a list of module@version ('-': stdin), or module@version",
+    )
     add_node_arguments(p)
-    p.add_argument("--token-file", metavar="FILE", type=Path,
-                   help="with --node: a client token, for a node that requires credentials "
-                        "(or user:password@ in the URL)")
+    p.add_argument(
+        "--token-file",
+        metavar="FILE",
+        type=Path,
+        help="with --node: a client token, for a node that requires credentials (or user:password@ in the URL)",
+    )
     p.add_argument("-j", "--jobs", type=int, default=DEFAULT_JOBS, help=f"concurrent modules (default {DEFAULT_JOBS})")
     p.add_argument("--json", action="store_true", help="print per-module results as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -371,13 +393,25 @@ def run(args: argparse.Namespace) -> int:
     return 1 if any(r.status == "failed" for r in results) else 0
 
 
-async def _run_with_progress(cfg: Config | None, where: str, targets: Sequence[Target], jobs: int,
-                             console: Console, quiet: bool, token: str | None = None) -> list[Result]:
+async def _run_with_progress(
+    cfg: Config | None,
+    where: str,
+    targets: Sequence[Target],
+    jobs: int,
+    console: Console,
+    quiet: bool,
+    token: str | None = None,
+) -> list[Result]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(
-        TextColumn("[bold]warm[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.description}"), console=console, disable=quiet or not console.is_terminal,
+        TextColumn("[bold]warm[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+        disable=quiet or not console.is_terminal,
         transient=True,
     )
     with progress:
@@ -427,7 +461,8 @@ def print_summary(console: Console, where: str, results: Sequence[Result], elaps
     console.print(
         f"{c['fetched']} fetched, {c['cached']} already cached, {c['failed']} failed "
         f"({_size(sum(r.bytes for r in results))} in {elapsed:.1f}s)",
-        style="bold red" if c["failed"] else None, highlight=False,
+        style="bold red" if c["failed"] else None,
+        highlight=False,
     )
 
 
