@@ -2,7 +2,7 @@
 
 The node verifies every zip against Go's module-zip rules, so a big test file must
 be a real module zip. We write random files into a temporary tree and zip it
-with node.modzip.create_zip (streamed to disk; nothing is held in memory), once:
+with node.zipwriter.create_zip (streamed to disk; nothing is held in memory), once:
 the result is cached under bench/out/zips and reused by later runs.
 """
 
@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.golang import modzip
+from node.golang import modzip, zipwriter
 from node.golang.modpath import escape_path, escape_version
 
 VERSION = "v1.0.0"
@@ -82,7 +82,7 @@ def ensure(cache_dir: Path, megabytes: int) -> BigModule:
         _write_tree(tree, module, megabytes * 10**6)
         part = work / "out.zip"
         with open(part, "wb", buffering=_BLOCK) as out:
-            modzip.create_zip(tree, module, VERSION, out)
+            zipwriter.create_zip(tree, module, VERSION, out)
         size, sha = part.stat().st_size, _sha256(part)
         if size > modzip.MAX_ZIP_FILE:
             raise RuntimeError(f"generated zip is {size} bytes, over Go's limit")

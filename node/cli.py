@@ -10,18 +10,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import logging
 import signal
 import sys
-import importlib
 from collections.abc import Sequence
 from pathlib import Path
 
+from node.cache.upstream import GoproxyError, parse_goproxy
 from node.config import Config, ConfigError, load_config
 from node.logs import setup_logging
 from node.plugins import Plugin, load_plugins
 from node.sumdb.client import SumDBConfigError, parse_sumdb_spec
-from node.cache.upstream import GoproxyError, parse_goproxy
 
 log = logging.getLogger("modmesh")
 

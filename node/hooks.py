@@ -8,8 +8,8 @@ nothing here can make the node serve unverified bytes.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from aiohttp import web

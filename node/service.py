@@ -19,23 +19,23 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from node.server.access import load_policy
-from node.server.admin import add_admin_routes
-from node.server.app import FastPathRunner, RequestRecorder, access_logger, add_goproxy_route, build_app
-from node.config import Config
 from node.cache.credentials import route_credentials
 from node.cache.direct import Direct
-from node.hooks import Hooks
 from node.cache.index import Index
-from node.metrics import Metrics
 from node.cache.proxy import ModuleProxy, ProxySettings
 from node.cache.reverify import Reverifier
 from node.cache.spool import storage_error_cause
-from node.cache.store import BlobStore
 from node.cache.storage import StorageManager
-from node.sumdb.client import ChecksumDatabases, SumDB, parse_sumdb_spec
-from node.sumdb.cache import SumDBStore
+from node.cache.store import BlobStore
 from node.cache.upstream import CircuitBreaker, Off, Timeouts, Upstream, UpstreamChain, build_chain
+from node.config import Config
+from node.hooks import Hooks
+from node.metrics import Metrics
+from node.server.access import load_policy
+from node.server.admin import add_admin_routes
+from node.server.app import FastPathRunner, RequestRecorder, access_logger, add_goproxy_route, build_app
+from node.sumdb.cache import SumDBStore
+from node.sumdb.client import ChecksumDatabases, SumDB, parse_sumdb_spec
 
 log = logging.getLogger(__name__)
 

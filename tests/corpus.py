@@ -6,7 +6,7 @@ proxy_test.go) so the suite exercises the same edge cases the go command's own
 tests do, then split them into the versions a correct proxy must serve to
 `go mod download` (`servable`) and the rest, each with a reason (`broken`).
 
-Zips are built with OUR writer (node.modzip.create_zip, Go's CreateFromDir
+Zips are built with OUR writer (node.zipwriter.create_zip, Go's CreateFromDir
 rules) whenever it accepts the tree; the deliberately malformed ones (`/NAME`
 sections, trees our writer refuses) get a raw zip built the way Go's test
 proxy builds it, so a proxy under test can be fed the bad bytes too.
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from node.golang import modpath, modzip
+from node.golang import modpath, zipwriter
 from tests.goenv import go_binary, remove_modcache
 
 __all__ = [
@@ -235,7 +235,7 @@ def _materialisable(name: str) -> bool:
 
 
 def _writer_zip(cv: CorpusVersion, workdir: Path) -> bytes:
-    """Materialise the tree and zip it with node.modzip.create_zip; ValueError if refused."""
+    """Materialise the tree and zip it with node.zipwriter.create_zip; ValueError if refused."""
     if cv.raw_names:
         raise ValueError("raw /NAME sections build a deliberately malformed zip")
     names = [name for name, _ in cv.files]
@@ -254,7 +254,7 @@ def _writer_zip(cv: CorpusVersion, workdir: Path) -> bytes:
             except OSError as e:
                 raise ValueError(f"file {name!r} cannot be materialised: {e}") from e
         out = io.BytesIO()
-        modzip.create_zip(tree, cv.path, cv.version, out)
+        zipwriter.create_zip(tree, cv.path, cv.version, out)
         return out.getvalue()
     finally:
         remove_modcache(tree)

@@ -6,7 +6,7 @@ import io
 import json
 import os
 
-from node.golang import modzip
+from node.golang import zipwriter
 
 
 def module_files(
@@ -16,7 +16,7 @@ def module_files(
     mod = f"module {path}\n\ngo 1.21\n".encode()
     files = files if files is not None else {"go.mod": mod, "x.go": b"package x\n"}
     buf = io.BytesIO()
-    modzip.create_zip_from_files(sorted(files.items()), path, version, buf)
+    zipwriter.create_zip_from_files(sorted(files.items()), path, version, buf)
     info = json.dumps({"Version": version, "Time": time}).encode()
     return info, mod, buf.getvalue()
 

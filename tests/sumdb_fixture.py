@@ -39,7 +39,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from node.golang import modpath, modzip
+from node.golang import dirhash, modpath, modzip
 from tests.upstream_fixture import FakeProxy, ModuleSet, Reply
 
 __all__ = [
@@ -413,7 +413,7 @@ class FakeSumDB(FakeProxy):
                         zip_h1 = _h1_zip_bytes(zip_bytes, scratch)
                     except modzip.ZipError:
                         continue
-                    self.add(path, version, zip_h1, modzip.h1_gomod(mod))
+                    self.add(path, version, zip_h1, dirhash.h1_gomod(mod))
                     added += 1
         return added
 

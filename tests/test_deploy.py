@@ -32,9 +32,9 @@ from typing import Any
 
 import pytest
 
+from node.cache.upstream import parse_goproxy
 from node.config import Config, load_config
 from node.sumdb.client import parse_sumdb_spec
-from node.cache.upstream import parse_goproxy
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"

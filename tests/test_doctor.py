@@ -15,9 +15,9 @@ import aiohttp
 import pytest
 from rich.console import Console
 
-from node.tools.doctor.report import diagnose, render
-from node.config import Route
 from node.cache.direct import Direct
+from node.cache.index import MetaEntry
+from node.config import Route
 from node.tools.doctor.client import (
     Check,
     auth_checks,
@@ -33,7 +33,7 @@ from node.tools.doctor.client import (
     redact_list,
 )
 from node.tools.doctor.node import Probe, View, consistency_checks, direct_check, disk_checks
-from node.cache.index import MetaEntry
+from node.tools.doctor.report import diagnose, render
 from tests.goenv import go_env
 from tests.modules import module_files
 from tests.node_fixtures import node_config

@@ -9,12 +9,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from node.cache import verify
 from node.golang.modpath import escape_path, escape_version
 from node.golang.modzip import h1_zip
-from node.errors import IntegrityError
-from node.cache.protocol import ModRequest
-from tests.corpus import CorpusVersion, broken, servable
+from tests.corpus import broken, servable
 from tests.goenv import decode_stream, go_env, remove_modcache, run_go
 from tests.upstream_fixture import Fault
 

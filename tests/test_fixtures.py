@@ -21,11 +21,11 @@ import aiohttp
 import pytest
 import yarl
 
-from node.golang import modpath, modzip, semver
+from node.golang import dirhash, modzip, pseudo, semver, zipwriter
 from tests.conftest import FakeProxyFactory, NameResolutionDenied, NetworkDenied
 from tests.corpus import CorpusVersion, broken, parse_txtar, servable
 from tests.goenv import go_env, remove_modcache, run_go
-from tests.upstream_fixture import Fault, FakeProxy, ModuleSet
+from tests.upstream_fixture import FakeProxy, Fault, ModuleSet
 
 HELLO = "example.com/hello"
 HELLO_MOD = b"module example.com/hello\n\ngo 1.21\n"
@@ -35,7 +35,7 @@ BLOB = bytes(range(256)) * 256  # 64 KiB, so "half a body" is well defined
 
 def _hello_zip() -> bytes:
     out = io.BytesIO()
-    modzip.create_zip_from_files(
+    zipwriter.create_zip_from_files(
         [("go.mod", HELLO_MOD), ("hello.go", b"package hello\n"), ("blob.bin", BLOB)],
         HELLO,
         "v1.0.0",
@@ -108,7 +108,7 @@ async def test_go_downloads_every_servable_version(
         assert mod is not None and zip_bytes is not None
         scratch.write_bytes(zip_bytes)
         assert got["Sum"] == modzip.h1_zip(scratch), cv.key
-        assert got["GoModSum"] == modzip.h1_gomod(mod), cv.key
+        assert got["GoModSum"] == dirhash.h1_gomod(mod), cv.key
         assert Path(got["Zip"]).read_bytes() == zip_bytes, cv.key
     remove_modcache(tmp_path / "modcache")
 
@@ -148,7 +148,7 @@ async def test_go_list_versions_and_build(
         (
             cv.version
             for cv in corpus
-            if cv.path == "rsc.io/quote" and not modpath.is_pseudo_version(cv.version) and cv.version != "v2.0.0"
+            if cv.path == "rsc.io/quote" and not pseudo.is_pseudo_version(cv.version) and cv.version != "v2.0.0"
         ),
         key=semver.sort_key,
     )
@@ -215,16 +215,16 @@ async def test_protocol_answers(corpus_modules: ModuleSet, fake_proxy: FakeProxy
 
 async def test_latest_and_add_module(fake_proxy: FakeProxyFactory) -> None:
     fp = await fake_proxy({})
-    pseudo = ["v0.0.0-20200101000000-aaaaaaaaaaaa", "v0.0.0-20210101000000-bbbbbbbbbbbb"]
+    pseudos = ["v0.0.0-20200101000000-aaaaaaaaaaaa", "v0.0.0-20210101000000-bbbbbbbbbbbb"]
     async with aiohttp.ClientSession() as s:
         async with s.get(f"{fp.url}/example.com/m/@latest") as r:
             assert r.status == 404
-        for v in pseudo:
+        for v in pseudos:
             fp.add_module("example.com/m", v, None, b"module example.com/m\n", None)
         async with s.get(f"{fp.url}/example.com/m/@v/list") as r:
             assert r.status == 200 and await r.read() == b""
         async with s.get(f"{fp.url}/example.com/m/@latest") as r:
-            assert (await r.json(content_type=None))["Version"] == pseudo[1]
+            assert (await r.json(content_type=None))["Version"] == pseudos[1]
         fp.add_module("example.com/m", "v1.1.0-rc.1", None, b"module example.com/m\n", None)
         async with s.get(f"{fp.url}/example.com/m/@latest") as r:
             assert (await r.json(content_type=None))["Version"] == "v1.1.0-rc.1"

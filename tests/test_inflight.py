@@ -26,12 +26,12 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from node.cache import store as store_module
-from node.errors import StorageFull, UpstreamError
 from node.cache.index import Entry
 from node.cache.inflight import Aborted, Download, Transfer, send
 from node.cache.protocol import ModRequest
 from node.cache.spool import MemoryBudget, Spool
 from node.cache.store import BlobStore
+from node.errors import StorageFull, UpstreamError
 from tests.disk import FillingDisk
 
 HOLDBACK = 7

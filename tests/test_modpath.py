@@ -23,7 +23,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from node.golang import modpath, patterns, semver
+from node.golang import modpath, patterns, pseudo, semver
+from node.golang._text import quote
 from node.golang.modpath import InvalidPathError, InvalidVersionError
 from tests.goenv import go_binary, go_env
 
@@ -463,7 +464,7 @@ def test_escape_version(version: str, escaped: str) -> None:
 def test_escape_version_rejects(version: str) -> None:
     with pytest.raises(InvalidVersionError) as info:
         modpath.escape_version(version)
-    quoted = modpath._quote(version)  # Go's %q: "v1\x00", not JSON's "v1\u0000"
+    quoted = quote(version)  # Go's %q: "v1\x00", not JSON's "v1\u0000"
     assert str(info.value) == f"version {quoted} invalid: disallowed version string"
 
 
@@ -515,10 +516,10 @@ PSEUDO_TESTS = [
 
 @pytest.mark.parametrize(("version", "base"), PSEUDO_TESTS)
 def test_pseudo_version(version: str, base: str) -> None:
-    assert modpath.is_pseudo_version(version)
-    assert modpath.pseudo_version_time(version) == PSEUDO_TIME
-    assert modpath.pseudo_version_rev(version) == "hash"
-    assert modpath.pseudo_version_base(version) == base
+    assert pseudo.is_pseudo_version(version)
+    assert pseudo.pseudo_version_time(version) == PSEUDO_TIME
+    assert pseudo.pseudo_version_rev(version) == "hash"
+    assert pseudo.pseudo_version_base(version) == base
 
 
 @pytest.mark.parametrize(
@@ -540,8 +541,8 @@ def test_pseudo_version(version: str, base: str) -> None:
     ],
 )
 def test_not_pseudo_version(version: str) -> None:
-    assert not modpath.is_pseudo_version(version)
-    parts = (modpath.pseudo_version_time, modpath.pseudo_version_rev, modpath.pseudo_version_base)
+    assert not pseudo.is_pseudo_version(version)
+    parts = (pseudo.pseudo_version_time, pseudo.pseudo_version_rev, pseudo.pseudo_version_base)
     for fn in parts:
         with pytest.raises(InvalidVersionError) as info:
             fn(version)
@@ -566,7 +567,7 @@ def test_not_pseudo_version(version: str) -> None:
 )
 def test_pseudo_version_base_rejects(version: str, message: str) -> None:
     with pytest.raises(InvalidVersionError) as info:
-        modpath.pseudo_version_base(version)
+        pseudo.pseudo_version_base(version)
     assert str(info.value) == f"pseudo-version {json.dumps(version)} invalid: {message}"
 
 
@@ -588,11 +589,11 @@ def test_pseudo_version_base_rejects(version: str, message: str) -> None:
 def test_pseudo_version_time(stamp: str, ok: bool) -> None:
     v = f"v0.0.0-{stamp}-abcdefabcdef"
     if ok:
-        t = modpath.pseudo_version_time(v)
+        t = pseudo.pseudo_version_time(v)
         assert t.tzinfo is timezone.utc and _stamp(t) == stamp
         return
     with pytest.raises(InvalidVersionError) as info:
-        modpath.pseudo_version_time(v)
+        pseudo.pseudo_version_time(v)
     assert str(info.value) == f'pseudo-version "{v}" invalid: malformed time "{stamp}"'
 
 
@@ -813,9 +814,9 @@ _PATH_FUNCTIONS: list[Callable[[str], object]] = [
 _VERSION_FUNCTIONS: list[Callable[[str], object]] = [
     modpath.escape_version,
     modpath.unescape_version,
-    modpath.pseudo_version_time,
-    modpath.pseudo_version_rev,
-    modpath.pseudo_version_base,
+    pseudo.pseudo_version_time,
+    pseudo.pseudo_version_rev,
+    pseudo.pseudo_version_base,
 ]
 
 
@@ -840,7 +841,7 @@ def test_hostile_text_raises_only_our_errors(a: str, b: str) -> None:
     except InvalidVersionError:
         pass
     modpath.canonical_version(b)
-    modpath.is_pseudo_version(b)
+    pseudo.is_pseudo_version(b)
     assert isinstance(patterns.match_prefix_patterns(a, b), bool)
 
 
@@ -853,7 +854,7 @@ def test_very_long_inputs() -> None:
         modpath.check_path(long_path + "/A~1")
     with pytest.raises(InvalidVersionError):
         modpath.unescape_version("v1." + "1" * 1_000_000 + "!")
-    assert not modpath.is_pseudo_version("v1.2.3-" + "0." * 200_000 + "x-y")
+    assert not pseudo.is_pseudo_version("v1.2.3-" + "0." * 200_000 + "x-y")
     assert not patterns.match_prefix_patterns("*a*a*a*a*b", "a" * 2000)
 
 
@@ -903,17 +904,17 @@ def _pseudo_version(major: str, older: str, t: datetime, rev: str) -> str:
 def test_pseudo_version_round_trip(major: str, older: str, t: datetime, rev: str) -> None:
     t = t.replace(microsecond=0, tzinfo=timezone.utc)
     v = _pseudo_version(major, older, t, rev)
-    assert modpath.is_pseudo_version(v) and semver.is_valid(v)
-    assert modpath.pseudo_version_time(v) == t
-    assert modpath.pseudo_version_rev(v) == rev
+    assert pseudo.is_pseudo_version(v) and semver.is_valid(v)
+    assert pseudo.pseudo_version_time(v) == t
+    assert pseudo.pseudo_version_rev(v) == rev
     # A pseudo-version is a prerelease: it sorts before its own release...
     assert semver.compare(v, semver.canonical(v).removesuffix(semver.prerelease(v))) < 0
     base = semver.canonical(older)
     if base:
-        assert modpath.pseudo_version_base(v) == base + semver.build(older)
+        assert pseudo.pseudo_version_base(v) == base + semver.build(older)
         assert semver.compare(base, v) < 0  # ...and after the tag it builds on
     else:
-        assert modpath.pseudo_version_base(v) == ""
+        assert pseudo.pseudo_version_base(v) == ""
 
 
 # --- Oracle: the go command -----------------------------------------------------------

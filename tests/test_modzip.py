@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from node.golang import modpath
+from node.golang.dirhash import h1_from_digests, h1_gomod
 from node.golang.modzip import (
     MAX_ENTRIES,
     MAX_GO_MOD,
@@ -37,14 +38,11 @@ from node.golang.modzip import (
     MAX_ZIP_FILE,
     CheckedZip,
     ZipError,
-    ZipStreamHasher,
     check_zip,
-    create_zip,
-    create_zip_from_files,
-    h1_from_digests,
-    h1_gomod,
     h1_zip,
 )
+from node.golang.zipstream import ZipStreamHasher
+from node.golang.zipwriter import create_zip, create_zip_from_files
 from tests.corpus import corpus_root, parse_txtar
 from tests.goenv import go_env
 
@@ -794,7 +792,7 @@ func main() {
 
 @pytest.mark.e2e
 def test_case_folding_matches_go(go_bin: str, go_build_cache: Path, tmp_path: Path) -> None:
-    from node.golang.modzip import _fold  # the collision key; equal keys must mean strings.EqualFold
+    from node.golang._zipformat import fold  # the collision key; equal keys must mean strings.EqualFold
 
     (tmp_path / "go.mod").write_text("module foldcheck\n\ngo 1.21\n")
     (tmp_path / "main.go").write_text(_FOLD_PROGRAM)
@@ -812,11 +810,11 @@ def test_case_folding_matches_go(go_bin: str, go_build_cache: Path, tmp_path: Pa
     classes: dict[str, set[int]] = {}
     for cp in range(0x110000):
         if not 0xD800 <= cp <= 0xDFFF:
-            classes.setdefault(_fold(chr(cp)), set()).add(cp)
+            classes.setdefault(fold(chr(cp)), set()).add(cp)
     for members in classes.values():
         assert len({go_key.get(cp, cp) for cp in members}) == 1, sorted(map(hex, members))
     for cp, key in go_key.items():
-        assert _fold(chr(cp)) == _fold(chr(key)), hex(cp)
+        assert fold(chr(cp)) == fold(chr(key)), hex(cp)
 
 
 # --- the go command as oracle: downloads ------------------------------------------------------

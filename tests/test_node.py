@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
-from node.golang import modzip
+from node.golang import dirhash
 from tests.modules import big_module, module_files, module_set
 from tests.upstream_fixture import Fault
 
@@ -43,7 +43,7 @@ async def test_miss_then_hit_with_headers(fake_proxy, make_node, client) -> None
         assert h["Cache-Control"] == "public, max-age=31536000, immutable"
         assert int(h["Content-Length"]) == len(FILES[2])
         assert h["ETag"]
-    assert h["X-Modmesh-H1"] == modzip.h1_from_digests(
+    assert h["X-Modmesh-H1"] == dirhash.h1_from_digests(
         (n, hashlib.sha256(d).hexdigest()) for n, d in _entries(FILES[2])
     )
     status, body, h = await get(client, node.url + f"/{M}/@v/{V}.mod")
@@ -66,7 +66,7 @@ def _entries(data: bytes) -> list[tuple[str, bytes]]:
 
 
 def h_zip(data: bytes) -> str:
-    return modzip.h1_from_digests((n, hashlib.sha256(d).hexdigest()) for n, d in _entries(data))
+    return dirhash.h1_from_digests((n, hashlib.sha256(d).hexdigest()) for n, d in _entries(data))
 
 
 async def test_list_and_latest_ttl_and_stale(fake_proxy, make_node, client) -> None:  # type: ignore[no-untyped-def]
@@ -285,8 +285,8 @@ async def test_missing_blob_is_refetched(fake_proxy, make_node, client) -> None:
 
 
 async def test_admit_verifies_like_an_upstream(make_node) -> None:  # type: ignore[no-untyped-def]
-    from node.errors import IntegrityError
     from node.cache.protocol import ModRequest
+    from node.errors import IntegrityError
 
     node = await make_node("off")
 

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from node.golang import modpath, semver
-from node.errors import InvalidRequest, NotFound
 from node.cache.protocol import MAX_REQUEST_PATH, ModRequest, parse_request
+from node.errors import InvalidRequest, NotFound
+from node.golang import modpath, semver
 from tests.node_fixtures import node_config
 
 

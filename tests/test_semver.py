@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from node.golang import semver
-from node.golang.modpath import is_pseudo_version
+from node.golang.pseudo import is_pseudo_version
 from tests.goenv import go_binary, go_env
 
 # (input, canonical form), in increasing order; equal canonical forms compare equal and

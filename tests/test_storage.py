@@ -4,25 +4,23 @@ a full disk, and the pin/gc/verify commands."""
 from __future__ import annotations
 
 import asyncio
-import errno
 import hashlib
 import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
 from node.cache import store as store_module
+from node.cache.protocol import ModRequest
+from node.cache.upstream import Timeouts, Upstream
 from node.cli import build_parser
 from node.config import ConfigError, load_config
 from node.hooks import PeerCandidate
-from node.cache.protocol import ModRequest
 from node.service import Node
-from node.cache.upstream import Timeouts, Upstream
 from tests.disk import FillingDisk
 from tests.modules import big_module, module_files, module_set
 from tests.upstream_fixture import Fault

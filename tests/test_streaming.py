@@ -20,11 +20,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from node.golang import modzip
 from node.cache import store as store_module
-from node.config import Config
-from node.tools.doctor.report import diagnose
 from node.cache.inflight import Download
+from node.config import Config
+from node.golang import modzip
+from node.tools.doctor.report import diagnose
 from tests.disk import FillingDisk
 from tests.goenv import decode_stream, go_env, run_go
 from tests.modules import module_files, module_set

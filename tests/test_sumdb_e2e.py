@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from tests.corpus import servable
-from tests.goenv import go_env, remove_modcache, run_go
+from tests.goenv import go_env, run_go
 from tests.sumdb_fixture import FakeSumDB, generate_keys
 from tests.test_e2e_go import MAIN_GO, decode_stream
 

@@ -15,7 +15,7 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node.golang import modzip
+from node.golang import dirhash, modzip
 from node.sumdb.note import Signer, Verifier, generate_key, open_note, parse_signer, parse_verifier, sign_note
 from node.sumdb.tiles import (
     Tile,
@@ -712,7 +712,7 @@ def make_module(root: Path) -> Module:
     (vdir / f"{VERSION}.info").write_bytes(info)
     (vdir / f"{VERSION}.mod").write_bytes(mod)
     (vdir / f"{VERSION}.zip").write_bytes(zdata)
-    return Module(root, modzip.h1_zip(vdir / f"{VERSION}.zip"), modzip.h1_gomod(mod))
+    return Module(root, modzip.h1_zip(vdir / f"{VERSION}.zip"), dirhash.h1_gomod(mod))
 
 
 def filler(i: int) -> bytes:

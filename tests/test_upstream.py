@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-
 import aiohttp
 import pytest
 
-from node.errors import LookupDisabled, NotFound, UpstreamError, UpstreamTimeout
-from node.metrics import Metrics
 from node.cache.upstream import (
     CircuitBreaker,
     GoproxyError,
@@ -16,6 +13,8 @@ from node.cache.upstream import (
     parse_goproxy,
     redact,
 )
+from node.errors import LookupDisabled, NotFound, UpstreamError, UpstreamTimeout
+from node.metrics import Metrics
 from tests.upstream_fixture import Fault
 
 

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.golang import modpath, semver
 from node.cache import verify
-from node.errors import IntegrityError
 from node.cache.protocol import ModRequest
+from node.errors import IntegrityError
+from node.golang import modpath, pseudo, semver
 
 Q = ModRequest("example.com/m", "master", "query")
 
@@ -48,7 +48,7 @@ def test_latest_is_the_highest_release_then_prerelease_then_pseudo(vs: list[str]
         return
     assert got in vs
     releases = [v for v in vs if not semver.prerelease(v)]
-    tagged = [v for v in vs if not modpath.is_pseudo_version(v)]
+    tagged = [v for v in vs if not pseudo.is_pseudo_version(v)]
     pool = releases or tagged or vs
     assert got == max(pool, key=semver.sort_key)
 

@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from node.golang import modzip
 from node.cache.protocol import Kind
+from node.golang import dirhash, modzip
 from node.tools.target import UsageError
 from node.tools.warm.inputs import (
     Target,
@@ -257,7 +257,7 @@ async def _world(fake_proxy, tmp_path: Path, big: bool = False):  # type: ignore
     db = FakeSumDB(DB, generate_keys(DB, seed=bytes(range(32))))
     for (m, v), (info, mod, zip_) in mods.items():
         up.add_module(m, v, info, mod, zip_)
-        db.add(m, v, _h1_zip(zip_, tmp_path), modzip.h1_gomod(mod))
+        db.add(m, v, _h1_zip(zip_, tmp_path), dirhash.h1_gomod(mod))
     await db.start()
     lines = []
     for (m, v), (_, mod, zip_) in mods.items():
@@ -265,7 +265,7 @@ async def _world(fake_proxy, tmp_path: Path, big: bool = False):  # type: ignore
             continue
         if m != "example.com/b":
             lines.append(f"{m} {v} {_h1_zip(zip_, tmp_path)}")
-        lines.append(f"{m} {v}/go.mod {modzip.h1_gomod(mod)}")
+        lines.append(f"{m} {v}/go.mod {dirhash.h1_gomod(mod)}")
     gosum = tmp_path / "go.sum"
     gosum.write_text("\n".join(lines) + "\n")
     return up, db, gosum

@@ -33,7 +33,7 @@ from typing import Literal
 
 from aiohttp import web
 
-from node.golang import modpath, semver
+from node.golang import modpath, pseudo, semver
 from tests.corpus import CorpusVersion, build_zip
 
 __all__ = ["Fault", "FaultKind", "FakeProxy", "ModuleSet", "Reply", "VersionFiles", "modules_from_corpus"]
@@ -291,10 +291,10 @@ class FakeProxy:
     def _latest(self, path: str, versions: Mapping[str, VersionFiles]) -> str | None:
         """Highest release, else highest prerelease, else newest pseudo-version."""
         valid = [v for v in versions if _checks(path, v)]
-        tagged = [v for v in valid if not modpath.is_pseudo_version(v)]
+        tagged = [v for v in valid if not pseudo.is_pseudo_version(v)]
         releases = [v for v in tagged if "-" not in v.split("+", 1)[0]]
-        pseudo = [v for v in valid if modpath.is_pseudo_version(v)]
-        for pool in (releases, tagged, pseudo):
+        pseudos = [v for v in valid if pseudo.is_pseudo_version(v)]
+        for pool in (releases, tagged, pseudos):
             if pool:
                 return max(pool, key=semver.sort_key)
         return None
@@ -317,7 +317,7 @@ class FakeProxy:
             return _not_found(f"unknown module {mod_path}")
         if file == "list":
             listed = sorted(
-                (v for v in versions if not modpath.is_pseudo_version(v) and _checks(mod_path, v)),
+                (v for v in versions if not pseudo.is_pseudo_version(v) and _checks(mod_path, v)),
                 key=semver.sort_key,
             )
             return Reply(200, "".join(v + "\n" for v in listed).encode(), _CONTENT_TYPES["list"])
@@ -399,7 +399,7 @@ def _resolve_commit(prefix: str, versions: Mapping[str, VersionFiles]) -> str | 
     """Like Go's test proxy: the highest version whose pseudo-version hash or .info Short matches."""
     best: str | None = None
     for v, (info, _mod, _zip) in versions.items():
-        if modpath.is_pseudo_version(v):
+        if pseudo.is_pseudo_version(v):
             rev = v.rsplit("-", 1)[-1]
         else:
             try:

@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from node.config import ConfigError, Route
 from node.cache.upstream import DIRECT, OFF, parse_goproxy
+from node.config import ConfigError, Route
 
 
 def _secret(file: Path | None, env: str | None, what: str) -> str | None:

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from node.errors import NotFound, UpstreamError, UpstreamTimeout
 from node.cache.protocol import parse_request
+from node.errors import NotFound, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

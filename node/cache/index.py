@@ -18,9 +18,9 @@ import contextlib
 import secrets
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from node.errors import ModmeshError, UpstreamError
 from node.cache.index import Entry
 from node.cache.protocol import ModRequest
 from node.cache.spool import Spool
+from node.errors import ModmeshError, UpstreamError
 
 #: Bytes of a streamed file withheld from clients until the whole file verified.
 HOLDBACK = 64 * 1024

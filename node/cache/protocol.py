@@ -11,8 +11,8 @@ import functools
 from dataclasses import dataclass
 from typing import Literal
 
-from node.golang import modpath, semver
 from node.errors import InvalidRequest, NotFound
+from node.golang import modpath, semver
 
 #: `query`: a `.info` for something that is not a canonical version (a branch, a tag
 #: name, a commit prefix, `v1.2.3+meta`): the upstream resolves it to one.

@@ -31,19 +31,19 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import aiohttp
 
-from node.golang import modpath, modzip
 from node.cache import verify
-from node.errors import IntegrityError, ModmeshError, NotFound, StorageFull, UpstreamError
-from node.hooks import Hooks
 from node.cache.index import Entry, Index, MetaEntry
 from node.cache.inflight import CHUNK, Download, Transfer
-from node.metrics import Metrics
-from node.golang.patterns import match_prefix_patterns
 from node.cache.protocol import ModRequest
 from node.cache.spool import MemoryBudget, Spool, storage_error_cause
 from node.cache.store import BlobStore
 from node.cache.upstream import Source, Upstream, UpstreamChain
+from node.errors import IntegrityError, ModmeshError, NotFound, StorageFull, UpstreamError
+from node.golang import dirhash, modzip, pseudo
+from node.golang.patterns import match_prefix_patterns
 from node.golang.zipstream import ZipStreamHasher
+from node.hooks import Hooks
+from node.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -430,7 +430,7 @@ class ModuleProxy:
             h1 = None
         else:
             verify.check_mod(req, body)
-            h1 = modzip.h1_gomod(body)
+            h1 = dirhash.h1_gomod(body)
         dl.begin(len(body))
         dl.write(body)
         return h1
@@ -591,7 +591,7 @@ class ModuleProxy:
             return None
         age = self.settings.meta_ttl
         if req.kind == "list":
-            tagged = [v for v, _ in held if not modpath.is_pseudo_version(v)]
+            tagged = [v for v, _ in held if not pseudo.is_pseudo_version(v)]
             body = verify.merge_lists("".join(v + "\n" for v in tagged).encode())
             return MetaAnswer(body, "stale", age, "store", "upstream-failed")
         infos = {v: sha for v, sha in held if sha is not None}
@@ -662,7 +662,7 @@ class ModuleProxy:
     async def _merged_list(self, req: ModRequest, fresh: bytes) -> bytes:
         """An upstream's list plus every version seen before: in the last list, or held."""
         previous = await self._cached_meta(req)
-        held = [v for v, _ in await self.index.held_versions(req.module) if not modpath.is_pseudo_version(v)]
+        held = [v for v, _ in await self.index.held_versions(req.module) if not pseudo.is_pseudo_version(v)]
         return verify.merge_lists(fresh, previous.body if previous else b"", "".join(v + "\n" for v in held).encode())
 
     async def _keep_resolved_info(self, req: ModRequest, body: bytes, origin: str) -> None:

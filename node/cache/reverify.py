@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from node.hooks import Hooks
 from node.cache.index import Entry, Index
 from node.cache.protocol import Kind, ModRequest
 from node.cache.store import BlobStore
+from node.hooks import Hooks
 
 if TYPE_CHECKING:
     from node.cache.proxy import ModuleProxy

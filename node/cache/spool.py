@@ -24,8 +24,8 @@ import sqlite3
 from collections.abc import Callable
 from typing import IO
 
-from node.errors import StorageFull
 from node.cache.store import BlobStore, BlobWriter, StoredBlob
+from node.errors import StorageFull
 
 log = logging.getLogger(__name__)
 

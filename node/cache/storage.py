@@ -47,14 +47,14 @@ from typing import Any, cast
 
 from prometheus_client import Counter, Gauge
 
-from node.golang import modzip
-from node.errors import ModmeshError
 from node.cache.index import Entry, Index, Usage
-from node.metrics import Metrics
-from node.golang.patterns import match_prefix_patterns
 from node.cache.protocol import Kind, ModRequest
 from node.cache.proxy import ModuleProxy
 from node.cache.store import BlobStore
+from node.errors import ModmeshError
+from node.golang import dirhash, modzip
+from node.golang.patterns import match_prefix_patterns
+from node.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -607,7 +607,7 @@ async def _check_row(path: Path, e: Entry, size: int) -> str | None:
         if e.kind == "zip":
             h1 = await asyncio.to_thread(modzip.h1_zip, path)
         else:
-            h1 = modzip.h1_gomod(await asyncio.to_thread(path.read_bytes))
+            h1 = dirhash.h1_gomod(await asyncio.to_thread(path.read_bytes))
     except (OSError, ValueError) as err:
         return f"h1 unreadable: {err}"
     return None if h1 == e.h1 else f"h1 mismatch: index says {e.h1}, blob hashes to {h1}"

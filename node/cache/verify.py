@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from node.golang import gomod, modpath, semver
-from node.errors import IntegrityError
 from node.cache.protocol import ModRequest
+from node.errors import IntegrityError
+from node.golang import gomod, modpath, pseudo, semver
 
 MAX_INFO = 1 << 20
 MAX_MOD = 16 << 20  # Go's cap for go.mod inside a zip; keep .mod to it too
@@ -122,10 +122,10 @@ def merge_lists(*bodies: bytes) -> bytes:
 def latest_of(versions: list[str]) -> str | None:
     """What `@latest` means among known versions (the go command's and proxy.golang.org's
     rule): the highest release, else the highest pre-release, else the newest pseudo-version."""
-    pseudo = [v for v in versions if modpath.is_pseudo_version(v)]
-    tagged = [v for v in versions if not modpath.is_pseudo_version(v)]
+    pseudos = [v for v in versions if pseudo.is_pseudo_version(v)]
+    tagged = [v for v in versions if not pseudo.is_pseudo_version(v)]
     releases = [v for v in tagged if not semver.prerelease(v)]
-    for pool in (releases, tagged, pseudo):
+    for pool in (releases, tagged, pseudos):
         if pool:
             return max(pool, key=semver.sort_key)
     return None

@@ -20,7 +20,7 @@ import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-__all__ = ["GoModError", "check", "parse_module_path", "go_version", "legacy_go_mod"]
+__all__ = ["GoModError", "check", "go_version", "legacy_go_mod", "parse_module_path"]
 
 
 class GoModError(ValueError):

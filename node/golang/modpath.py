@@ -16,10 +16,10 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import Literal
 
 from node.golang import semver
+from node.golang._text import is_utf8, quote, quote_rune
 
 __all__ = [
     "InvalidPathError",
@@ -32,11 +32,7 @@ __all__ = [
     "check_path_major",
     "escape_path",
     "escape_version",
-    "is_pseudo_version",
     "path_major_prefix",
-    "pseudo_version_base",
-    "pseudo_version_rev",
-    "pseudo_version_time",
     "split_path_version",
     "unescape_path",
     "unescape_version",
@@ -58,7 +54,7 @@ class InvalidPathError(ValueError):
         self.reason = reason
         self.kind: PathKind = kind
         if message is None:
-            message = f"malformed {kind} path {_quote(path)}: {reason}"
+            message = f"malformed {kind} path {quote(path)}: {reason}"
         super().__init__(message)
 
     def __reduce__(self) -> tuple[type[InvalidPathError], tuple[str, str, PathKind, str]]:
@@ -88,7 +84,7 @@ class InvalidVersionError(ValueError):
         noun = "pseudo-version" if pseudo else "version"
         if message is None:
             if path is None:
-                message = f"{noun} {_quote(version)} invalid: {reason}"
+                message = f"{noun} {quote(version)} invalid: {reason}"
             else:
                 message = f"{path}@{version}: invalid {noun}: {reason}"
         super().__init__(message)
@@ -97,74 +93,6 @@ class InvalidVersionError(ValueError):
         self,
     ) -> tuple[type[InvalidVersionError], tuple[str, str, bool, str | None, str]]:
         return (type(self), (self.version, self.reason, self.pseudo, self.path, str(self)))
-
-
-# --- Go-compatible text helpers -------------------------------------------------------
-
-
-def _go_bytes(s: str) -> bytes:
-    """The bytes Go would hold for s; surrogateescape'd bytes map back to themselves."""
-    try:
-        return s.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        return s.encode("utf-8", "surrogatepass")  # invalid UTF-8 either way
-
-
-def _is_utf8(s: str) -> bool:
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _decode_rune(b: bytes, i: int) -> tuple[int, int]:
-    """utf8.DecodeRune at b[i:] (b[i:] non-empty): (rune, width), (0xFFFD, 1) if invalid."""
-    b0 = b[i]
-    if b0 < 0x80:
-        return b0, 1
-    n = 2 if 0xC2 <= b0 <= 0xDF else 3 if 0xE0 <= b0 <= 0xEF else 4 if 0xF0 <= b0 <= 0xF4 else 0
-    if n and i + n <= len(b):
-        try:  # the strict codec rejects overlongs, surrogates and > U+10FFFF, like Go
-            return ord(b[i : i + n].decode("utf-8")), n
-        except UnicodeDecodeError:
-            pass
-    return 0xFFFD, 1
-
-
-_SHORT_ESCAPES = {7: r"\a", 8: r"\b", 9: r"\t", 10: r"\n", 11: r"\v", 12: r"\f", 13: r"\r"}
-
-
-def _quote(s: str, q: str = '"') -> str:
-    """strconv.Quote (q='"') or QuoteRune (q="'"), for error messages that match Go's."""
-    b = _go_bytes(s)
-    out = [q]
-    i = 0
-    while i < len(b):
-        r, n = _decode_rune(b, i)
-        ch = chr(r)
-        if n == 1 and r == 0xFFFD:
-            out.append(f"\\x{b[i]:02x}")
-        elif ch in (q, "\\"):
-            out.append("\\" + ch)
-        elif ch.isprintable():  # Python's printable set is Go's IsPrint (L, M, N, P, S, ' ')
-            out.append(ch)
-        elif r in _SHORT_ESCAPES:
-            out.append(_SHORT_ESCAPES[r])
-        elif r < 0x20 or r == 0x7F:
-            out.append(f"\\x{r:02x}")
-        elif r < 0x10000:
-            out.append(f"\\u{r:04x}")
-        else:
-            out.append(f"\\U{r:08x}")
-        i += n
-    out.append(q)
-    return "".join(out)
-
-
-def _quote_rune(ch: str) -> str:
-    """Go's %q of a rune: 'x'."""
-    return _quote(ch, "'")
 
 
 # --- Path checks ----------------------------------------------------------------------
@@ -203,7 +131,7 @@ def _elem_problem(elem: str, kind: PathKind) -> str | None:
     if not elem:
         return "empty path element"
     if elem.count(".") == len(elem):
-        return f"invalid path element {_quote(elem)}"
+        return f"invalid path element {quote(elem)}"
     if elem[0] == "." and kind == "module":
         return "leading dot in path element"
     if elem[-1] == ".":
@@ -211,10 +139,10 @@ def _elem_problem(elem: str, kind: PathKind) -> str | None:
     char_ok = _CHAR_OK[kind]
     for ch in elem:
         if not char_ok(ch):
-            return f"invalid char {_quote_rune(ch)}"
+            return f"invalid char {quote_rune(ch)}"
     short = elem.partition(".")[0]
     if short.isascii() and short.upper() in _BAD_WINDOWS_NAMES:
-        return f"{_quote(short)} disallowed as path element component on Windows"
+        return f"{quote(short)} disallowed as path element component on Windows"
     if kind == "file":
         return None  # short names (FOO~1) only matter for import paths
     _, tilde, digits = short.rpartition("~")
@@ -225,7 +153,7 @@ def _elem_problem(elem: str, kind: PathKind) -> str | None:
 
 def _path_problem(path: str, kind: PathKind) -> str | None:
     """Why path is invalid for kind (Go's checkPath), or None."""
-    if not _is_utf8(path):
+    if not is_utf8(path):
         return "invalid UTF-8"
     if not path:
         return "empty string"
@@ -253,7 +181,7 @@ def _module_path_problem(path: str) -> str | None:
         return "leading dash in first path element"
     for ch in first:
         if ch not in _FIRST_OK:
-            return f"invalid char {_quote_rune(ch)} in first path element"
+            return f"invalid char {quote_rune(ch)} in first path element"
     if not split_path_version(path)[2]:
         return "invalid version"
     return None
@@ -414,10 +342,10 @@ def unescape_path(escaped: str) -> str:
     """Inverse of escape_path; raises InvalidPathError for bad escaping or a bad path."""
     path = _unescape(escaped)
     if path is None:
-        raise InvalidPathError(escaped, "invalid escaping", message=f"invalid escaped module path {_quote(escaped)}")
+        raise InvalidPathError(escaped, "invalid escaping", message=f"invalid escaped module path {quote(escaped)}")
     if problem := _module_path_problem(path):
         inner = InvalidPathError(path, problem)
-        raise InvalidPathError(escaped, problem, message=f"invalid escaped module path {_quote(escaped)}: {inner}")
+        raise InvalidPathError(escaped, problem, message=f"invalid escaped module path {quote(escaped)}: {inner}")
     return path
 
 
@@ -437,84 +365,7 @@ def unescape_version(escaped: str) -> str:
     """Inverse of escape_version; raises InvalidVersionError."""
     v = _unescape(escaped)
     if v is None:
-        raise InvalidVersionError(escaped, "invalid escaping", message=f"invalid escaped version {_quote(escaped)}")
+        raise InvalidVersionError(escaped, "invalid escaping", message=f"invalid escaped version {quote(escaped)}")
     if problem := _elem_problem(v, "file"):
-        raise InvalidVersionError(escaped, problem, message=f"invalid escaped version {_quote(v)}: {problem}")
+        raise InvalidVersionError(escaped, problem, message=f"invalid escaped version {quote(v)}: {problem}")
     return v
-
-
-# --- Pseudo-versions ------------------------------------------------------------------
-
-# Go's pseudoVersionRE with \d spelled [0-9] (Python's \d is Unicode); used with fullmatch.
-_PSEUDO_RE = re.compile(
-    r"v[0-9]+\.(?:0\.0-|[0-9]+\.[0-9]+-(?:[^+]*\.)?0\.)[0-9]{14}-[A-Za-z0-9]+"
-    r"(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?"
-)
-
-
-def is_pseudo_version(v: str) -> bool:
-    """Whether v names an untagged commit: vX.0.0-yyyymmddhhmmss-abcdef123456 and kin."""
-    return v.count("-") >= 2 and semver.is_valid(v) and _PSEUDO_RE.fullmatch(v) is not None
-
-
-def _parse_pseudo(v: str) -> tuple[str, str, str, str]:
-    """(base, timestamp, rev, build) of a pseudo-version; base is "vX.0.0" or ends in "0"."""
-    if not is_pseudo_version(v):
-        raise InvalidVersionError(v, "syntax error", pseudo=True)
-    build = semver.build(v)
-    rest, _, rev = v[: len(v) - len(build)].rpartition("-")
-    dash, dot = rest.rfind("-"), rest.rfind(".")
-    cut = dot if dot > dash else dash
-    return rest[:cut], rest[cut + 1 :], rev, build
-
-
-def pseudo_version_time(v: str) -> datetime:
-    """The commit time (UTC) embedded in a pseudo-version; InvalidVersionError if none.
-
-    Year 0000 parses in Go but not in datetime; it is reported as a malformed time.
-    """
-    stamp = _parse_pseudo(v)[1]  # exactly 14 ASCII digits: yyyymmddhhmmss
-    fields = (stamp[0:4], stamp[4:6], stamp[6:8], stamp[8:10], stamp[10:12], stamp[12:14])
-    try:
-        # datetime validates ranges as Go's time.Parse does (month length, leap years,
-        # hour < 24, second < 60).
-        year, month, day, hour, minute, second = map(int, fields)
-        return datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc)
-    except ValueError:
-        raise InvalidVersionError(v, f"malformed time {_quote(stamp)}", pseudo=True) from None
-
-
-def pseudo_version_rev(v: str) -> str:
-    """The revision (commit hash prefix) of a pseudo-version; InvalidVersionError if none."""
-    return _parse_pseudo(v)[2]
-
-
-def _dec_decimal(digits: str) -> str:
-    """digits - 1 as a decimal string without int() (unbounded); "" for zero."""
-    stem = digits.rstrip("0")
-    if not stem:
-        return ""
-    nines = "9" * (len(digits) - len(stem))
-    if stem == "1" and nines:
-        return nines  # 10 -> 9, 100 -> 99: drop the leading digit rather than keep a 0
-    return stem[:-1] + chr(ord(stem[-1]) - 1) + nines
-
-
-def pseudo_version_base(v: str) -> str:
-    """The tagged version a pseudo-version builds on, "" if none (form vX.0.0-...).
-
-    vX.Y.(Z+1)-0.t-r -> vX.Y.Z, vX.Y.Z-pre.0.t-r -> vX.Y.Z-pre, keeping +incompatible.
-    """
-    base, _, _, build = _parse_pseudo(v)
-    pre = semver.prerelease(base)
-    if not pre:
-        if build:
-            raise InvalidVersionError(v, f"lacks base version, but has build metadata {_quote(build)}", pseudo=True)
-        return ""
-    if pre == "-0":
-        release = base.removesuffix(pre)
-        head, _, patch = release.rpartition(".")
-        if not (prev := _dec_decimal(patch)):
-            raise InvalidVersionError(v, f"version before {release} would have negative patch number", pseudo=True)
-        return f"{head}.{prev}{build}"
-    return base.removesuffix(".0") + build

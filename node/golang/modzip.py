@@ -23,18 +23,46 @@ here blocks on file I/O and CPU: run it in a worker thread for large zips.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
 import os
-import re
 import struct
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import IO, Any
+from typing import IO
 
+from node.golang._zipformat import (
+    CENTRAL,
+    DEFLATED,
+    EMPTY_SHA256,
+    EOCD,
+    EOCD64,
+    FLAG_DESCRIPTOR,
+    FLAG_ENCRYPTED,
+    IO_BLOCK,
+    LOC64,
+    LOCAL,
+    MAX_ENTRIES,
+    MAX_GO_MOD,
+    MAX_LICENSE,
+    MAX_ZIP_FILE,
+    OUT_BLOCK,
+    SIG_CENTRAL,
+    SIG_DESCRIPTOR,
+    SIG_EOCD,
+    SIG_EOCD64,
+    SIG_LOC64,
+    SIG_LOCAL,
+    STORED,
+    U32,
+    Collisions,
+    ZipError,
+    clean,
+    fold,
+    name_bytes,
+)
+from node.golang.dirhash import h1_from_digests
 from node.golang.modpath import check_file_path
 
 __all__ = [
@@ -45,193 +73,12 @@ __all__ = [
     "CheckedZip",
     "ZipError",
     "check_zip",
-    "h1_from_digests",
-    "h1_gomod",
     "h1_zip",
-    "ZipStreamHasher",
-    "create_zip",
-    "create_zip_from_files",
 ]
 
 _log = logging.getLogger(__name__)
 
-MAX_ZIP_FILE = 500 << 20
-MAX_GO_MOD = 16 << 20
-MAX_LICENSE = 16 << 20
-
-# Not a Go rule: a cap on entries so a hostile central directory (up to ~10M
-# tiny records in 500 MiB) cannot cost gigabytes; ~300 bytes of state per entry.
-# The largest real module zips hold tens of thousands of files.
-MAX_ENTRIES = 1 << 20
-
-_IO_BLOCK = 1 << 20  # compressed bytes read at a time
-_OUT_BLOCK = 4 << 20  # most bytes one inflate call may produce
-_EMPTY_SHA256 = hashlib.sha256().hexdigest()
-
-
-class ZipError(ValueError):
-    """A zip the go command would refuse (or that we refuse as ambiguous)."""
-
-    def __init__(self, message: str) -> None:
-        # Hostile names must not break the one-line error an HTTP body carries:
-        # undecodable bytes (kept as surrogate escapes) and controls become \xNN.
-        try:
-            message = message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        except UnicodeEncodeError:
-            message = message.encode("utf-8", "backslashreplace").decode()
-        super().__init__(message.translate(_CONTROLS))
-
-
-_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
-
-
-# --- h1 (dirhash.Hash1) --------------------------------------------------------
-
-_HEX256 = re.compile(r"[0-9a-f]{64}")
-
-
-def _name_bytes(name: str) -> bytes:
-    """The bytes Go holds for a name; undecodable bytes were kept as surrogate escapes."""
-    try:
-        return name.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        raise ZipError(f"file name {name!r} is not representable as bytes") from None
-
-
-def h1_from_digests(items: Iterable[tuple[str, str]]) -> str:
-    """Hash1 over (name, lowercase hex SHA-256 of content) pairs."""
-    lines = []
-    for name, digest in items:
-        raw = _name_bytes(name)
-        if b"\n" in raw:
-            raise ZipError("dirhash: filenames with newlines are not supported")
-        if not _HEX256.fullmatch(digest):
-            raise ZipError(f"not a lowercase hex SHA-256 digest: {digest[:80]!r}")
-        lines.append((raw, digest))
-    lines.sort()
-    summary = hashlib.sha256()
-    for raw, digest in lines:
-        summary.update(b"%s  %s\n" % (digest.encode(), raw))
-    return "h1:" + base64.b64encode(summary.digest()).decode()
-
-
-def h1_gomod(data: bytes) -> str:
-    """The go.sum `/go.mod` hash of a .mod body."""
-    return h1_from_digests([("go.mod", hashlib.sha256(data).hexdigest())])
-
-
-# --- names ---------------------------------------------------------------------
-
-
-def _clean(p: str) -> str:
-    """Go's path.Clean."""
-    rooted = p.startswith("/")
-    out: list[str] = []
-    for el in p.split("/"):
-        if el in ("", "."):
-            continue
-        if el == "..":
-            if out and out[-1] != "..":
-                out.pop()
-            elif not rooted:
-                out.append("..")
-            continue
-        out.append(el)
-    cleaned = ("/" if rooted else "") + "/".join(out)
-    return cleaned or "."
-
-
-def _fold_ranges(*spec: tuple[int, int, int]) -> dict[str, str]:
-    return {chr(first + i): chr(to + i) for first, last, to in spec for i in range(last - first + 1)}
-
-
-# Simple case folds Go 1.27 (Unicode 17) makes and Python 3.11 (Unicode 14)
-# does not: newer letters, plus three "S" foldings that str.casefold() replaces
-# by multi-character ones. Both members of a pair map to one representative, so
-# the key stays consistent on a Python that knows some of them.
-# tests/test_modzip.py checks the whole fold against the real go command.
-_FOLD_EXTRA = _fold_ranges(
-    (0xA7CB, 0xA7CB, 0x0264),
-    (0xA7DC, 0xA7DC, 0x019B),
-    (0xA7CC, 0xA7CC, 0xA7CD),
-    (0xA7CD, 0xA7CD, 0xA7CD),
-    (0xA7CE, 0xA7CE, 0xA7CF),
-    (0xA7CF, 0xA7CF, 0xA7CF),
-    (0xA7D2, 0xA7D2, 0xA7D3),
-    (0xA7D3, 0xA7D3, 0xA7D3),
-    (0xA7D4, 0xA7D4, 0xA7D5),
-    (0xA7D5, 0xA7D5, 0xA7D5),
-    (0xA7DA, 0xA7DA, 0xA7DB),
-    (0xA7DB, 0xA7DB, 0xA7DB),
-    (0x1C89, 0x1C89, 0x1C8A),
-    (0x1C8A, 0x1C8A, 0x1C8A),
-    (0x10D50, 0x10D65, 0x10D70),
-    (0x10D70, 0x10D85, 0x10D70),
-    (0x16EA0, 0x16EB8, 0x16EBB),
-    (0x16EBB, 0x16ED3, 0x16EBB),
-    (0xFB05, 0xFB05, 0xFB05),
-    (0xFB06, 0xFB06, 0xFB05),
-    (0x1FD3, 0x1FD3, 0x0390),
-    (0x1FE3, 0x1FE3, 0x03B0),
-)
-
-
-@lru_cache(maxsize=4096)
-def _fold_char(c: str) -> str:
-    if (extra := _FOLD_EXTRA.get(c)) is not None:
-        return extra
-    folded = c.casefold()
-    if len(folded) == 1:
-        return folded
-    lower = c.lower()  # a full folding (ß -> ss); the simple one is lower() or nothing
-    return lower if len(lower) == 1 else c
-
-
-def _fold(s: str) -> str:
-    """A key with _fold(s) == _fold(t) iff Go's strings.EqualFold(s, t)."""
-    if s.isascii():
-        return s.lower()
-    return "".join(map(_fold_char, s))
-
-
-class _Collisions:
-    """Go's collisionChecker: case-fold collisions, duplicates, file-vs-directory."""
-
-    def __init__(self) -> None:
-        self._seen: dict[str, tuple[str, bool]] = {}
-
-    def check(self, p: str, is_dir: bool) -> str | None:
-        while True:
-            key = _fold(p)
-            other = self._seen.get(key)
-            if other is None:
-                self._seen[key] = (p, is_dir)
-            elif other[0] != p:
-                return f'case-insensitive file name collision: "{other[0]}" and "{p}"'
-            elif other[1] != is_dir:
-                return f'entry "{p}" is both a file and a directory'
-            elif not is_dir:
-                return f'multiple entries for file "{p}"'
-            parent = p.rpartition("/")[0]
-            if not parent:
-                return None
-            p, is_dir = parent, True
-
-
 # --- reading zips -------------------------------------------------------------
-
-_LOCAL = struct.Struct("<4sHHHHHIIIHH")  # local file header, 30 bytes
-_CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")  # central directory header, 46 bytes
-_EOCD = struct.Struct("<4sHHHHIIH")  # end of central directory, 22 bytes
-_EOCD64 = struct.Struct("<4sQHHIIQQQQ")  # zip64 end of central directory, 56 bytes
-_LOC64 = struct.Struct("<4sIQI")  # zip64 end locator, 20 bytes
-_SIG_LOCAL, _SIG_CENTRAL, _SIG_EOCD = b"PK\x03\x04", b"PK\x01\x02", b"PK\x05\x06"
-_SIG_EOCD64, _SIG_LOC64, _SIG_DESCRIPTOR = b"PK\x06\x06", b"PK\x06\x07", b"PK\x07\x08"
-_STORED, _DEFLATED = 0, 8
-_FLAG_ENCRYPTED = 0x0041  # traditional or strong encryption
-_FLAG_DESCRIPTOR = 0x0008
-_U32 = 0xFFFFFFFF
-
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
@@ -272,7 +119,7 @@ class _Blocks:
             want = n - (len(self._buf) - self._pos)
             if want > self._left:
                 raise _bad("central directory overruns its declared size")
-            grab = min(self._left, max(want, _IO_BLOCK))
+            grab = min(self._left, max(want, IO_BLOCK))
             more = _read_exact(self._f, self._next, grab)
             self._next += grab
             self._left -= grab
@@ -288,27 +135,27 @@ class _Blocks:
 
 def _read_directory(f: IO[bytes], size: int) -> tuple[list[_Entry], int]:
     """The entries in central-directory order, and where the central directory starts."""
-    tail_len = min(size, _EOCD.size + 0xFFFF)
+    tail_len = min(size, EOCD.size + 0xFFFF)
     tail = _read_exact(f, size - tail_len, tail_len)
     # Go takes the last signature with room for the record after it.
-    p = tail.rfind(_SIG_EOCD, 0, len(tail) - _EOCD.size + 4)
+    p = tail.rfind(SIG_EOCD, 0, len(tail) - EOCD.size + 4)
     if p < 0:
         raise _bad("end of central directory record not found")
-    _, disk, cd_disk, n_disk, n, cd_size, cd_off, comment_len = _EOCD.unpack_from(tail, p)
-    if p + _EOCD.size + comment_len != len(tail):
+    _, disk, cd_disk, n_disk, n, cd_size, cd_off, comment_len = EOCD.unpack_from(tail, p)
+    if p + EOCD.size + comment_len != len(tail):
         raise _bad("data after the end of central directory record")
     eocd_at = size - tail_len + p
     dir_end = eocd_at
-    if n == 0xFFFF or cd_size == _U32 or cd_off == _U32:
-        if eocd_at >= _LOC64.size:
-            loc_at = eocd_at - _LOC64.size
-            sig, loc_disk, rec_at, disks = _LOC64.unpack(_read_exact(f, loc_at, _LOC64.size))
-            if sig == _SIG_LOC64 and loc_disk == 0 and disks == 1:
-                if rec_at > loc_at - _EOCD64.size:
+    if n == 0xFFFF or cd_size == U32 or cd_off == U32:
+        if eocd_at >= LOC64.size:
+            loc_at = eocd_at - LOC64.size
+            sig, loc_disk, rec_at, disks = LOC64.unpack(_read_exact(f, loc_at, LOC64.size))
+            if sig == SIG_LOC64 and loc_disk == 0 and disks == 1:
+                if rec_at > loc_at - EOCD64.size:
                     raise _bad("zip64 end record out of place")
-                rec = _EOCD64.unpack(_read_exact(f, rec_at, _EOCD64.size))
+                rec = EOCD64.unpack(_read_exact(f, rec_at, EOCD64.size))
                 sig64, rec_size, _, _, disk, cd_disk, n_disk, n, cd_size, cd_off = rec
-                if sig64 != _SIG_EOCD64 or rec_at + 12 + rec_size != loc_at:
+                if sig64 != SIG_EOCD64 or rec_at + 12 + rec_size != loc_at:
                     raise _bad("malformed zip64 end record")
                 dir_end = rec_at
     if disk != 0 or cd_disk != 0 or n_disk != n:
@@ -339,16 +186,16 @@ def _read_directory(f: IO[bytes], size: int) -> tuple[list[_Entry], int]:
             _,
             _,
             offset,
-        ) = _CENTRAL.unpack(blocks.take(_CENTRAL.size))
-        if sig != _SIG_CENTRAL:
+        ) = CENTRAL.unpack(blocks.take(CENTRAL.size))
+        if sig != SIG_CENTRAL:
             raise _bad("bad central directory header")
         raw = blocks.take(name_len + extra_len + comment_len)
         csize, usize, offset = _zip64_extra(raw[name_len : name_len + extra_len], csize, usize, offset)
-        if flags & _FLAG_ENCRYPTED:
+        if flags & FLAG_ENCRYPTED:
             raise ZipError("encrypted zip entries are not supported")
-        if method not in (_STORED, _DEFLATED):
+        if method not in (STORED, DEFLATED):
             raise ZipError(f"unsupported compression method {method}")
-        if offset + _LOCAL.size > cd_off:
+        if offset + LOCAL.size > cd_off:
             raise _bad("entry outside the archive")
         name = raw[:name_len].decode("utf-8", "surrogateescape")
         entries.append(_Entry(name, flags, method, crc, csize, usize, offset))
@@ -369,7 +216,7 @@ def _zip64_extra(extra: bytes, csize: int, usize: int, offset: int) -> tuple[int
         if tag != 1:
             continue
         for i, value in enumerate(declared):
-            if value != _U32:
+            if value != U32:
                 continue
             if len(field) < 8:
                 raise _bad("short zip64 extra field")
@@ -379,23 +226,23 @@ def _zip64_extra(extra: bytes, csize: int, usize: int, offset: int) -> tuple[int
 
 def _entry_sha256(f: IO[bytes], e: _Entry, dir_end: int) -> str:
     """Read one entry as Go's File.Open does, verifying size and CRC; its hex SHA-256."""
-    sig, _, _, _, _, _, _, _, _, name_len, extra_len = _LOCAL.unpack(_read_exact(f, e.offset, _LOCAL.size))
-    if sig != _SIG_LOCAL:
+    sig, _, _, _, _, _, _, _, _, name_len, extra_len = LOCAL.unpack(_read_exact(f, e.offset, LOCAL.size))
+    if sig != SIG_LOCAL:
         raise ZipError(f"{e.name}: bad local file header")
-    if _read_exact(f, e.offset + _LOCAL.size, name_len) != _name_bytes(e.name):
+    if _read_exact(f, e.offset + LOCAL.size, name_len) != name_bytes(e.name):
         raise ZipError(f"{e.name}: local header names a different file")
-    start = e.offset + _LOCAL.size + name_len + extra_len
+    start = e.offset + LOCAL.size + name_len + extra_len
     if e.is_dir:
         if e.usize != 0:
             raise ZipError(f"{e.name}: directory entry has content")
-        return _EMPTY_SHA256
+        return EMPTY_SHA256
     if start + e.csize > dir_end:
         raise _bad(f"{e.name}: data runs into the central directory")
-    if e.method == _STORED and e.csize != e.usize:
+    if e.method == STORED and e.csize != e.usize:
         raise ZipError(f"{e.name}: stored entry with differing sizes")
 
     sha, crc, produced = hashlib.sha256(), 0, 0
-    inflater = zlib.decompressobj(-15) if e.method == _DEFLATED else None
+    inflater = zlib.decompressobj(-15) if e.method == DEFLATED else None
     f.seek(start)
     left = e.csize
     pending = b""
@@ -404,7 +251,7 @@ def _entry_sha256(f: IO[bytes], e: _Entry, dir_end: int) -> str:
             if pending:
                 data, pending = pending, b""
             elif left:
-                data = f.read(min(left, _IO_BLOCK))
+                data = f.read(min(left, IO_BLOCK))
                 if not data:
                     raise _bad("unexpected end of file")
                 left -= len(data)
@@ -415,7 +262,7 @@ def _entry_sha256(f: IO[bytes], e: _Entry, dir_end: int) -> str:
             if inflater is None:
                 out = data
             else:
-                out = inflater.decompress(data, min(_OUT_BLOCK, e.usize - produced + 1))
+                out = inflater.decompress(data, min(OUT_BLOCK, e.usize - produced + 1))
                 pending = inflater.unconsumed_tail
                 if not data and not out:
                     raise ZipError(f"{e.name}: unexpected end of compressed data")
@@ -430,9 +277,9 @@ def _entry_sha256(f: IO[bytes], e: _Entry, dir_end: int) -> str:
         raise ZipError(f"{e.name}: corrupt deflate data: {err}") from None
     if produced != e.usize:
         raise ZipError(f"{e.name}: uncompressed size is smaller than declared size ({e.usize} bytes)")
-    if e.flags & _FLAG_DESCRIPTOR:
+    if e.flags & FLAG_DESCRIPTOR:
         desc = _read_exact(f, start + e.csize, 4)
-        at = start + e.csize + (4 if desc == _SIG_DESCRIPTOR else 0)
+        at = start + e.csize + (4 if desc == SIG_DESCRIPTOR else 0)
         (desc_crc,) = struct.unpack("<I", _read_exact(f, at, 4))
         if desc_crc != e.crc or crc != e.crc:
             raise ZipError(f"{e.name}: checksum error")
@@ -485,7 +332,7 @@ def _check_layout(entries: list[_Entry], module: str, version: str) -> None:
     for e in entries:
         if not e.name.startswith(prefix):
             raise ZipError(f"zip for {module}@{version} has unexpected file {e.name}")
-    collisions = _Collisions()
+    collisions = Collisions()
     total = 0
     size_error: str | None = None
     first_error: str | None = None
@@ -514,8 +361,8 @@ def _check_layout(entries: list[_Entry], module: str, version: str) -> None:
         raise ZipError(first_error)
 
 
-def _name_problem(name: str, e: _Entry, collisions: _Collisions) -> str | None:
-    if _clean(name) != name:
+def _name_problem(name: str, e: _Entry, collisions: Collisions) -> str | None:
+    if clean(name) != name:
         return "file path is not clean"
     try:
         check_file_path(name)
@@ -526,7 +373,7 @@ def _name_problem(name: str, e: _Entry, collisions: _Collisions) -> str | None:
     if e.is_dir:
         return None
     base = name.rpartition("/")[2]
-    if _fold(base) == "go.mod":
+    if fold(base) == "go.mod":
         if base != name:
             return "go.mod file not in module root directory"
         if name != "go.mod":
@@ -565,24 +412,10 @@ def check_zip_file(
     entries, dir_end = _read_directory(f, size)
     _check_layout(entries, module, version)
     if digests is not None and all(digests.get(e.name, ("", -1))[1] == e.usize for e in entries):
-        shas = {e.name: _EMPTY_SHA256 if e.is_dir else digests[e.name][0] for e in entries}
+        shas = {e.name: EMPTY_SHA256 if e.is_dir else digests[e.name][0] for e in entries}
     else:
         shas = {e.name: _entry_sha256(f, e, dir_end) for e in entries}
     files = [e for e in entries if not e.is_dir]
     # One line per entry: a repeated directory entry is legal and hashed twice.
     h1 = h1_from_digests((e.name, shas[e.name]) for e in entries)
     return CheckedZip(h1=h1, files=len(files), size=sum(e.usize for e in files))
-
-
-def __getattr__(name: str) -> Any:
-    """`modzip.ZipStreamHasher` and `modzip.create_zip*` live in their own modules
-    (zipstream, zipwriter), which import this one; resolve them lazily."""
-    if name == "ZipStreamHasher":
-        from node.golang.zipstream import ZipStreamHasher
-
-        return ZipStreamHasher
-    if name in ("create_zip", "create_zip_from_files"):
-        from node.golang import zipwriter
-
-        return getattr(zipwriter, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

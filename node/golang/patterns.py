@@ -5,7 +5,7 @@ A port of Go's path.Match and module.MatchPrefixPatterns. Pure functions.
 
 from __future__ import annotations
 
-from node.golang.modpath import _decode_rune, _go_bytes
+from node.golang._text import decode_rune, go_bytes
 
 __all__ = ["match_prefix_patterns"]
 
@@ -42,7 +42,7 @@ def _get_esc(chunk: bytes, ci: int) -> tuple[int, int]:
         ci += 1
         if ci >= len(chunk):
             raise _BadPattern
-    r, n = _decode_rune(chunk, ci)
+    r, n = decode_rune(chunk, ci)
     if (r == 0xFFFD and n == 1) or ci + n >= len(chunk):
         raise _BadPattern
     return r, ci + n
@@ -62,7 +62,7 @@ def _match_chunk(chunk: bytes, s: bytes, si: int) -> int | None:
         if c == ord("["):
             r = 0
             if not failed:
-                r, n = _decode_rune(s, si)
+                r, n = decode_rune(s, si)
                 si += n
             ci += 1
             negated = chunk[ci : ci + 1] == b"^"
@@ -82,7 +82,7 @@ def _match_chunk(chunk: bytes, s: bytes, si: int) -> int | None:
         elif c == ord("?"):
             if not failed:
                 failed = s[si] == ord("/")
-                si += _decode_rune(s, si)[1]
+                si += decode_rune(s, si)[1]
             ci += 1
         else:
             if c == ord("\\"):
@@ -102,7 +102,7 @@ def _path_match(pattern: str, name: str) -> bool:
     Works on UTF-8 bytes as Go does ('*' skips bytes, '?' and [...] take a rune).
     Raises _BadPattern for a malformed pattern, even when the text does not match.
     """
-    pat, text = _go_bytes(pattern), _go_bytes(name)
+    pat, text = go_bytes(pattern), go_bytes(name)
     ti = 0
     while pat:
         star, chunk, pat = _scan_chunk(pat)

@@ -14,22 +14,22 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from node.golang.modzip import (
-    _CENTRAL,
-    _DEFLATED,
-    _EOCD,
-    _FLAG_DESCRIPTOR,
-    _FLAG_ENCRYPTED,
-    _LOCAL,
-    _OUT_BLOCK,
-    _SIG_CENTRAL,
-    _SIG_DESCRIPTOR,
-    _SIG_EOCD,
-    _SIG_LOCAL,
-    _STORED,
-    _U32,
+from node.golang._zipformat import (
+    CENTRAL,
+    DEFLATED,
+    EOCD,
+    FLAG_DESCRIPTOR,
+    FLAG_ENCRYPTED,
+    LOCAL,
     MAX_ENTRIES,
     MAX_ZIP_FILE,
+    OUT_BLOCK,
+    SIG_CENTRAL,
+    SIG_DESCRIPTOR,
+    SIG_EOCD,
+    SIG_LOCAL,
+    STORED,
+    U32,
 )
 
 __all__ = ["ZipStreamHasher"]
@@ -61,7 +61,7 @@ class ZipStreamHasher:
     Never raises; buffers at most a header plus one chunk.
     """
 
-    _SIG, _DATA, _DESCRIPTOR, _CENTRAL, _END, _FAILED = range(6)
+    _SIG, _DATA, _DESCRIPTOR, CENTRAL, _END, _FAILED = range(6)
 
     def __init__(self) -> None:
         self._buf = bytearray()
@@ -119,43 +119,43 @@ class ZipStreamHasher:
             return False
         sig = bytes(self._buf[:4])
         if self._state == self._SIG:
-            if sig == _SIG_LOCAL:
+            if sig == SIG_LOCAL:
                 return self._local_header()
-            if sig in (_SIG_CENTRAL, _SIG_EOCD):
-                self._state, self._central_at = self._CENTRAL, self._pos
+            if sig in (SIG_CENTRAL, SIG_EOCD):
+                self._state, self._central_at = self.CENTRAL, self._pos
                 return True
-        elif self._state == self._CENTRAL:
-            if sig == _SIG_CENTRAL:
+        elif self._state == self.CENTRAL:
+            if sig == SIG_CENTRAL:
                 return self._central_header()
-            if sig == _SIG_EOCD:
+            if sig == SIG_EOCD:
                 return self._end_record()
         return self._give_up()
 
     def _local_header(self) -> bool:
-        if len(self._buf) < _LOCAL.size:
+        if len(self._buf) < LOCAL.size:
             return False
-        _, _, flags, method, _, _, crc, csize, usize, name_len, extra_len = _LOCAL.unpack_from(self._buf)
-        end = _LOCAL.size + name_len + extra_len
+        _, _, flags, method, _, _, crc, csize, usize, name_len, extra_len = LOCAL.unpack_from(self._buf)
+        end = LOCAL.size + name_len + extra_len
         if len(self._buf) < end:
             return False
-        extra = bytes(self._buf[_LOCAL.size + name_len : end])
+        extra = bytes(self._buf[LOCAL.size + name_len : end])
         if (
-            flags & _FLAG_ENCRYPTED
-            or method not in (_STORED, _DEFLATED)
-            or (method == _STORED and flags & _FLAG_DESCRIPTOR)
-            or _U32 in (csize, usize)
+            flags & FLAG_ENCRYPTED
+            or method not in (STORED, DEFLATED)
+            or (method == STORED and flags & FLAG_DESCRIPTOR)
+            or U32 in (csize, usize)
             or _has_zip64_extra(extra)
         ):
             return self._give_up()
         if len(self._locals) >= MAX_ENTRIES:
             return self._give_up()
-        self._cur = _Seen(bytes(self._buf[_LOCAL.size : _LOCAL.size + name_len]), flags, method)
+        self._cur = _Seen(bytes(self._buf[LOCAL.size : LOCAL.size + name_len]), flags, method)
         self._locals[self._pos] = self._cur
         self._hdr = (crc, csize, usize)
         self._consume(end)
         self._sha = hashlib.sha256()
-        self._inflater = zlib.decompressobj(-15) if method == _DEFLATED else None
-        self._limit = -1 if flags & _FLAG_DESCRIPTOR else csize
+        self._inflater = zlib.decompressobj(-15) if method == DEFLATED else None
+        self._limit = -1 if flags & FLAG_DESCRIPTOR else csize
         self._state = self._DATA
         return True
 
@@ -206,11 +206,11 @@ class ZipStreamHasher:
 
     def _inflate(self, inflater: zlib._Decompress, data: bytes | memoryview) -> bool:
         while True:
-            out = inflater.decompress(data, _OUT_BLOCK)
+            out = inflater.decompress(data, OUT_BLOCK)
             if not self._emit(out):
                 return False
             data = inflater.unconsumed_tail
-            if inflater.eof or (not data and len(out) < _OUT_BLOCK):
+            if inflater.eof or (not data and len(out) < OUT_BLOCK):
                 return True
 
     def _finish_entry(self) -> bool:
@@ -233,17 +233,17 @@ class ZipStreamHasher:
         cur = self._cur
         buf = bytes(self._buf[:28])
         for skip, fmt in ((4, "<IQQ"), (4, "<III"), (0, "<IQQ"), (0, "<III")):
-            if skip and buf[:4] != _SIG_DESCRIPTOR:
+            if skip and buf[:4] != SIG_DESCRIPTOR:
                 continue
             end = skip + struct.calcsize(fmt)
             fields, follows = struct.unpack_from(fmt, buf, skip), buf[end : end + 4]
-            if fields == (cur.crc, cur.csize, cur.usize) and follows in (_SIG_LOCAL, _SIG_CENTRAL):
+            if fields == (cur.crc, cur.csize, cur.usize) and follows in (SIG_LOCAL, SIG_CENTRAL):
                 self._consume(end)
                 return self._close_entry()
         return self._give_up()
 
     def _central_header(self) -> bool:
-        if len(self._buf) < _CENTRAL.size:
+        if len(self._buf) < CENTRAL.size:
             return False
         (
             _,
@@ -263,11 +263,11 @@ class ZipStreamHasher:
             _,
             _,
             offset,
-        ) = _CENTRAL.unpack_from(self._buf)
-        end = _CENTRAL.size + name_len + extra_len + comment_len
+        ) = CENTRAL.unpack_from(self._buf)
+        end = CENTRAL.size + name_len + extra_len + comment_len
         if len(self._buf) < end:
             return False
-        name = bytes(self._buf[_CENTRAL.size : _CENTRAL.size + name_len])
+        name = bytes(self._buf[CENTRAL.size : CENTRAL.size + name_len])
         seen = self._locals.pop(offset, None)
         if (
             seen is None
@@ -284,10 +284,10 @@ class ZipStreamHasher:
         return True
 
     def _end_record(self) -> bool:
-        if len(self._buf) < _EOCD.size:
+        if len(self._buf) < EOCD.size:
             return False
-        _, disk, cd_disk, n_disk, n, cd_size, cd_off, comment_len = _EOCD.unpack_from(self._buf)
-        end = _EOCD.size + comment_len
+        _, disk, cd_disk, n_disk, n, cd_size, cd_off, comment_len = EOCD.unpack_from(self._buf)
+        end = EOCD.size + comment_len
         if len(self._buf) < end:
             return False
         if (
@@ -298,7 +298,7 @@ class ZipStreamHasher:
             or n == 0xFFFF
             or (cd_off, cd_size) != (self._central_at, self._pos - self._central_at)
             or len(self._buf) != end
-            or _SIG_EOCD in self._buf[1:end]  # Go takes the last signature it finds
+            or SIG_EOCD in self._buf[1:end]  # Go takes the last signature it finds
         ):
             return self._give_up()
         self._consume(end)

@@ -18,18 +18,18 @@ from pathlib import Path
 from typing import IO, BinaryIO, cast
 
 from node.golang import gomod
-from node.golang.modpath import check_file_path
-from node.golang.modzip import (
-    _IO_BLOCK,
+from node.golang._zipformat import (
+    IO_BLOCK,
     MAX_GO_MOD,
     MAX_LICENSE,
     MAX_ZIP_FILE,
+    Collisions,
     ZipError,
-    _clean,
-    _Collisions,
-    _fold,
-    _name_bytes,
+    clean,
+    fold,
+    name_bytes,
 )
+from node.golang.modpath import check_file_path
 
 __all__ = ["create_zip", "create_zip_from_files"]
 
@@ -78,7 +78,7 @@ def _select(sources: list[_Source]) -> list[_Source]:
     module_dirs: set[str] = set()
     for src in sources:
         head, _, base = src.path.rpartition("/")
-        if _fold(base) == "go.mod":
+        if fold(base) == "go.mod":
             module_dirs.add(head)
 
     def in_submodule(p: str) -> bool:
@@ -88,15 +88,15 @@ def _select(sources: list[_Source]) -> list[_Source]:
                 return True
         return False
 
-    collisions = _Collisions()
+    collisions = Collisions()
     budget = MAX_ZIP_FILE
     size_error: str | None = None
     first_error: str | None = None
     chosen: list[_Source] = []
-    for src in sorted(sources, key=lambda s: _name_bytes(s.path)):
+    for src in sorted(sources, key=lambda s: name_bytes(s.path)):
         p = src.path
         problem: str | None = None
-        if _clean(p) != p:
+        if clean(p) != p:
             problem = "file path is not clean"
         elif p.startswith("/"):
             problem = "file path is not relative"
@@ -160,7 +160,7 @@ def _write(sources: list[_Source], module: str, version: str, out: IO[bytes]) ->
             info.external_attr = 0o644 << 16
             left = src.size + 1  # like Go: notice a file that grew since it was listed
             with src.open() as fh, zf.open(info, "w") as dst:
-                while left > 0 and (block := fh.read(min(left, _IO_BLOCK))):
+                while left > 0 and (block := fh.read(min(left, IO_BLOCK))):
                     dst.write(block)
                     left -= len(block)
             if left <= 0:

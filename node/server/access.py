@@ -26,9 +26,9 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from node.server.app import Handler
 from node.config import Config, ConfigError
 from node.errors import ModmeshError
+from node.server.app import Handler
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 ADMIN_PREFIX = "/_admin/"

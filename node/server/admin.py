@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-
 if TYPE_CHECKING:
     from node.service import Node
 

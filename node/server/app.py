@@ -11,7 +11,6 @@ import asyncio
 import base64
 import functools
 import logging
-import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -22,14 +21,14 @@ from aiohttp.typedefs import Middleware
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
-from node.golang import modpath
-from node.sumdb import tiles, tlog
-from node.errors import InvalidRequest, ModmeshError, NotFound, error_body
-from node.server.fastpath import FastServer
 from node.cache.inflight import CHUNK, Aborted, Transfer, describe, send
-from node.metrics import CONTENT_TYPE_LATEST, Metrics
 from node.cache.protocol import ModRequest, parse_request
 from node.cache.proxy import MetaAnswer, ModuleProxy, Served
+from node.errors import InvalidRequest, ModmeshError, NotFound, error_body
+from node.golang import modpath
+from node.metrics import CONTENT_TYPE_LATEST, Metrics
+from node.server.fastpath import FastServer
+from node.sumdb import tiles, tlog
 from node.sumdb.client import ChecksumDatabases
 
 log = logging.getLogger(__name__)

@@ -26,16 +26,16 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from node.golang import modpath
-from node.sumdb import note, tiles, tlog
-from node.errors import IntegrityError, ModmeshError, NotFound, UpstreamError
 from node.cache.index import Entry
-from node.metrics import Metrics
+from node.cache.upstream import Upstream
+from node.errors import IntegrityError, ModmeshError, NotFound, UpstreamError
+from node.golang import modpath
 from node.golang.patterns import match_prefix_patterns
+from node.metrics import Metrics
+from node.sumdb import note, tiles, tlog
 from node.sumdb.cache import SumDBStore
 from node.sumdb.tiles import Tile
 from node.sumdb.tlog import HashReader, Tree
-from node.cache.upstream import Upstream
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

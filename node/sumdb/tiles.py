@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 from node.sumdb.tlog import (
     _MAX_LEVEL,
+    EMPTY_TREE_HASH,
     HASH_SIZE,
     MAX_HEIGHT,
     MAX_TREE_SIZE,
-    EMPTY_TREE_HASH,
     HashReader,
     MissingTiles,
     TlogError,

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import aiohttp
 from aiohttp import web
 
+from node.config import Config, ConfigError, parse_size
+from node.errors import InvalidRequest
 from node.tools.target import (
     UsageError,
     add_node_arguments,
@@ -38,14 +40,12 @@ from node.tools.target import (
     read_secret,
     setup_cli_logging,
 )
-from node.config import Config, ConfigError, parse_size
-from node.errors import InvalidRequest
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from node.service import Node
     from node.cache.storage import StorageManager
+    from node.service import Node
 
 T = TypeVar("T")
 

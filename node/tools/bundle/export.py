@@ -32,8 +32,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
+from node.cache.index import Entry
 from node.golang import semver
+from node.golang.patterns import match_prefix_patterns
 from node.sumdb import tlog
+from node.sumdb.cache import SumDBStore
+from node.sumdb.client import HEIGHT, SumDB
 from node.sumdb.tiles import Tile, tiles_needed_for_record, tiles_needed_for_tree_proof
 from node.tools.bundle.format import (
     CHUNK,
@@ -48,10 +52,6 @@ from node.tools.bundle.format import (
     once,
     tar_size,
 )
-from node.cache.index import Entry
-from node.golang.patterns import match_prefix_patterns
-from node.sumdb.client import HEIGHT, SumDB
-from node.sumdb.cache import SumDBStore
 
 if TYPE_CHECKING:
     from node.service import Node

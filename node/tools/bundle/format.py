@@ -29,10 +29,10 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
+from node.cache.protocol import ModRequest, parse_request
+from node.errors import InvalidRequest, NotFound
 from node.golang import modpath
 from node.sumdb import tiles
-from node.errors import InvalidRequest, NotFound
-from node.cache.protocol import ModRequest, parse_request
 
 FORMAT = "modmesh-bundle"
 FORMAT_VERSION = 1

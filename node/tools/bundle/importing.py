@@ -24,8 +24,9 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from node.golang import modzip
 from node.cache import verify
+from node.errors import IntegrityError, ModmeshError
+from node.golang import dirhash
 from node.tools.bundle.format import (
     BundleError,
     Manifest,
@@ -36,7 +37,6 @@ from node.tools.bundle.format import (
     parse_sumdb_member,
     read_manifest,
 )
-from node.errors import IntegrityError, ModmeshError
 from node.tools.bundle.sumdb import DatabaseImport
 
 if TYPE_CHECKING:
@@ -230,8 +230,8 @@ class Importer:
         if e.kind != "zip":
             body = await _read_all(chunks, MAX_SMALL, e.label)
             problem = _mismatch(e, len(body), hashlib.sha256(body).hexdigest())
-            if problem is None and e.kind == "mod" and e.h1 and modzip.h1_gomod(body) != e.h1:
-                problem = f"h1 {modzip.h1_gomod(body)} does not match the manifest's {e.h1}"
+            if problem is None and e.kind == "mod" and e.h1 and dirhash.h1_gomod(body) != e.h1:
+                problem = f"h1 {dirhash.h1_gomod(body)} does not match the manifest's {e.h1}"
             if problem is not None:
                 raise IntegrityError(f"{problem}; not admitted")
             yield body

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from node.golang import gomod, modpath, semver
+from node.golang.modzip import ZipError
+from node.golang.zipwriter import create_zip
 from node.tools.bundle.format import (
     CHUNK,
     MANIFEST_NAME,
@@ -39,8 +41,6 @@ from node.tools.bundle.format import (
     parse_module_member,
 )
 from node.tools.bundle.importing import Member
-from node.golang.modzip import ZipError
-from node.golang.zipwriter import create_zip
 
 _IGNORED = (".lock", ".ziphash", ".partial")
 _KIND_ORDER = {"info": 0, "mod": 1, "zip": 2, "list": 3, "latest": 4}

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
+from node.cache.upstream import redact
 from node.golang import semver
 from node.golang.patterns import match_prefix_patterns
-from node.cache.upstream import redact
 
 Status = Literal["ok", "info", "warn", "fail"]
 RANK: dict[str, int] = {"ok": 0, "info": 0, "warn": 1, "fail": 2}

@@ -27,17 +27,9 @@ from urllib.parse import urlencode
 
 import aiohttp
 
-from node.golang import modpath
-from node.tools.target import (
-    UsageError,
-    add_node_arguments,
-    local_config,
-    local_node,
-    node_url,
-    read_secret,
-    setup_cli_logging,
-)
+from node.cache.upstream import redact
 from node.config import Config
+from node.golang import modpath
 from node.tools.doctor.client import (
     GO_DEFAULT_PROXY,
     Check,
@@ -51,8 +43,16 @@ from node.tools.doctor.client import (
     redact_list,
     worst,
 )
-from node.cache.upstream import redact
 from node.tools.doctor.node import DEFAULT_TIMEOUT, Probe, admin_routes, node_report, probe
+from node.tools.target import (
+    UsageError,
+    add_node_arguments,
+    local_config,
+    local_node,
+    node_url,
+    read_secret,
+    setup_cli_logging,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from node.golang import gomod, modpath
 from node.cache.protocol import Kind
+from node.golang import gomod, modpath
 
 
 class UnreadableInput(Exception):

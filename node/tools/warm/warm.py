@@ -32,6 +32,10 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import aiohttp
 
+from node.cache.protocol import Kind, ModRequest
+from node.cache.upstream import redact
+from node.config import Config
+from node.errors import ModmeshError, NotFound
 from node.golang import modpath
 from node.tools.target import (
     UsageError,
@@ -42,11 +46,7 @@ from node.tools.target import (
     read_secret,
     setup_cli_logging,
 )
-from node.config import Config
-from node.errors import ModmeshError, NotFound
 from node.tools.warm.inputs import InputError, Target, UnreadableInput, load_inputs
-from node.cache.protocol import Kind, ModRequest
-from node.cache.upstream import redact
 
 if TYPE_CHECKING:
     from rich.console import Console
