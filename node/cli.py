@@ -21,7 +21,7 @@ from node.cache.upstream import GoproxyError, parse_goproxy
 from node.config import Config, ConfigError, load_config
 from node.logs import setup_logging
 from node.plugins import Plugin, load_plugins
-from node.sumdb.client import SumDBConfigError, parse_sumdb_spec
+from node.sumdb.spec import SumDBConfigError, parse_sumdb_spec
 
 log = logging.getLogger("modmesh")
 

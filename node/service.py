@@ -23,7 +23,6 @@ from node.cache.credentials import route_credentials
 from node.cache.direct import Direct
 from node.cache.index import Index
 from node.cache.proxy import ModuleProxy, ProxySettings
-from node.cache.reverify import Reverifier
 from node.cache.spool import storage_error_cause
 from node.cache.storage import StorageManager
 from node.cache.store import BlobStore
@@ -35,7 +34,10 @@ from node.server.access import load_policy
 from node.server.admin import add_admin_routes
 from node.server.app import FastPathRunner, RequestRecorder, access_logger, add_goproxy_route, build_app
 from node.sumdb.cache import SumDBStore
-from node.sumdb.client import ChecksumDatabases, SumDB, parse_sumdb_spec
+from node.sumdb.client import SumDB
+from node.sumdb.databases import ChecksumDatabases
+from node.sumdb.reverify import Reverifier
+from node.sumdb.spec import parse_sumdb_spec
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ import pytest
 
 from node.cache.upstream import parse_goproxy
 from node.config import Config, load_config
-from node.sumdb.client import parse_sumdb_spec
+from node.sumdb.spec import parse_sumdb_spec
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"

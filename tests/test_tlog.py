@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 
 from node.golang import dirhash, modzip
 from node.sumdb.note import Signer, Verifier, generate_key, open_note, parse_signer, parse_verifier, sign_note
+from node.sumdb.records import Tree, format_record, format_tree, parse_record, parse_tree, split_lookup
 from node.sumdb.tiles import (
+    MissingTiles,
     Tile,
     hash_from_tile,
     new_tiles,
@@ -32,21 +34,14 @@ from node.sumdb.tlog import (
     EMPTY_TREE_HASH,
     HASH_SIZE,
     MAX_TREE_SIZE,
-    MissingTiles,
     TlogError,
-    Tree,
     check_record,
     check_tree,
-    format_record,
-    format_tree,
     list_hash_reader,
     node_hash,
-    parse_record,
-    parse_tree,
     prove_record,
     prove_tree,
     record_hash,
-    split_lookup,
     split_stored_hash_index,
     stored_hash_count,
     stored_hash_index,

@@ -29,7 +29,7 @@ from node.golang import modpath
 from node.metrics import CONTENT_TYPE_LATEST, Metrics
 from node.server.fastpath import FastServer
 from node.sumdb import tiles, tlog
-from node.sumdb.client import ChecksumDatabases
+from node.sumdb.databases import ChecksumDatabases
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("modmesh.access")

@@ -21,39 +21,26 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
 
-from node.cache.index import Entry
 from node.cache.upstream import Upstream
 from node.errors import IntegrityError, ModmeshError, NotFound, UpstreamError
 from node.golang import modpath
-from node.golang.patterns import match_prefix_patterns
 from node.metrics import Metrics
-from node.sumdb import note, tiles, tlog
+from node.sumdb import note, records, tiles, tlog
 from node.sumdb.cache import SumDBStore
+from node.sumdb.records import Tree
+from node.sumdb.spec import DatabaseSpec
 from node.sumdb.tiles import Tile
-from node.sumdb.tlog import HashReader, Tree
+from node.sumdb.tlog import HashReader
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 HEIGHT = 8  # the tile height every go command uses
 MAX_REPLY = 1 << 20
-SUM_GOLANG_ORG = "sum.golang.org+033de0ae+Ac4zctda0e5eza+HJyk9SxEdh+s3Ux18htTTAD8OuAn8"
-#: GOSUMDB shorthands the go command knows: name -> (verifier key, URL).
-KNOWN = {
-    "sum.golang.org": (SUM_GOLANG_ORG, "https://sum.golang.org"),
-    "sum.golang.google.cn": (SUM_GOLANG_ORG, "https://sum.golang.google.cn"),
-}
-
-
-class SumDBConfigError(ValueError):
-    pass
-
-
 class SumDBError(UpstreamError):
     """The database is unreachable or sent something that does not verify."""
 
@@ -64,33 +51,6 @@ class ForkDetected(SumDBError):
 
 class Unverifiable(SumDBError):
     """The database could not confirm or deny a hash: unreachable, or it has no record."""
-
-
-@dataclass(frozen=True)
-class DatabaseSpec:
-    name: str
-    vkey: str
-    url: str | None  # None: find it through the upstreams, else https://<name>
-
-
-def parse_sumdb_spec(value: str) -> DatabaseSpec:
-    """GOSUMDB syntax: `sum.golang.org`, `NAME+HASH+KEY` or `NAME+HASH+KEY URL`."""
-    fields = value.split()
-    if not 1 <= len(fields) <= 2:
-        raise SumDBConfigError(f"checksum database {value!r}: want 'NAME+HASH+KEY [URL]'")
-    key, url = fields[0], (fields[1] if len(fields) == 2 else None)
-    if key in KNOWN:
-        key, default_url = KNOWN[key]
-        url = url or default_url
-    try:
-        verifier = note.parse_verifier(key)
-    except note.NoteError as e:
-        raise SumDBConfigError(f"checksum database {value!r}: {e}") from None
-    if url is not None:
-        if not url.startswith(("https://", "http://")):
-            raise SumDBConfigError(f"checksum database URL {url!r} must be http or https")
-        url = url.rstrip("/")
-    return DatabaseSpec(verifier.name, key, url)
 
 
 def record_hashes(text: bytes, module: str, version: str) -> dict[str, str]:
@@ -149,7 +109,7 @@ class SumDB:
         if saved is None:
             return
         try:
-            tree = tlog.parse_tree(note.open_note(saved, [self.verifier]).text)
+            tree = records.parse_tree(note.open_note(saved, [self.verifier]).text)
         except (note.NoteError, tlog.TlogError) as e:
             log.error("checksum database %s: ignoring unverifiable saved tree head: %s", self.name, e)
             return
@@ -247,7 +207,7 @@ class SumDB:
             reader = tiles.tile_hash_reader(tree, HEIGHT, self.store.tiles_view(pending))
             try:
                 result = fn(reader)
-            except tlog.MissingTiles as m:
+            except tiles.MissingTiles as m:
                 fetched = await asyncio.gather(*(self._fetch_tile(t) for t in m.tiles))
                 pending.update(zip(m.tiles, fetched))
                 continue
@@ -261,7 +221,7 @@ class SumDB:
     async def accept(self, signed: bytes) -> Tree:
         """Verify a signed tree head and merge it with the newest verified tree."""
         try:
-            tree = tlog.parse_tree(note.open_note(signed, [self.verifier]).text)
+            tree = records.parse_tree(note.open_note(signed, [self.verifier]).text)
         except note.NoteError as e:
             self.metrics.sumdb_errors.labels(self.name, "signature").inc()
             raise SumDBError(
@@ -352,7 +312,7 @@ class SumDB:
         path = f"lookup/{modpath.escape_path(module)}@{modpath.escape_version(version)}"
         reply = await self._get(path)
         try:
-            rid, text, signed = tlog.split_lookup(reply)
+            rid, text, signed = records.split_lookup(reply)
         except tlog.TlogError as e:
             raise SumDBError(
                 f"checksum database {self.name}: malformed lookup reply for {module}@{version}: {e}"
@@ -391,7 +351,7 @@ class SumDB:
             raise Unverifiable(f"checksum database {self.name} has no record of {module}@{version}") from e
         except ModmeshError as e:
             raise Unverifiable(f"checksum database {self.name} did not answer for {module}@{version}: {e}") from e
-        _, text, _ = tlog.split_lookup(reply)
+        _, text, _ = records.split_lookup(reply)
         want = record_hashes(text, module, version).get(kind)
         what = f"{module}@{version}" + ("/go.mod" if kind == "mod" else "")
         if want is None:
@@ -478,98 +438,3 @@ async def _read_reply(resp: aiohttp.ClientResponse) -> bytes:
     if not body:
         raise SumDBError("checksum database sent an empty reply")
     return body
-
-
-#: `sumdb_verify` modes. "sumdb": a mismatch is refused; what the database cannot
-#: confirm (it does not answer, it has no record) is kept *unverified* and checked again
-#: later. "require": that is refused too (fail closed). "off": no checks.
-VERIFY_MODES = ("sumdb", "require", "off")
-
-
-class ChecksumDatabases:
-    """Every configured database, the private patterns, and the verification mode.
-
-    The first database verifies what enters the store (the go command, too, uses
-    exactly one GOSUMDB); all of them are proxied for clients.
-    """
-
-    def __init__(self, dbs: list[SumDB], mode: str, private: str, metrics: Metrics) -> None:
-        if mode not in VERIFY_MODES:
-            raise SumDBConfigError(f"sumdb_verify must be one of {', '.join(VERIFY_MODES)}, not {mode!r}")
-        self.dbs = dbs
-        self.mode = mode
-        self.verify_enabled = mode != "off" and bool(dbs)
-        self.private = private
-        self.metrics = metrics
-        #: Called when the database answered again after failing (the re-verifier's cue).
-        self.answered: list[Callable[[], None]] = []
-
-    def open(self) -> None:
-        for db in self.dbs:
-            db.open()
-
-    async def aclose(self) -> None:
-        for db in self.dbs:
-            await db.aclose()
-
-    def route(self, rest: str) -> tuple[SumDB, str] | None:
-        """Split `<name>/<endpoint>` (a name may contain '/': match configured names)."""
-        best: tuple[SumDB, str] | None = None
-        for db in self.dbs:
-            if rest.startswith(db.name + "/") and (best is None or len(db.name) > len(best[0].name)):
-                best = (db, rest[len(db.name) + 1 :])
-        return best
-
-    def is_private(self, module: str) -> bool:
-        return bool(self.private) and match_prefix_patterns(self.private, module)
-
-    def checks(self, module: str) -> bool:
-        return self.verify_enabled and not self.is_private(module)
-
-    def start_lookup(self, module: str, version: str) -> None:
-        """Begin the record lookup while the blob downloads (it is single-flight)."""
-        if self.checks(module):
-            db = self.dbs[0]
-            db.spawn(db.lookup(module, version), f"lookup of {module}@{version}")
-
-    async def verify(self, module: str, version: str, kind: str, h1: str, require: bool = False) -> bool:
-        """True when the database confirmed `h1` (or no check applies); False when it could
-        not say and the mode keeps such files unverified. IntegrityError on a mismatch,
-        and when the database cannot say in "require" mode (or with `require`: imports)."""
-        if not (self.checks(module) and kind in ("zip", "mod")):
-            return True
-        try:
-            await self.dbs[0].check(module, version, kind, h1)
-        except Unverifiable as e:
-            if require or self.mode == "require":
-                raise IntegrityError(f"{e}; not cached") from None
-            return False
-        for cue in self.answered:
-            cue()
-        return True
-
-    async def recheck(self, module: str, version: str, kind: str, h1: str) -> str:
-        """For an unverified file: "verified" (or no longer checked), "mismatch" (logged
-        and counted by the check), "absent" (the database has no record) or "unreachable"."""
-        if not self.checks(module):
-            return "verified"
-        try:
-            await self.dbs[0].check(module, version, kind, h1)
-        except Unverifiable as e:
-            return "absent" if isinstance(e.__cause__, NotFound) else "unreachable"
-        except IntegrityError:
-            return "mismatch"
-        return "verified"
-
-    def stored(self, entry: Entry) -> None:
-        """Store observer: prefetch what offline clients need (record and tiles)."""
-        if entry.kind in ("zip", "mod") and self.checks(entry.module):
-            db = self.dbs[0]
-            db.spawn(db.lookup(entry.module, entry.version), f"prefetch of {entry.module}@{entry.version}")
-
-    def health(self) -> list[dict[str, Any]]:
-        return [db.health() for db in self.dbs]
-
-    @property
-    def forked(self) -> bool:
-        return any(db.fork for db in self.dbs)

@@ -12,25 +12,25 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from node.sumdb.records import Tree
 from node.sumdb.tlog import (
-    _MAX_LEVEL,
     EMPTY_TREE_HASH,
     HASH_SIZE,
     MAX_HEIGHT,
+    MAX_LEVEL,
     MAX_TREE_SIZE,
     HashReader,
-    MissingTiles,
     TlogError,
-    Tree,
-    _check_size,
-    _read,
-    _sub_tree_index,
+    check_size,
     node_hash,
+    read_checked,
     split_stored_hash_index,
     stored_hash_index,
+    sub_tree_index,
 )
 
 __all__ = [
+    "MissingTiles",
     "Tile",
     "hash_from_tile",
     "new_tiles",
@@ -73,7 +73,7 @@ class Tile:
         level = max(self.l, 0) * self.h
         if (
             not -1 <= self.l
-            or level > _MAX_LEVEL
+            or level > MAX_LEVEL
             or not 1 <= self.w <= 1 << self.h
             or self.n < 0
             or (self.n << self.h) << level > MAX_TREE_SIZE
@@ -94,6 +94,14 @@ class Tile:
         level = "data" if self.l == -1 else str(self.l)
         suffix = "" if self.full else f".p/{self.w}"
         return f"tile/{self.h}/{level}/{'/'.join(reversed(groups))}{suffix}"
+
+
+class MissingTiles(Exception):
+    """A tile reader needs these tiles (in Go's fetch order) before it can answer."""
+
+    def __init__(self, tiles: Sequence[Tile]) -> None:
+        self.tiles: list[Tile] = list(tiles)
+        super().__init__("missing tiles: " + " ".join(t.path() for t in self.tiles))
 
 
 _TILE_PATH = re.compile(r"tile/([0-9]{1,2})/(data|[0-9]{1,2})/((?:x[0-9]{3}/){0,6}[0-9]{3})(?:\.p/([0-9]{1,10}))?")
@@ -161,8 +169,8 @@ def new_tiles(h: int, old_n: int, new_n: int) -> list[Tile]:
     pass sizes you trust (your own log), never a size straight off the network.
     """
     _check_height(h)
-    _check_size(old_n, "old tree size")
-    _check_size(new_n)
+    check_size(old_n, "old tree size")
+    check_size(new_n)
     if old_n > new_n:
         raise TlogError(f"tree cannot shrink from {old_n} to {new_n}")
     tiles = []
@@ -186,7 +194,7 @@ def read_tile_data(tile: Tile, reader: HashReader) -> bytes:
         raise TlogError(f"{tile.path()} holds record data, not hashes")
     start = tile.n << tile.h
     indexes = [stored_hash_index(tile.h * tile.l, start + i) for i in range(tile.w)]
-    return b"".join(_read(reader, indexes))
+    return b"".join(read_checked(reader, indexes))
 
 
 # --- authenticated reading through tiles ------------------------------------------------
@@ -222,7 +230,7 @@ def _plan(tree: Tree, h: int, indexes: Sequence[int]) -> _Plan:
         tiles.append(tile)
         return order[tile]
 
-    stx = _sub_tree_index(0, tree.n, [])
+    stx = sub_tree_index(0, tree.n, [])
     stx_tile = []
     for x in stx:
         tile = _tile_parent(_tile_for_index(h, x)[0], 0, tree.n)
@@ -238,7 +246,7 @@ def _plan(tree: Tree, h: int, indexes: Sequence[int]) -> _Plan:
         # Walk up to an ancestor already planned (the tree-hash tiles cover the top) ...
         k = 0
         while (parent := _tile_parent(tile, k, tree.n)) not in order:
-            if parent is None or k > _MAX_LEVEL:  # pragma: no cover - index math bug
+            if parent is None or k > MAX_LEVEL:  # pragma: no cover - index math bug
                 raise AssertionError(f"tlog: lost parent of {tile.path()} in tree {tree.n}")
             k += 1
         found = order[parent]
@@ -321,7 +329,7 @@ def tile_hash_reader(tree: Tree, h: int, tiles: Mapping[Tile, bytes]) -> HashRea
 
 def tiles_needed_for_record(tree: Tree, h: int, record_index: int) -> list[Tile]:
     """The tiles Go's client fetches to authenticate record `record_index` in `tree`."""
-    _check_size(record_index, "record index")
+    check_size(record_index, "record index")
     if record_index >= tree.n:
         raise TlogError(f"record {record_index} is not in the tree of size {tree.n}")
     return _plan(tree, _check_height(h), [stored_hash_index(0, record_index)]).tiles
@@ -334,4 +342,4 @@ def tiles_needed_for_tree_proof(old: Tree, new: Tree, h: int) -> list[Tile]:
         raise TlogError(f"tree of size {old.n} cannot be a prefix of one of size {new.n}")
     if old.n == 0:
         return []
-    return _plan(new, h, _sub_tree_index(0, old.n, [])).tiles
+    return _plan(new, h, sub_tree_index(0, old.n, [])).tiles

@@ -18,15 +18,10 @@ tree of int64 size could hold, and every malformed input raises `TlogError`.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
-
-if TYPE_CHECKING:
-    from node.sumdb.tiles import Tile
+from typing import Protocol
 
 __all__ = [
     "EMPTY_TREE_HASH",
@@ -35,21 +30,14 @@ __all__ = [
     "MAX_LOOKUP_SIZE",
     "MAX_TREE_SIZE",
     "HashReader",
-    "MissingTiles",
     "TlogError",
-    "Tree",
     "check_record",
     "check_tree",
-    "format_record",
-    "format_tree",
     "list_hash_reader",
     "node_hash",
-    "parse_record",
-    "parse_tree",
     "prove_record",
     "prove_tree",
     "record_hash",
-    "split_lookup",
     "split_stored_hash_index",
     "stored_hash_count",
     "stored_hash_index",
@@ -68,20 +56,11 @@ MAX_LOOKUP_SIZE = 1_000_000
 #: RFC 6962: the empty tree hashes to SHA-256 of the empty string.
 EMPTY_TREE_HASH = hashlib.sha256(b"").digest()
 
-_MAX_LEVEL = 63
-_TREE_HEADER = "go.sum database tree\n"
+MAX_LEVEL = 63
 
 
 class TlogError(ValueError):
     """Malformed log data, a failed proof, or tiles that do not lead to the tree hash."""
-
-
-class MissingTiles(Exception):
-    """A tile reader needs these tiles (in Go's fetch order) before it can answer."""
-
-    def __init__(self, tiles: Sequence[Tile]) -> None:
-        self.tiles: list[Tile] = list(tiles)
-        super().__init__("missing tiles: " + " ".join(t.path() for t in self.tiles))
 
 
 class HashReader(Protocol):
@@ -93,7 +72,7 @@ class HashReader(Protocol):
 # --- hashing -------------------------------------------------------------------
 
 
-def _hash(value: object, what: str = "hash") -> bytes:
+def check_hash(value: object, what: str = "hash") -> bytes:
     if not isinstance(value, (bytes, bytearray, memoryview)) or len(value) != HASH_SIZE:
         raise TlogError(f"{what} is not a {HASH_SIZE}-byte hash")
     return bytes(value)
@@ -106,7 +85,7 @@ def record_hash(data: bytes) -> bytes:
 
 def node_hash(left: bytes, right: bytes) -> bytes:
     """SHA-256(0x01 ‖ left ‖ right): an interior node."""
-    return hashlib.sha256(b"\x01" + _hash(left, "left") + _hash(right, "right")).digest()
+    return hashlib.sha256(b"\x01" + check_hash(left, "left") + check_hash(right, "right")).digest()
 
 
 def _maxpow2(n: int) -> tuple[int, int]:
@@ -122,7 +101,7 @@ def _trailing_zeros(x: int) -> int:
 # --- stored hash order -----------------------------------------------------------
 
 
-def _check_size(n: int, what: str = "tree size") -> int:
+def check_size(n: int, what: str = "tree size") -> int:
     if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_TREE_SIZE:
         raise TlogError(f"{what} {n!r} out of range")
     return n
@@ -135,7 +114,7 @@ def stored_hash_index(level: int, n: int) -> int:
     lands after leaf m = ((n+1)<<ℓ)-1, whose own position is
     m + m/2 + m/4 + ... = 2m - popcount(m).
     """
-    if not (isinstance(level, int) and isinstance(n, int)) or not 0 <= level <= _MAX_LEVEL or n < 0:
+    if not (isinstance(level, int) and isinstance(n, int)) or not 0 <= level <= MAX_LEVEL or n < 0:
         raise TlogError(f"invalid hash coordinates ({level!r}, {n!r})")
     m = ((n + 1) << level) - 1  # the last leaf under this hash
     if m > MAX_TREE_SIZE:
@@ -166,7 +145,7 @@ def split_stored_hash_index(index: int) -> tuple[int, int]:
 
 def stored_hash_count(n: int) -> int:
     """How many stored hashes a tree of n records has."""
-    _check_size(n)
+    check_size(n)
     if n == 0:
         return 0
     count = stored_hash_index(0, n - 1) + 1
@@ -177,11 +156,12 @@ def stored_hash_count(n: int) -> int:
     return count
 
 
-def _read(reader: HashReader, indexes: list[int]) -> list[bytes]:
+def read_checked(reader: HashReader, indexes: list[int]) -> list[bytes]:
+    """reader.read_hashes, checked: one well-formed hash per index."""
     hashes = reader.read_hashes(indexes)
     if len(hashes) != len(indexes):
         raise TlogError(f"read_hashes({len(indexes)} indexes) returned {len(hashes)} hashes")
-    return [_hash(h) for h in hashes]
+    return [check_hash(h) for h in hashes]
 
 
 def stored_hashes(n: int, data: bytes, reader: HashReader) -> list[bytes]:
@@ -191,12 +171,12 @@ def stored_hashes(n: int, data: bytes, reader: HashReader) -> list[bytes]:
 
 def stored_hashes_for_record_hash(n: int, h: bytes, reader: HashReader) -> list[bytes]:
     """Like stored_hashes, given record_hash(data)."""
-    _check_size(n, "record index")
-    hashes = [_hash(h)]
+    check_size(n, "record index")
+    hashes = [check_hash(h)]
     # Each trailing 1 bit of n completes a subtree whose left sibling is already stored.
     m = _trailing_zeros(n + 1)
     indexes = [stored_hash_index(i, (n >> i) - 1) for i in reversed(range(m))]
-    old = _read(reader, indexes)
+    old = read_checked(reader, indexes)
     for i in range(m):
         h = node_hash(old[m - 1 - i], h)
         hashes.append(h)
@@ -224,7 +204,7 @@ def list_hash_reader(hashes: Sequence[bytes]) -> HashReader:
 # --- tree hashes and proofs --------------------------------------------------------
 
 
-def _sub_tree_index(lo: int, hi: int, need: list[int]) -> list[int]:
+def sub_tree_index(lo: int, hi: int, need: list[int]) -> list[int]:
     """Append the stored indexes whose hashes make up the subtree over records [lo, hi)."""
     while lo < hi:
         k, level = _maxpow2(hi - lo + 1)
@@ -234,7 +214,7 @@ def _sub_tree_index(lo: int, hi: int, need: list[int]) -> list[int]:
 
 
 def _sub_tree_hash(lo: int, hi: int, hashes: Iterator[bytes]) -> bytes:
-    """Hash of the subtree over [lo, hi) from the hashes _sub_tree_index named (consumed)."""
+    """Hash of the subtree over [lo, hi) from the hashes sub_tree_index named (consumed)."""
     parts = []
     while lo < hi:
         k, _ = _maxpow2(hi - lo + 1)
@@ -253,10 +233,10 @@ def _drained(hashes: Iterator[bytes]) -> None:
 
 def tree_hash(n: int, reader: HashReader) -> bytes:
     """Root hash of the tree of n records, from at most 1 + log2(n) stored hashes."""
-    _check_size(n)
+    check_size(n)
     if n == 0:
         return EMPTY_TREE_HASH
-    hashes = iter(_read(reader, _sub_tree_index(0, n, [])))
+    hashes = iter(read_checked(reader, sub_tree_index(0, n, [])))
     h = _sub_tree_hash(0, n, hashes)
     _drained(hashes)
     return h
@@ -268,9 +248,9 @@ def _leaf_proof_index(lo: int, hi: int, n: int, need: list[int]) -> list[int]:
     k, _ = _maxpow2(hi - lo)
     if n < lo + k:
         _leaf_proof_index(lo, lo + k, n, need)
-        _sub_tree_index(lo + k, hi, need)
+        sub_tree_index(lo + k, hi, need)
     else:
-        _sub_tree_index(lo, lo + k, need)
+        sub_tree_index(lo, lo + k, need)
         _leaf_proof_index(lo + k, hi, n, need)
     return need
 
@@ -290,14 +270,14 @@ def _leaf_proof(lo: int, hi: int, n: int, hashes: Iterator[bytes]) -> list[bytes
 
 def prove_record(t: int, n: int, reader: HashReader) -> list[bytes]:
     """The audit path proving that the tree of size t contains record n."""
-    _check_size(t)
-    _check_size(n, "record index")
+    check_size(t)
+    check_size(n, "record index")
     if n >= t:
         raise TlogError(f"record {n} is not in a tree of size {t}")
     indexes = _leaf_proof_index(0, t, n, [])
     if not indexes:
         return []
-    hashes = iter(_read(reader, indexes))
+    hashes = iter(read_checked(reader, indexes))
     proof = _leaf_proof(0, t, n, hashes)
     _drained(hashes)
     return proof
@@ -318,24 +298,24 @@ def _run_record_proof(p: Sequence[bytes], lo: int, hi: int, n: int, leaf: bytes)
 
 def check_record(proof: Sequence[bytes], t: int, th: bytes, n: int, h: bytes) -> None:
     """Raise TlogError unless proof shows the tree (t, th) has record n with hash h."""
-    _check_size(t)
-    _check_size(n, "record index")
+    check_size(t)
+    check_size(n, "record index")
     if n >= t:
         raise TlogError(f"record {n} is not in a tree of size {t}")
-    proof = [_hash(x, "proof hash") for x in proof]
-    if _run_record_proof(proof, 0, t, n, _hash(h)) != _hash(th, "tree hash"):
+    proof = [check_hash(x, "proof hash") for x in proof]
+    if _run_record_proof(proof, 0, t, n, check_hash(h)) != check_hash(th, "tree hash"):
         raise TlogError("invalid transparency proof")
 
 
 def _tree_proof_index(lo: int, hi: int, n: int, need: list[int]) -> list[int]:
     if n == hi:
-        return need if lo == 0 else _sub_tree_index(lo, hi, need)
+        return need if lo == 0 else sub_tree_index(lo, hi, need)
     k, _ = _maxpow2(hi - lo)
     if n <= lo + k:
         _tree_proof_index(lo, lo + k, n, need)
-        _sub_tree_index(lo + k, hi, need)
+        sub_tree_index(lo + k, hi, need)
     else:
-        _sub_tree_index(lo, lo + k, need)
+        sub_tree_index(lo, lo + k, need)
         _tree_proof_index(lo + k, hi, n, need)
     return need
 
@@ -355,8 +335,8 @@ def _tree_proof(lo: int, hi: int, n: int, hashes: Iterator[bytes]) -> list[bytes
 
 
 def _check_tree_sizes(t: int, n: int) -> None:
-    _check_size(t)
-    _check_size(n, "old tree size")
+    check_size(t)
+    check_size(n, "old tree size")
     if not 1 <= n <= t:
         raise TlogError(f"cannot prove tree of size {n} inside tree of size {t}")
 
@@ -367,7 +347,7 @@ def prove_tree(t: int, n: int, reader: HashReader) -> list[bytes]:
     indexes = _tree_proof_index(0, t, n, [])
     if not indexes:
         return []
-    hashes = iter(_read(reader, indexes))
+    hashes = iter(read_checked(reader, indexes))
     proof = _tree_proof(0, t, n, hashes)
     _drained(hashes)
     return proof
@@ -396,106 +376,8 @@ def _run_tree_proof(p: Sequence[bytes], lo: int, hi: int, n: int, old: bytes) ->
 def check_tree(proof: Sequence[bytes], t: int, th: bytes, n: int, h: bytes) -> None:
     """Raise TlogError unless proof shows the tree (t, th) extends the tree (n, h)."""
     _check_tree_sizes(t, n)
-    proof = [_hash(x, "proof hash") for x in proof]
-    h = _hash(h, "old tree hash")
+    proof = [check_hash(x, "proof hash") for x in proof]
+    h = check_hash(h, "old tree hash")
     oh, nh = _run_tree_proof(proof, 0, t, n, h)
-    if oh != h or nh != _hash(th, "tree hash"):
+    if oh != h or nh != check_hash(th, "tree hash"):
         raise TlogError("invalid transparency proof")
-
-
-# --- tree heads and records (tlog/note.go) -------------------------------------------
-
-_B64_HASH = re.compile(r"[A-Za-z0-9+/]{43}=")
-_DECIMAL = re.compile(r"0|[1-9][0-9]{0,18}")
-
-
-@dataclass(frozen=True)
-class Tree:
-    """A tree head: the log's size and root hash, as signed by the database."""
-
-    n: int
-    hash: bytes
-
-    def __post_init__(self) -> None:
-        _check_size(self.n)
-        object.__setattr__(self, "hash", _hash(self.hash, "tree hash"))
-
-
-def format_tree(tree: Tree) -> str:
-    """The note text for a tree head: `go.sum database tree\\n<N>\\n<base64 hash>\\n`."""
-    return f"{_TREE_HEADER}{tree.n}\n{base64.b64encode(tree.hash).decode()}\n"
-
-
-def _decimal(s: str, what: str) -> int:
-    if not _DECIMAL.fullmatch(s) or int(s) > MAX_TREE_SIZE:
-        raise TlogError(f"malformed {what}")
-    return int(s)
-
-
-def parse_tree(text: str) -> Tree:
-    """Parse a tree head text; lines after the hash are allowed (forward compatibility)."""
-    if (
-        not isinstance(text, str)
-        or len(text) > MAX_LOOKUP_SIZE
-        or not text.startswith(_TREE_HEADER)
-        or text.count("\n") < 3
-    ):
-        raise TlogError("malformed tree note")
-    lines = text.split("\n", 3)
-    n = _decimal(lines[1], "tree note")
-    if not _B64_HASH.fullmatch(lines[2]):
-        raise TlogError("malformed tree note")
-    return Tree(n, base64.b64decode(lines[2]))
-
-
-def _is_valid_record_text(text: bytes) -> bool:
-    """UTF-8, no control characters but \\n, ends in \\n, no blank lines (nor a leading one)."""
-    try:
-        s = text.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    if not s.endswith("\n") or s.startswith("\n") or "\n\n" in s:
-        return False
-    return not any(c < " " and c != "\n" for c in s)
-
-
-def format_record(id: int, text: bytes) -> bytes:
-    """`<id>\\n<text>\\n`: a lookup reply before its signed tree head."""
-    _check_size(id, "record id")
-    if not _is_valid_record_text(text):
-        raise TlogError("malformed record data")
-    return b"%d\n%s\n" % (id, text)
-
-
-def parse_record(msg: bytes) -> tuple[int, bytes, bytes]:
-    """Split `<id>\\n<text>\\n<rest>` into (id, text, rest); rest follows the blank line.
-
-    Stricter than Go's ParseRecord, which also takes `+7`, `007` or a negative id
-    and a record text starting with an empty line: none of those comes from a
-    real database.
-    """
-    if not isinstance(msg, (bytes, bytearray)) or len(msg) > MAX_LOOKUP_SIZE:
-        raise TlogError("malformed record data")
-    msg = bytes(msg)
-    head, sep, body = msg.partition(b"\n")
-    if not sep:
-        raise TlogError("malformed record data")
-    try:
-        id = _decimal(head.decode("ascii"), "record data")
-    except UnicodeDecodeError:
-        raise TlogError("malformed record data") from None
-    end = body.find(b"\n\n")
-    if end < 0:
-        raise TlogError("malformed record data")
-    text, rest = body[: end + 1], body[end + 2 :]
-    if not _is_valid_record_text(text):
-        raise TlogError("malformed record data")
-    return id, text, rest
-
-
-def split_lookup(reply: bytes) -> tuple[int, bytes, bytes]:
-    """A /lookup reply as (record id, record text, signed tree note); the note is not opened."""
-    id, text, note = parse_record(reply)
-    if not note:
-        raise TlogError("lookup reply has no signed tree head")
-    return id, text, note

@@ -29,7 +29,7 @@ from node.hooks import Hooks
 
 if TYPE_CHECKING:
     from node.cache.proxy import ModuleProxy
-    from node.sumdb.client import ChecksumDatabases
+    from node.sumdb.databases import ChecksumDatabases
 
 log = logging.getLogger(__name__)
 
