@@ -22,7 +22,8 @@ from aiohttp import web
 from node.cache.credentials import route_credentials
 from node.cache.direct import Direct
 from node.cache.index import Index
-from node.cache.proxy import ModuleProxy, ProxySettings
+from node.cache.model import ProxySettings
+from node.cache.proxy import ModuleProxy
 from node.cache.spool import storage_error_cause
 from node.cache.storage import StorageManager
 from node.cache.store import BlobStore

@@ -217,7 +217,7 @@ class Upstream:
             err: UpstreamError = UpstreamTimeout(f"the upstream did not answer {path} in time")
             self._failed("timeout", err)
             raise err from None
-        except aiohttp.ClientPayloadError as e:
+        except aiohttp.ClientPayloadError:
             err = UpstreamError(f"the upstream sent a truncated body for {path}")
             self._failed("truncated", err)
             raise err from None

@@ -22,8 +22,9 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
 from node.cache.inflight import CHUNK, Aborted, Transfer, describe, send
+from node.cache.model import MetaAnswer, Served
 from node.cache.protocol import ModRequest, parse_request
-from node.cache.proxy import MetaAnswer, ModuleProxy, Served
+from node.cache.proxy import ModuleProxy
 from node.errors import InvalidRequest, ModmeshError, NotFound, error_body
 from node.golang import modpath
 from node.metrics import CONTENT_TYPE_LATEST, Metrics
