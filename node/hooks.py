@@ -20,6 +20,10 @@ from node.cache.upstream import Upstream
 
 log = logging.getLogger(__name__)
 
+#: The header a node puts on a request it forwards to another node: the answer comes
+#: from the cache only (no forwarding loops), and it never counts as local use.
+HOP_HEADER = "X-Modmesh-Hop"
+
 
 class StoreObserver(Protocol):
     def stored(self, entry: Entry) -> None:

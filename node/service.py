@@ -32,8 +32,10 @@ from node.config import Config
 from node.hooks import Hooks
 from node.metrics import Metrics
 from node.server.access import load_policy
+from node.server.accesslog import RequestRecorder, access_logger
 from node.server.admin import add_admin_routes
-from node.server.app import FastPathRunner, RequestRecorder, access_logger, add_goproxy_route, build_app
+from node.server.aiohttp_adapter import FastPathRunner
+from node.server.app import add_goproxy_route, build_app
 from node.sumdb.cache import SumDBStore
 from node.sumdb.client import SumDB
 from node.sumdb.databases import ChecksumDatabases

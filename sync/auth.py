@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from node.server import app as node_app
+from node.hooks import HOP_HEADER as NODE_HOP_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ NODE_HEADER = "X-Modmesh-Node"
 TS_HEADER = "X-Modmesh-Timestamp"
 NONCE_HEADER = "X-Modmesh-Nonce"
 SIG_HEADER = "X-Modmesh-Signature"
-HOP_HEADER = node_app.HOP_HEADER  # a GOPROXY request with it is answered from the cache only
+HOP_HEADER = NODE_HOP_HEADER  # a GOPROXY request with it is answered from the cache only
 
 PEER_ID = web.RequestKey("mesh_peer", str)
 _EMPTY_SHA = hashlib.sha256(b"").hexdigest()

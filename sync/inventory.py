@@ -21,7 +21,7 @@ from node.cache.index import Entry, Index
 from .catalog import Catalog
 from .client import PeerClient
 from .membership import Member, Membership
-from .messages import InvEntry, InventoryPage, MessageError, fits, h1_to_bytes
+from .messages import InventoryPage, InvEntry, MessageError, fits, h1_to_bytes
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from aiohttp import web
 
 from node.cache.index import Entry
 from node.cache.protocol import ModRequest
-from node.service import Node
 from node.cache.upstream import CircuitBreaker, Timeouts, Upstream
+from node.service import Node
 
 from . import peerapi
 from .auth import HOP_HEADER, AuthError, RateLimitedLog, Signer, Verifier, auth_middleware

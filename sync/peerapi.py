@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from .auth import PEER_ID
+from .client import MSGPACK
 from .messages import (
     MAX_GOSSIP_BYTES,
     MAX_PAGE_ENTRIES,
@@ -29,8 +30,6 @@ from .messages import (
     encode_gossip,
     encode_page,
 )
-
-from .client import MSGPACK
 
 
 class MeshAPI(Protocol):

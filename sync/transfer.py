@@ -31,12 +31,12 @@ from pathlib import Path
 import aiohttp
 from yarl import URL
 
-from node.golang import modzip
-from node.errors import IntegrityError, ModmeshError, NotFound
-from node.hooks import PeerCandidate
 from node.cache.protocol import ModRequest
 from node.cache.proxy import ModuleProxy
 from node.cache.upstream import Upstream
+from node.errors import IntegrityError, ModmeshError, NotFound
+from node.golang import modzip
+from node.hooks import PeerCandidate
 
 from .catalog import Catalog, Holding, slots_of
 from .membership import ALIVE, Member, Membership

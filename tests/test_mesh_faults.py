@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from node.server.app import HOP_HEADER
+from node.hooks import HOP_HEADER
 from tests.goenv import go_env, run_go
 from tests.mesh_fixtures import (  # noqa: F401
     MeshNode,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from node.server.app import HOP_HEADER
+from node.hooks import HOP_HEADER
 from sync.auth import Signer
 from tests import netns
 

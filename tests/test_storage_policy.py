@@ -7,8 +7,8 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.cache.index import Usage
 from node.cache.eviction import BlobCandidate, candidates, plan_eviction, score
+from node.cache.index import Usage
 
 NOW = 1_700_000_000.0
 hits = st.integers(0, 10**6)

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from node.golang import dirhash, modzip
-from node.server.app import HOP_HEADER
+from node.hooks import HOP_HEADER
 from node.tools.bundle.export import Selection, plan_export
 from node.tools.doctor.report import diagnose
 from tests.goenv import go_env, run_go

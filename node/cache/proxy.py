@@ -99,12 +99,9 @@ class ModuleProxy:
         `local_only` (a request from a peer node) never fetches: no forwarding loops.
         """
         served = await self.lookup(req)
-        if served is not None:
-            if not local_only:
-                self.hooks.accessed(req, "hit")
-                return served
-            if not served.entry.unverified:
-                return served
+        if served is not None and not (local_only and served.entry.unverified):
+            self.count_hit(req, from_peer=local_only)
+            return served
         if local_only:  # a peer gets only what the checksum database confirmed
             raise NotFound(f"{req.key} is not cached on this node")
         self.negative.check(req.key)
@@ -163,21 +160,28 @@ class ModuleProxy:
                 self._entries.pop(req.key)
                 await self.index.delete(req.module, req.version, req.kind)
                 return None
-        self.index.touch(req.module, req.version, req.kind, self.clock())
         return Served(entry, path, body, "hit")
 
-    def memory_hit(self, req: ModRequest) -> Served | MetaAnswer | None:
+    def count_hit(self, req: ModRequest, from_peer: bool) -> None:
+        """The one rule for counting a hit, whichever path answered it: a client's use
+        counts (the index's hits and last access, for eviction; the mesh's popularity);
+        a peer's pull (the hop header) is no local use and counts for neither."""
+        if from_peer:
+            return
+        self.index.touch(req.module, req.version, req.kind, self.clock())
+        self.hooks.accessed(req, "hit")
+
+    def memory_hit(self, req: ModRequest, from_peer: bool = False) -> Served | MetaAnswer | None:
         """A hit answerable from memory without waiting on anything (the fast path):
         a versioned file whose bytes are in memory, or a fresh list/latest. None otherwise."""
         if req.versioned:
             entry = self._entries.get(req.key)
-            if entry is None:
+            if entry is None or (from_peer and entry.unverified):
                 return None
             body = self._small.get(entry.sha256)
             if body is None:
                 return None
-            self.index.touch(req.module, req.version, req.kind, self.clock())
-            self.hooks.accessed(req, "hit")
+            self.count_hit(req, from_peer)
             return Served(entry, None, body, "hit")
         return self.answers.memory_hit(req)
 

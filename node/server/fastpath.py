@@ -16,21 +16,21 @@ import asyncio
 import time
 from collections.abc import Callable
 from email.utils import formatdate
-from typing import Any
 from urllib.parse import unquote
 
-from aiohttp import web
+from node.hooks import HOP_HEADER
 
 #: Longest request head answered here; anything larger goes to aiohttp.
 MAX_HEAD = 8192
 #: Seconds an idle keep-alive connection stays open (aiohttp's default too).
 KEEPALIVE = 75.0
 
-#: (path) -> (status line + headers without Date, body, log record) or None.
-Answer = Callable[[str], "tuple[bytes, bytes, Callable[[float, str | None], None]] | None"]
+#: (path, from a peer?) -> (status line + headers without Date, body, log record) or None.
+Answer = Callable[[str, bool], "tuple[bytes, bytes, Callable[[float, str | None], None]] | None"]
+HOP = HOP_HEADER.lower()
 
 
-class _Date:
+class HttpDate:
     """The Date header, formatted once per second."""
 
     def __init__(self) -> None:
@@ -50,7 +50,7 @@ class FastConnection(asyncio.Protocol):
         self,
         answer: Answer,
         fallback: Callable[[], asyncio.Protocol],
-        date: _Date,
+        date: HttpDate,
         live: set[FastConnection],
         write_idle: float = 60.0,
     ) -> None:
@@ -166,7 +166,7 @@ class FastConnection(asyncio.Protocol):
         target = parts[1]
         if not target.startswith("/") or "?" in target or "#" in target or target.startswith(("/_", "/sumdb/")):
             return None
-        close = False
+        close = from_peer = False
         for line in lines[1:]:
             name, sep, value = line.partition(":")
             if not sep or name != name.strip():
@@ -176,7 +176,9 @@ class FastConnection(asyncio.Protocol):
                 return None
             if name == "connection" and "close" in value.lower():
                 close = True
-        answered = self._answer(unquote(target))
+            elif name == HOP:
+                from_peer = True
+        answered = self._answer(unquote(target), from_peer)
         if answered is None:
             return None
         head_bytes, body, record = answered
@@ -198,22 +200,3 @@ class FastConnection(asyncio.Protocol):
         if self._buf:
             proto.data_received(bytes(self._buf))
         self._buf = bytearray()
-
-
-class FastServer(web.Server):
-    """aiohttp's connection factory, with every connection starting on the fast path."""
-
-    def __init__(self, answer: Answer, *args: Any, write_idle: float = 60.0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._answer = answer
-        self._write_idle = write_idle
-        self._date = _Date()
-        self._fast: set[FastConnection] = set()
-
-    def __call__(self) -> Any:
-        return FastConnection(self._answer, super().__call__, self._date, self._fast, self._write_idle)
-
-    async def shutdown(self, timeout: float | None = None) -> None:
-        for conn in list(self._fast):
-            conn.close()  # between requests by construction: nothing is cut short
-        await super().shutdown(timeout)

@@ -33,7 +33,7 @@ from aiohttp import web
 from node.cache.upstream import redact
 from node.config import Config
 from node.errors import InvalidRequest
-from node.server.app import ClientSink, ClientStalled, abort_connection
+from node.server.streaming import ClientSink, ClientStalled, abort_connection
 from node.tools.bundle.export import (
     ExportPlan,
     Selection,

@@ -1,0 +1,127 @@
+"""What the node answers to a GOPROXY request: the headers of a versioned file or a
+list/latest answer, for aiohttp's responses and the fast path's raw ones alike."""
+
+from __future__ import annotations
+
+import base64
+import functools
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+
+from aiohttp import web
+from aiohttp.web_response import StreamResponse
+
+from node.cache.inflight import CHUNK
+from node.cache.model import MetaAnswer, Served
+from node.cache.protocol import ModRequest, parse_request
+from node.cache.proxy import ModuleProxy
+from node.errors import ModmeshError
+from node.server.accesslog import CACHE, UPSTREAM, RequestRecorder
+
+CONTENT_TYPES = {
+    "info": "application/json",
+    "latest": "application/json",
+    "mod": "text/plain; charset=utf-8",
+    "list": "text/plain; charset=utf-8",
+    "zip": "application/zip",
+    "query": "application/json",
+}
+IMMUTABLE = "public, max-age=31536000, immutable"
+CACHE_HEADER = "X-Modmesh-Cache"
+STALE_HEADER = "X-Modmesh-Stale"
+
+@functools.lru_cache(maxsize=8192)
+def blob_headers(sha256: str, h1: str | None, kind: str, cache: str, in_memory: bool) -> Mapping[str, str]:
+    """Response headers of a versioned file; hot hits reuse them (they never change)."""
+    headers = {
+        "Cache-Control": IMMUTABLE,
+        CACHE_HEADER: cache,
+        "Repr-Digest": "sha-256=:" + base64.b64encode(bytes.fromhex(sha256)).decode() + ":",
+        "Content-Type": CONTENT_TYPES[kind],
+    }
+    if h1:
+        headers["X-Modmesh-H1"] = h1
+    if in_memory:
+        headers["ETag"] = f'"{sha256}"'
+    return MappingProxyType(headers)
+
+
+def served_response(req: ModRequest, s: Served, request: web.Request) -> StreamResponse:
+    request[CACHE] = s.cache
+    request[UPSTREAM] = s.entry.source if s.cache == "miss" else ""
+    headers = blob_headers(s.entry.sha256, s.entry.h1, req.kind, s.cache, s.body is not None)
+    if s.body is not None:
+        return web.Response(body=s.body, headers=headers)
+    # sendfile; aiohttp derives ETag from the file and handles Range/HEAD.
+    assert s.path is not None
+    return web.FileResponse(s.path, chunk_size=CHUNK, headers=headers)
+
+
+def meta_response(req: ModRequest, a: MetaAnswer, ttl: float, request: web.Request) -> web.Response:
+    request[CACHE] = a.cache
+    request[UPSTREAM] = a.source if a.cache in ("miss", "revalidated") else ""
+    fresh_for = 0 if a.cache == "stale" else max(0, int(ttl - a.age))
+    headers = {
+        "Cache-Control": f"public, max-age={fresh_for}",
+        "Age": str(int(a.age)),
+        CACHE_HEADER: a.cache,
+    }
+    if a.stale_reason:
+        headers[STALE_HEADER] = a.stale_reason
+    resp = web.Response(body=a.body, headers=headers)
+    resp.content_type = CONTENT_TYPES[req.kind].split(";")[0]
+    if req.kind == "list":
+        resp.charset = "utf-8"
+    return resp
+
+
+
+@functools.lru_cache(maxsize=8192)
+def raw_blob_head(sha256: str, h1: str | None, kind: str, size: int) -> bytes:
+    """Status line and headers of an in-memory hit, as aiohttp would send them."""
+    lines = ["HTTP/1.1 200 OK", f"Content-Length: {size}"]
+    lines += [f"{k}: {v}" for k, v in blob_headers(sha256, h1, kind, "hit", True).items()]
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+
+def fast_answer(
+    proxy: ModuleProxy, recorder: RequestRecorder, path: str, from_peer: bool
+) -> tuple[bytes, bytes, Callable[[float, str | None], None]] | None:
+    """The raw answer to a GET the node can give from memory at once, or None (the fast
+    path then hands the request to aiohttp). A peer's request is answered the same way
+    and counted by the same rule (ModuleProxy.count_hit)."""
+    try:
+        req = parse_request(path)
+    except ModmeshError:
+        return None
+    hit = proxy.memory_hit(req, from_peer)
+    if hit is None:
+        return None
+    if isinstance(hit, Served):
+        assert hit.body is not None
+        head = raw_blob_head(hit.entry.sha256, hit.entry.h1, req.kind, len(hit.body))
+        body = hit.body
+    else:
+        body = hit.body
+        fresh_for = max(0, int(proxy.settings.meta_ttl - hit.age))
+        head = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: "
+            + CONTENT_TYPES[req.kind].encode()
+            + b"\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\nCache-Control: public, max-age="
+            + str(fresh_for).encode()
+            + b"\r\nAge: "
+            + str(int(hit.age)).encode()
+            + b"\r\n"
+            + CACHE_HEADER.encode()
+            + b": hit\r\n"
+        )
+    record = recorder.record
+    sent = len(body)
+
+    def log(seconds: float, remote: str | None) -> None:
+        record("GET", path, 200, req.kind, "hit", "", seconds, sent, remote, req)
+
+    return head, body, log
