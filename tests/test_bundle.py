@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 
 from node.golang import modzip
 from node.tools.bundle.commands import export_main, import_main
-from node.tools.bundle.format import MANIFEST_NAME, Manifest, TarReader
+from node.tools.bundle.format import MANIFEST_NAME, Manifest
+from node.tools.bundle.tar import TarReader
 from node.cli import build_parser
 from node.golang.modpath import escape_path
 from node.tools.bundle.export import Selection, parse_gosum, parse_since, plan_export
@@ -602,7 +603,7 @@ async def test_forked_database_in_a_bundle_is_refused(  # type: ignore[no-untype
 
 
 async def test_long_paths_and_pax_headers_round_trip(tmp_path: Path) -> None:
-    from node.tools.bundle.format import TarWriter, once
+    from node.tools.bundle.tar import TarWriter, once
 
     name = "example.com/" + "x" * 150 + "/@v/v1.0.0.zip"
     out = io.BytesIO()
@@ -729,7 +730,7 @@ class _Chunky:
     cuts=st.lists(st.integers(1, 1500), max_size=5),
 )
 def test_tar_stream_round_trips_and_its_size_is_known(names: list[str], sizes: list[int], cuts: list[int]) -> None:
-    from node.tools.bundle.format import TarWriter, once, tar_size
+    from node.tools.bundle.tar import TarWriter, once, tar_size
 
     members = [(n, bytes([i % 251]) * sizes[i], float(i * 1000)) for i, n in enumerate(names)]
 

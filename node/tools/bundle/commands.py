@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import aiohttp
 from aiohttp import web
 
-from node.server.app import ClientSink, ClientStalled, abort_connection
-from node.tools.bundle.format import BLOCK, CHUNK, MANIFEST_NAME, BundleError, Manifest, TarReader
+from node.cache.upstream import redact
 from node.config import Config
 from node.errors import InvalidRequest
+from node.server.app import ClientSink, ClientStalled, abort_connection
 from node.tools.bundle.export import (
     ExportPlan,
     Selection,
@@ -43,9 +43,10 @@ from node.tools.bundle.export import (
     plan_export,
     write_bundle,
 )
+from node.tools.bundle.format import MANIFEST_NAME, BundleError, Manifest
 from node.tools.bundle.importing import Report, import_members, import_stream
 from node.tools.bundle.sources import FileSource, SourceError, open_directory, tar_stream
-from node.cache.upstream import redact
+from node.tools.bundle.tar import BLOCK, CHUNK, TarReader
 from node.tools.target import (
     UsageError,
     add_node_arguments,

@@ -32,26 +32,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from node.golang import semver
-from node.sumdb import tlog
-from node.sumdb.tiles import Tile, tiles_needed_for_record, tiles_needed_for_tree_proof
-from node.tools.bundle.format import (
-    CHUNK,
-    MANIFEST_NAME,
-    BundleError,
-    Manifest,
-    ManifestEntry,
-    Sink,
-    TarWriter,
-    lookup_member,
-    module_member,
-    once,
-    tar_size,
-)
 from node.cache.index import Entry
+from node.golang import semver
 from node.golang.patterns import match_prefix_patterns
-from node.sumdb.client import HEIGHT, SumDB
+from node.sumdb import tlog
 from node.sumdb.cache import SumDBStore
+from node.sumdb.client import HEIGHT, SumDB
+from node.sumdb.tiles import Tile, tiles_needed_for_record, tiles_needed_for_tree_proof
+from node.tools.bundle.format import MANIFEST_NAME, BundleError, Manifest, ManifestEntry, lookup_member, module_member
+from node.tools.bundle.tar import CHUNK, Sink, TarWriter, once, tar_size
 
 if TYPE_CHECKING:
     from node.service import Node

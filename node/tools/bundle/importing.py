@@ -24,20 +24,19 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from node.golang import modzip
 from node.cache import verify
+from node.errors import IntegrityError, ModmeshError
+from node.golang import modzip
 from node.tools.bundle.format import (
     BundleError,
     Manifest,
     ManifestEntry,
     Status,
-    TarReader,
     parse_module_member,
     parse_sumdb_member,
-    read_manifest,
 )
-from node.errors import IntegrityError, ModmeshError
 from node.tools.bundle.sumdb import DatabaseImport
+from node.tools.bundle.tar import TarReader, read_manifest
 
 if TYPE_CHECKING:
     from node.service import Node

@@ -1,6 +1,6 @@
 """What `modmesh import` reads, as a manifest and bundle members.
 
-* a bundle file, or `-` for stdin: a tar stream (`FileSource` under `bundle.TarReader`);
+* a bundle file, or `-` for stdin: a tar stream (`FileSource` under `tar.TarReader`);
 * an unpacked bundle: a directory holding `modmesh-bundle.json` and its files;
 * a GOMODCACHE, or its `cache/download`: every `<m>/@v/{list,<v>.info,<v>.mod,<v>.zip}`;
   `.lock`, `.ziphash`, `.partial` and temp files, and the `sumdb/` directory (tiles
@@ -28,19 +28,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from node.golang import gomod, modpath, semver
-from node.tools.bundle.format import (
-    CHUNK,
-    MANIFEST_NAME,
-    Manifest,
-    ManifestEntry,
-    TarWriter,
-    module_member,
-    once,
-    parse_module_member,
-)
-from node.tools.bundle.importing import Member
 from node.golang.modzip import ZipError
 from node.golang.zipwriter import create_zip
+from node.tools.bundle.format import MANIFEST_NAME, Manifest, ManifestEntry, module_member, parse_module_member
+from node.tools.bundle.importing import Member
+from node.tools.bundle.tar import CHUNK, TarWriter, once
 
 _IGNORED = (".lock", ".ziphash", ".partial")
 _KIND_ORDER = {"info": 0, "mod": 1, "zip": 2, "list": 3, "latest": 4}
