@@ -28,7 +28,8 @@ from node.tools.bundle.format import MANIFEST_NAME, Manifest
 from node.tools.bundle.tar import TarReader
 from node.cli import build_parser
 from node.golang.modpath import escape_path
-from node.tools.bundle.export import Selection, parse_gosum, parse_since, plan_export
+from node.tools.bundle.export import plan_export
+from node.tools.bundle.selection import Selection, parse_gosum, parse_since
 from node.tools.bundle.sources import FileSource
 from tests.goenv import go_env, run_go
 from tests.modules import big_module, module_files

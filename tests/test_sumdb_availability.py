@@ -20,7 +20,8 @@ import pytest
 from node.golang import modzip
 from node.server.app import HOP_HEADER
 from node.tools.doctor.report import diagnose
-from node.tools.bundle.export import Selection, plan_export
+from node.tools.bundle.export import plan_export
+from node.tools.bundle.selection import Selection
 from tests.goenv import go_env, run_go
 from tests.mesh_fixtures import MeshNodeFactory, make_mesh_node, mesh_secret  # noqa: F401
 from tests.modules import module_files

@@ -34,17 +34,10 @@ from node.cache.upstream import redact
 from node.config import Config
 from node.errors import InvalidRequest
 from node.server.app import ClientSink, ClientStalled, abort_connection
-from node.tools.bundle.export import (
-    ExportPlan,
-    Selection,
-    SelectionError,
-    parse_gosum,
-    parse_since,
-    plan_export,
-    write_bundle,
-)
+from node.tools.bundle.export import ExportPlan, plan_export, write_bundle
 from node.tools.bundle.format import MANIFEST_NAME, BundleError, Manifest
 from node.tools.bundle.importing import Report, import_members, import_stream
+from node.tools.bundle.selection import Selection, SelectionError, parse_gosum, parse_since
 from node.tools.bundle.sources import FileSource, SourceError, open_directory, tar_stream
 from node.tools.bundle.tar import BLOCK, CHUNK, TarReader
 from node.tools.target import (

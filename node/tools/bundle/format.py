@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 from node.cache.protocol import ModRequest, parse_request
@@ -180,6 +181,11 @@ class Manifest:
 
     def by_path(self) -> dict[str, ManifestEntry]:
         return {e.path: e for e in self.entries}
+
+
+def utc_iso(t: float) -> str:
+    """A Unix time as a manifest writes times: ISO 8601, UTC, whole seconds."""
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ---- member paths ----------------------------------------------------------------

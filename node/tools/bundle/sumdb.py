@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from node.errors import ModmeshError
 from node.sumdb import note, tlog
+from node.sumdb.cache import SumDBStore
+from node.sumdb.client import HEIGHT, ForkDetected, SumDB, record_hashes
 from node.sumdb.tiles import Tile, tile_hash_reader, tiles_needed_for_tree_proof
 from node.tools.bundle.format import ManifestEntry, Status
-from node.errors import ModmeshError
-from node.sumdb.client import HEIGHT, ForkDetected, SumDB, record_hashes
-from node.sumdb.cache import SumDBStore
 
 log = logging.getLogger(__name__)
 
