@@ -7,7 +7,7 @@ must match the manifest: size and sha256 (a zip's checked as it streams, raised
 before admit commits), and a `.mod`'s h1. `@v/list` / `@latest` are vetted like
 an upstream's and kept with their original fetch time (the newer answer wins).
 
-Database data is never taken on trust (node.sumdb_import); it is verified and
+Database data is never taken on trust (import_sumdb.py); it is verified and
 stored before the first module file is admitted, so a node that verifies needs
 no reachable database.
 
@@ -35,7 +35,7 @@ from node.tools.bundle.format import (
     parse_module_member,
     parse_sumdb_member,
 )
-from node.tools.bundle.sumdb import DatabaseImport
+from node.tools.bundle.import_sumdb import DatabaseImport
 from node.tools.bundle.tar import TarReader, read_manifest
 
 if TYPE_CHECKING:
