@@ -23,7 +23,7 @@ ADMIN_MODULES: list[str] = [
     "node.server.dashboard",
     "node.tools.doctor.report",
     "node.tools.storage",
-    "node.tools.bundle.commands",
+    "node.tools.bundle.admin",
 ]
 
 

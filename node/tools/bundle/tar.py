@@ -2,19 +2,27 @@
 
 Both directions stream (`w|`/`r|` semantics, never a whole zip in memory) and are
 async, so the same code serves files, pipes and HTTP bodies. Only what a bundle
-needs is read: regular files, PAX and GNU long-name headers. `read_manifest`
-takes the first member, which in a bundle is always the manifest (format.py).
+needs is read: regular files, PAX and GNU long-name headers.
+
+The first member of a bundle is always its manifest (format.py); it is read
+three ways: from a stream being imported (`read_manifest`), from an earlier
+bundle's file (`read_manifest_file`) and from a stream passing by on its way to
+a file (`ManifestSniffer`).
 """
 
 from __future__ import annotations
 
+import json
 import tarfile
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
 
 from node.tools.bundle.format import MANIFEST_NAME, MAX_MANIFEST, BundleError, Manifest
 
+#: A bundle's media type over HTTP.
+CONTENT_TYPE = "application/x-tar"
 CHUNK = 256 * 1024
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
@@ -246,3 +254,54 @@ async def read_manifest(reader: TarReader) -> Manifest:
     if first.name != MANIFEST_NAME:
         raise BundleError(f"not a modmesh bundle: the first member is {first.name[:120]!r}, not {MANIFEST_NAME}")
     return Manifest.from_bytes(await reader.read_all(MAX_MANIFEST))
+
+
+def read_manifest_file(path: Path) -> tuple[Manifest, dict[str, Any]]:
+    """An earlier bundle's manifest: the bundle itself (only its first member is read)
+    or the manifest JSON. Returns it parsed and as the JSON object."""
+    with open(path, "rb") as f:
+        head = f.read(1)
+        f.seek(0)
+        data = f.read() if head == b"{" else _manifest_sync(f)
+    return Manifest.from_bytes(data), json.loads(data)
+
+
+def _manifest_sync(f: BinaryIO) -> bytes:
+    try:
+        with tarfile.open(fileobj=f, mode="r|") as tar:
+            member = tar.next()
+            if member is None or member.name != MANIFEST_NAME:
+                raise BundleError(f"{getattr(f, 'name', 'bundle')} is not a modmesh bundle")
+            fh = tar.extractfile(member)
+            assert fh is not None
+            return fh.read()
+    except tarfile.TarError as e:
+        raise BundleError(f"{getattr(f, 'name', 'bundle')} is not a modmesh bundle: {e}") from None
+
+
+class ManifestSniffer:
+    """Picks the manifest (the first member) out of a bundle stream passing by."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.manifest: Manifest | None = None
+        self.done = False
+
+    def feed(self, chunk: bytes) -> None:
+        if self.done:
+            return
+        self.buf += chunk
+        if len(self.buf) < BLOCK:
+            return
+        try:
+            info = tarfile.TarInfo.frombuf(self.buf[:BLOCK], "utf-8", "surrogateescape")
+        except tarfile.HeaderError:
+            self.done = True
+            return
+        if len(self.buf) >= BLOCK + info.size:
+            self.done = True
+            try:
+                self.manifest = Manifest.from_bytes(self.buf[BLOCK : BLOCK + info.size])
+            except BundleError:
+                pass
+            self.buf = b""
