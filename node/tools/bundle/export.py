@@ -12,7 +12,6 @@ tiles and tree heads that come with the modules are planned in export_sumdb.py.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import time
@@ -24,9 +23,17 @@ from typing import TYPE_CHECKING, Any, Union
 from node.cache.index import Entry
 from node.golang import semver
 from node.tools.bundle.export_sumdb import plan_databases
-from node.tools.bundle.format import MANIFEST_NAME, BundleError, Manifest, ManifestEntry, module_member, utc_iso
+from node.tools.bundle.format import (
+    KIND_ORDER,
+    MANIFEST_NAME,
+    BundleError,
+    Manifest,
+    ManifestEntry,
+    module_member,
+    utc_iso,
+)
 from node.tools.bundle.selection import Selection
-from node.tools.bundle.tar import CHUNK, Sink, TarWriter, once, tar_size
+from node.tools.bundle.tar import Sink, TarWriter, file_chunks, once, tar_size
 
 if TYPE_CHECKING:
     from node.service import Node
@@ -34,7 +41,6 @@ if TYPE_CHECKING:
 #: Where a member's bytes come from: a store file, bytes in hand, or a re-read
 #: of a (small, immutable) database cache file.
 Source = Union[Path, bytes, Callable[[], "bytes | None"]]
-_KIND_ORDER = {"info": 0, "mod": 1, "zip": 2, "list": 3, "latest": 4}
 
 
 # ---- planning ------------------------------------------------------------------
@@ -145,19 +151,10 @@ def _node_version() -> str:
 
 def _module_order(e: ManifestEntry) -> tuple[str, bool, tuple[Any, ...], int]:
     """Per module: versions in semver order (info, mod, zip), then list and latest."""
-    return (e.module, not e.version, semver.sort_key(e.version) if e.version else (), _KIND_ORDER[e.kind])
+    return (e.module, not e.version, semver.sort_key(e.version) if e.version else (), KIND_ORDER[e.kind])
 
 
 # ---- writing -------------------------------------------------------------------
-
-
-async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
-    f = await asyncio.to_thread(open, path, "rb")
-    try:
-        while chunk := await asyncio.to_thread(f.read, CHUNK):
-            yield chunk
-    finally:
-        f.close()
 
 
 async def _checked(entry: ManifestEntry, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -183,7 +180,7 @@ async def write_bundle(plan: ExportPlan, sink: Sink) -> int:
     await writer.add(MANIFEST_NAME, len(mbytes), plan.created_at, once(mbytes))
     for entry, src in zip(plan.manifest.entries, plan.sources):
         if isinstance(src, Path):
-            chunks = _file_chunks(src)
+            chunks = file_chunks(src)
         elif isinstance(src, bytes):
             chunks = once(src)
         else:

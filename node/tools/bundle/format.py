@@ -39,6 +39,8 @@ MANIFEST_NAME = "modmesh-bundle.json"
 MAX_MANIFEST = 256 << 20
 MODULE_KINDS = ("info", "mod", "zip", "list", "latest")
 SUMDB_KINDS = ("sumdb-supported", "sumdb-latest", "sumdb-tile", "sumdb-lookup")
+#: The order of a module's files in a bundle, per version, then its list and latest.
+KIND_ORDER = {"info": 0, "mod": 1, "zip": 2, "list": 3, "latest": 4}
 
 
 #: What an import did with an entry (the report's vocabulary, also over HTTP).
@@ -94,9 +96,14 @@ class ManifestEntry:
     @property
     def label(self) -> str:
         """How a report names the entry."""
-        if self.kind in ("info", "mod", "zip"):
-            return f"{self.module}@{self.version}.{self.kind}"
-        return self.path
+        return entry_label(self.path, self.kind, self.module, self.version)
+
+
+def entry_label(path: str, kind: str, module: str, version: str) -> str:
+    """module@version.kind for a versioned file, the member path for anything else."""
+    if kind in ("info", "mod", "zip"):
+        return f"{module}@{version}.{kind}"
+    return path
 
 
 _MISSING = object()
@@ -184,7 +191,7 @@ class Manifest:
 
 
 def utc_iso(t: float) -> str:
-    """A Unix time as a manifest writes times: ISO 8601, UTC, whole seconds."""
+    """A Unix time as bundles write times: ISO 8601, UTC, whole seconds."""
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

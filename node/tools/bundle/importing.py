@@ -32,6 +32,7 @@ from node.tools.bundle.format import (
     Manifest,
     ManifestEntry,
     Status,
+    entry_label,
     parse_module_member,
     parse_sumdb_member,
 )
@@ -60,9 +61,7 @@ class Outcome:
 
     @property
     def label(self) -> str:
-        if self.kind in ("info", "mod", "zip"):
-            return f"{self.module}@{self.version}.{self.kind}"
-        return self.path
+        return entry_label(self.path, self.kind, self.module, self.version)
 
 
 @dataclass

@@ -12,6 +12,7 @@ a file (`ManifestSniffer`).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import tarfile
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
@@ -101,6 +102,18 @@ class TarWriter:
 
 async def once(data: bytes) -> AsyncIterator[bytes]:
     yield data
+
+
+async def file_chunks(path: Path, on_bytes: Callable[[int], None] | None = None) -> AsyncIterator[bytes]:
+    """A file's bytes, CHUNK at a time (opened and read in a thread); `on_bytes` counts them."""
+    f = await asyncio.to_thread(open, path, "rb")
+    try:
+        while chunk := await asyncio.to_thread(f.read, CHUNK):
+            if on_bytes is not None:
+                on_bytes(len(chunk))
+            yield chunk
+    finally:
+        f.close()
 
 
 # ---- reading ---------------------------------------------------------------------
