@@ -27,15 +27,15 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
-from node.golang import modpath, semver
 from node.cache.direct import Direct
-from node.tools.doctor.client import Check, Status
-from node.errors import InvalidRequest, ModmeshError
-from node.golang.patterns import match_prefix_patterns
 from node.cache.protocol import ModRequest
 from node.cache.store import Refusal
-from node.sumdb.client import ForkDetected, SumDB
 from node.cache.upstream import Upstream, UpstreamChain
+from node.errors import InvalidRequest, ModmeshError
+from node.golang import modpath, semver
+from node.golang.patterns import match_prefix_patterns
+from node.sumdb.client import ForkDetected, SumDB
+from node.tools.doctor.check import Check, Status
 
 if TYPE_CHECKING:
     from node.cache.index import MetaEntry

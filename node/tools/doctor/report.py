@@ -2,14 +2,15 @@
 
 Three parts, each a list of `Check` records (ok / info / warn / fail):
 
-* client (node.doctor_checks): GOPROXY and friends as the go command sees them,
+* client (client.py): GOPROXY and friends as the go command sees them,
   with the classic pitfalls named; and whether the node answers and is healthy.
-* node (node.doctor_node): run *inside* the node (`GET /_admin/doctor`) with
+* node (node.py): run *inside* the node (`GET /_admin/doctor`) with
   `--node`, or in this process on a data directory with `--data`: upstreams,
   checksum databases, disk, cache, mesh.
 * consistency (`--module M`): what every upstream and the cache say about M.
 
-Exit status 1 when any check fails; warnings alone exit 0.
+This module runs the diagnosis (`diagnose`), and is the command: its arguments
+and the table it prints. Exit status 1 when any check fails; warnings alone exit 0.
 """
 
 from __future__ import annotations
@@ -27,7 +28,14 @@ from urllib.parse import urlencode
 
 import aiohttp
 
+from node.cache.upstream import redact
+from node.config import Config
 from node.golang import modpath
+from node.tools.doctor.check import Check, Status, worst
+from node.tools.doctor.client import client_checks
+from node.tools.doctor.goenv import GO_DEFAULT_PROXY, GoEnv, read_go_env
+from node.tools.doctor.goproxy import ProxyEntry, match_node, parse_client_goproxy, redact_list
+from node.tools.doctor.node import DEFAULT_TIMEOUT, Probe, admin_routes, node_report, probe
 from node.tools.target import (
     UsageError,
     add_node_arguments,
@@ -37,22 +45,6 @@ from node.tools.target import (
     read_secret,
     setup_cli_logging,
 )
-from node.config import Config
-from node.tools.doctor.client import (
-    GO_DEFAULT_PROXY,
-    Check,
-    GoEnv,
-    ProxyEntry,
-    Status,
-    client_checks,
-    match_node,
-    parse_client_goproxy,
-    read_go_env,
-    redact_list,
-    worst,
-)
-from node.cache.upstream import redact
-from node.tools.doctor.node import DEFAULT_TIMEOUT, Probe, admin_routes, node_report, probe
 
 if TYPE_CHECKING:
     from rich.console import Console
