@@ -7,7 +7,8 @@ Three parts, each a list of `Check` records (ok / info / warn / fail):
 * node (node.py): run *inside* the node (`GET /_admin/doctor`) with
   `--node`, or in this process on a data directory with `--data`: upstreams,
   checksum databases, disk, cache, mesh.
-* consistency (`--module M`): what every upstream and the cache say about M.
+* consistency (`--module M`, consistency.py): what every upstream and the
+  cache say about M.
 
 This module runs the diagnosis (`diagnose`), and is the command: its arguments
 and the table it prints. Exit status 1 when any check fails; warnings alone exit 0.
@@ -35,7 +36,8 @@ from node.tools.doctor.check import Check, Status, worst
 from node.tools.doctor.client import client_checks
 from node.tools.doctor.goenv import GO_DEFAULT_PROXY, GoEnv, read_go_env
 from node.tools.doctor.goproxy import ProxyEntry, match_node, parse_client_goproxy, redact_list
-from node.tools.doctor.node import DEFAULT_TIMEOUT, Probe, admin_routes, node_report, probe
+from node.tools.doctor.node import node_report
+from node.tools.doctor.probe import DEFAULT_TIMEOUT, Probe, probe
 from node.tools.target import (
     UsageError,
     add_node_arguments,
@@ -49,7 +51,7 @@ from node.tools.target import (
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["Report", "admin_routes", "diagnose", "register", "render"]
+__all__ = ["Report", "diagnose", "register", "render"]
 
 
 @dataclass
