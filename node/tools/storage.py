@@ -29,6 +29,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import aiohttp
 from aiohttp import web
 
+from node.config import Config, ConfigError, parse_size
+from node.errors import InvalidRequest
+from node.tools._http import admin_session
 from node.tools.target import (
     UsageError,
     add_node_arguments,
@@ -38,14 +41,12 @@ from node.tools.target import (
     read_secret,
     setup_cli_logging,
 )
-from node.config import Config, ConfigError, parse_size
-from node.errors import InvalidRequest
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from node.service import Node
     from node.cache.storage import StorageManager
+    from node.service import Node
 
 T = TypeVar("T")
 
@@ -361,10 +362,7 @@ class _Client:
 
 
 async def _with_client(url: str, token: str | None, op: Callable[[_Client], Awaitable[T]]) -> T:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    # verify and gc answer when they are done: no read timeout.
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None)
-    async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
+    async with admin_session(token) as session:  # verify and gc answer when they are done
         return await op(_Client(session, url))
 
 

@@ -23,6 +23,7 @@ import aiohttp
 
 from node.cache.upstream import redact
 from node.config import Config
+from node.tools._http import admin_session, first_line
 from node.tools.bundle.export import ExportPlan, plan_export, write_bundle
 from node.tools.bundle.format import Manifest
 from node.tools.bundle.importing import Report, import_members, import_stream
@@ -46,17 +47,6 @@ class Meter(Protocol):
     def entry(self, name: str) -> None: ...
 
 
-def _session(token: str | None) -> aiohttp.ClientSession:
-    # An export or import answers when it is done: no read timeout.
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None)
-    return aiohttp.ClientSession(timeout=timeout, headers={"Authorization": f"Bearer {token}"} if token else {})
-
-
-async def _first_line(resp: aiohttp.ClientResponse) -> str:
-    text = (await resp.content.read(4096)).decode("utf-8", "replace").strip()
-    return text.split("\n", 1)[0]
-
-
 # ---- export ------------------------------------------------------------------------
 
 
@@ -77,9 +67,9 @@ async def export_remote(
 ) -> Manifest | None:
     sniffer = ManifestSniffer()
     try:
-        async with _session(token) as s, s.post(f"{url}/_admin/export", json=body) as r:
+        async with admin_session(token) as s, s.post(f"{url}/_admin/export", json=body) as r:
             if r.status != 200:
-                raise RemoteError(f"{redact(url)} answered {r.status}: {await _first_line(r)}")
+                raise RemoteError(f"{redact(url)} answered {r.status}: {await first_line(r, 4096)}")
             if r.content_length is not None:
                 total(r.content_length)
             async for chunk in r.content.iter_chunked(CHUNK):
@@ -140,13 +130,13 @@ async def import_remote(
             data = tar_stream(ds, meter.bytes)
         meter.entry(f"uploading to {redact(url)}")
         async with (
-            _session(token) as s,
+            admin_session(token) as s,
             s.post(
                 f"{url}/_admin/import", params={"source": label}, data=data, headers={"Content-Type": CONTENT_TYPE}
             ) as r,
         ):
             if r.status != 200:
-                raise RemoteError(f"{redact(url)} answered {r.status}: {await _first_line(r)}")
+                raise RemoteError(f"{redact(url)} answered {r.status}: {await first_line(r, 4096)}")
             return Report.from_json(await r.json())
     except aiohttp.ClientError as e:
         raise RemoteError(f"{redact(url)}: {e or type(e).__name__}") from None

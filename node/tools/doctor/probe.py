@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from node.tools._http import describe
+
 #: Seconds per probe unless --timeout (or ?timeout=) says otherwise.
 DEFAULT_TIMEOUT = 5.0
 
@@ -57,5 +59,4 @@ async def probe(
     except asyncio.TimeoutError:
         return Probe(None, error=f"no answer within {timeout:g}s", seconds=time.monotonic() - started)
     except (aiohttp.ClientError, OSError, ValueError) as e:
-        what = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        return Probe(None, error=what, seconds=time.monotonic() - started)
+        return Probe(None, error=describe(e), seconds=time.monotonic() - started)

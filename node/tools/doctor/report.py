@@ -32,6 +32,7 @@ import aiohttp
 from node.cache.upstream import redact
 from node.config import Config
 from node.golang import modpath
+from node.tools._http import bearer
 from node.tools.doctor.check import Check, Status, worst
 from node.tools.doctor.client import client_checks
 from node.tools.doctor.goenv import GO_DEFAULT_PROXY, GoEnv, read_go_env
@@ -174,7 +175,7 @@ async def remote_report(
     session: aiohttp.ClientSession, url: str, modules: Sequence[str], timeout: float, admin_token: str | None = None
 ) -> tuple[dict[str, Any] | None, list[Check]]:
     q = urlencode([("timeout", f"{timeout:g}")] + [("module", m) for m in modules])
-    auth = {"Authorization": f"Bearer {admin_token}"} if admin_token else None
+    auth = bearer(admin_token) or None
     # Probes inside the node are bounded by `timeout`, consistency takes two rounds.
     p = await probe(session, f"{url}/_admin/doctor?{q}", timeout * 3 + 5, limit=8 << 20, headers=auth)
     if p.status == 403:

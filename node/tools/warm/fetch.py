@@ -24,6 +24,7 @@ from node.cache.protocol import Kind, ModRequest
 from node.cache.upstream import redact
 from node.errors import ModmeshError, NotFound
 from node.golang import modpath
+from node.tools._http import bearer, describe, first_line
 from node.tools.target import UsageError
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ class HttpFetcher:
         self.session = session
         self.base = base.rstrip("/")
         self.databases = databases
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.headers = bearer(token)
 
     @classmethod
     async def connect(cls, session: aiohttp.ClientSession, base: str, token: str | None = None) -> HttpFetcher:
@@ -104,7 +105,7 @@ class HttpFetcher:
         try:
             async with self._get(url) as resp:
                 if resp.status != 200:
-                    raise FetchError(f".{kind}: {resp.status} {await _first_line(resp)}".rstrip())
+                    raise FetchError(f".{kind}: {resp.status} {await first_line(resp, 512, 200)}".rstrip())
                 async for chunk in resp.content.iter_chunked(CHUNK):
                     size += len(chunk)
                 cache, h1 = resp.headers.get(CACHE_HEADER, "miss"), resp.headers.get(H1_HEADER)
@@ -121,12 +122,14 @@ class HttpFetcher:
         try:
             async with self._get(url) as resp:
                 if resp.status == 404:
-                    text = await _first_line(resp)
+                    text = await first_line(resp, 512, 200)
                     if "private patterns" in text:  # app.sumdb_response refuses private modules
                         return "private"
                     raise FetchError(f"checksum database {db}: {text or 'no record'}")
                 if resp.status != 200:
-                    raise FetchError(f"checksum database {db}: {resp.status} {await _first_line(resp)}".rstrip())
+                    raise FetchError(
+                        f"checksum database {db}: {resp.status} {await first_line(resp, 512, 200)}".rstrip()
+                    )
                 await resp.read()
                 return "hit" if resp.headers.get(CACHE_HEADER) == "hit" else "miss"
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
@@ -178,12 +181,7 @@ def _retry_after(value: str | None, attempt: int) -> float:
 def _describe(e: BaseException) -> str:
     if isinstance(e, asyncio.TimeoutError):
         return "timed out"
-    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-
-
-async def _first_line(resp: aiohttp.ClientResponse) -> str:
-    body = await resp.content.read(512)
-    return body.decode("utf-8", "replace").strip().split("\n", 1)[0][:200]
+    return describe(e)
 
 
 def http_session(read_timeout: float = 300.0) -> aiohttp.ClientSession:
