@@ -1,6 +1,6 @@
 """`modmesh pin`, `modmesh gc`, `modmesh verify`, and their `/_admin/` endpoints.
 
-Each command reaches a node as `modmesh warm` and `doctor` do (node/cmdtarget.py):
+Each command reaches a node as `modmesh warm` and `doctor` do (target.py):
 
 * `--node URL` (default `$MODMESH_NODE`, else http://127.0.0.1:3000): the running
   node does the work (`/_admin/pin`, `/_admin/gc`, `/_admin/verify`, JSON), so its
@@ -11,7 +11,7 @@ Each command reaches a node as `modmesh warm` and `doctor` do (node/cmdtarget.py
   `max_size` there (listing pins should not evict); `gc` does, and takes
   `--max-size` to override the configured cap.
 
-The policy itself is in storage.py; this module only parses, calls and prints.
+The policy itself is in node/cache/storage.py; this module only parses, calls and prints.
 """
 
 from __future__ import annotations
