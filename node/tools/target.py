@@ -17,9 +17,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from node.cache.upstream import GoproxyError, parse_goproxy
 from node.config import Config, ConfigError, load_config
 from node.sumdb.client import SumDBConfigError, parse_sumdb_spec
-from node.cache.upstream import GoproxyError, parse_goproxy
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -144,7 +144,8 @@ class _Output:
         self.f: BinaryIO | None = None
 
     def open(self) -> None:
-        self.f = sys.stdout.buffer if self.part is None else open(self.part, "wb")
+        # Kept open across writes, closed (or discarded) by close().
+        self.f = sys.stdout.buffer if self.part is None else open(self.part, "wb")  # noqa: SIM115
 
     async def write(self, data: bytes) -> None:
         assert self.f is not None

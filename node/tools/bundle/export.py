@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from node.cache.index import Entry
 from node.golang import semver
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 #: Where a member's bytes come from: a store file, bytes in hand, or a re-read
 #: of a (small, immutable) database cache file.
-Source = Union[Path, bytes, Callable[[], "bytes | None"]]
+Source = Path | bytes | Callable[[], bytes | None]
 
 
 # ---- planning ------------------------------------------------------------------
@@ -178,7 +178,7 @@ async def write_bundle(plan: ExportPlan, sink: Sink) -> int:
     writer = TarWriter(sink)
     mbytes = plan.manifest_bytes
     await writer.add(MANIFEST_NAME, len(mbytes), plan.created_at, once(mbytes))
-    for entry, src in zip(plan.manifest.entries, plan.sources):
+    for entry, src in zip(plan.manifest.entries, plan.sources, strict=True):
         if isinstance(src, Path):
             chunks = file_chunks(src)
         elif isinstance(src, bytes):

@@ -73,7 +73,7 @@ async def _settle(db: SumDB) -> None:
     holds every tile at the newest tree's widths."""
     try:
         await asyncio.wait_for(asyncio.shield(db.idle()), 30)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         log.warning("checksum database %s: background tile work still running; exporting what is cached", db.name)
 
 
@@ -182,7 +182,8 @@ def _plan_sumdb(
         proof = set(tiles_needed_for_tree_proof(prev_tree, latest, HEIGHT))
         if any(store.tile(t) is None for t in proof - needed):
             warnings.append(
-                f"checksum database {db.name}: tiles proving the earlier bundle's tree is a prefix of this one are not cached"
+                f"checksum database {db.name}: tiles proving the earlier bundle's tree is a prefix "
+                "of this one are not cached"
             )
         else:
             needed |= proof

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from node.cache.protocol import ModRequest, parse_request
@@ -192,7 +192,7 @@ class Manifest:
 
 def utc_iso(t: float) -> str:
     """A Unix time as bundles write times: ISO 8601, UTC, whole seconds."""
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ---- member paths ----------------------------------------------------------------

@@ -307,7 +307,7 @@ class DatabaseImport:
             return
         db, tree = self.db, self.tree
         results = await asyncio.to_thread(_verify_lookups, tree, db, batch)
-        for lk, problem in zip(batch, results):
+        for lk, problem in zip(batch, results, strict=True):
             if problem is not None:
                 self.outcome(lk.entry, "refused", problem)
                 continue

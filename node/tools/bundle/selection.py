@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from node.golang.patterns import match_prefix_patterns
@@ -47,7 +47,7 @@ def parse_since(value: str) -> float:
             f"--since {value!r} is not an ISO date (e.g. 2024-05-01 or 2024-05-01T12:00:00Z)"
         ) from None
     if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
+        t = t.replace(tzinfo=UTC)
     return t.timestamp()
 
 

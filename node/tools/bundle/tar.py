@@ -13,6 +13,7 @@ a file (`ManifestSniffer`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import tarfile
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
@@ -313,8 +314,6 @@ class ManifestSniffer:
             return
         if len(self.buf) >= BLOCK + info.size:
             self.done = True
-            try:
+            with contextlib.suppress(BundleError):
                 self.manifest = Manifest.from_bytes(self.buf[BLOCK : BLOCK + info.size])
-            except BundleError:
-                pass
             self.buf = b""

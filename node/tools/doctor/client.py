@@ -123,7 +123,8 @@ def gosumdb_checks(v: Mapping[str, str], node_dbs: Sequence[str] | None, environ
         out.append(Check("client", "GOSUMDB", "info", "GONOSUMCHECK is not a Go setting and is ignored"))
     if value == "off":
         node_note = "; the node still verifies what it caches" if node_dbs else ""
-        return out + [
+        return [
+            *out,
             Check(
                 "client",
                 "GOSUMDB",
@@ -131,12 +132,13 @@ def gosumdb_checks(v: Mapping[str, str], node_dbs: Sequence[str] | None, environ
                 "GOSUMDB=off: checksum verification disabled, go accepts "
                 f"any module bytes not already in go.sum{node_note}",
                 "gosumdb-off",
-            )
+            ),
         ]
     fields = value.split()
     if len(fields) > 2 or not fields:
-        return out + [
-            Check("client", "GOSUMDB", "fail", f"GOSUMDB={value!r}: want NAME[+KEY] [URL]", "gosumdb-invalid")
+        return [
+            *out,
+            Check("client", "GOSUMDB", "fail", f"GOSUMDB={value!r}: want NAME[+KEY] [URL]", "gosumdb-invalid"),
         ]
     name = fields[0].split("+", 1)[0]
     if len(fields) == 2:

@@ -151,15 +151,15 @@ async def module_views(node: Node, module: str, timeout: float) -> list[View]:
     metas = await asyncio.gather(
         *(asyncio.gather(probe_upstream(u, lst, timeout, 1 << 20), probe_upstream(u, lat, timeout)) for u in ups)
     )
-    views = [View(u.name, ls, lt, {}) for u, (ls, lt) in zip(ups, metas)]
+    views = [View(u.name, ls, lt, {}) for u, (ls, lt) in zip(ups, metas, strict=True)]
     ref = reference_version(views)
     if ref is None or modpath.canonical_version(ref) != ref:
         return views
     out = []
-    for u, v in zip(ups, views):
+    for u, v in zip(ups, views, strict=True):
         paths = {f"@v/{ref}.{k}": ModRequest(module, ref, k).upstream_path for k in ("info", "mod", "zip")}
         got = await asyncio.gather(*(probe_upstream(u, p, timeout, limit=1) for p in paths.values()))
-        out.append(View(v.name, v.list, v.latest, dict(zip(paths, got))))
+        out.append(View(v.name, v.list, v.latest, dict(zip(paths, got, strict=True))))
     return out
 
 

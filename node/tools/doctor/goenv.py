@@ -94,7 +94,7 @@ async def read_go_env(environ: Mapping[str, str], go: str | None, timeout: float
         )
         try:
             out, err = await asyncio.wait_for(proc.communicate(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
             raise OSError("go env timed out") from None

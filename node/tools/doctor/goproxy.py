@@ -125,21 +125,23 @@ def goproxy_checks(value: str, node: str | None, found: tuple[int, bool] | None)
             else f"entry {e.raw!r} uses {urlsplit(e.url).scheme}"
         )
         fails = "fails the TLS handshake" if scheme == "http" else "fails"
-        return out + [
+        return [
+            *out,
             chk(
                 "fail",
                 f"{how}, but the node speaks {scheme}: every request {fails}; write {node}",
                 "goproxy-no-scheme" if e.prefixed else "goproxy-scheme",
-            )
+            ),
         ]
     if found is None:
         default = " (go's default: GOPROXY is unset)" if value == GO_DEFAULT_PROXY else ""
-        return out + [
+        return [
+            *out,
             chk(
                 "fail",
                 f"GOPROXY={value}{default} never reaches the node {node}: export GOPROXY={node}",
                 "goproxy-misses-node",
-            )
+            ),
         ]
     i = found[0]
     if i > 0:

@@ -89,7 +89,8 @@ async def local_checks(node: Node) -> list[Check]:
     st = os.statvfs(node.config.data)
     out = disk_checks(node.config.data, st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize, st.f_favail, st.f_files)
     count, size = await node.index.totals()
-    return out + [
+    return [
+        *out,
         store_check(node.store.status.refusal),
         unverified_check(node.reverifier.pending),
         cache_check(count, size, *request_counts(node)),

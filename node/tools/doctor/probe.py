@@ -7,7 +7,6 @@ credentials, but not its circuit breaker (upstreams.py).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -56,7 +55,7 @@ async def probe(
                     break
                 body += chunk
             return Probe(resp.status, body, None, seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return Probe(None, error=f"no answer within {timeout:g}s", seconds=time.monotonic() - started)
     except (aiohttp.ClientError, OSError, ValueError) as e:
         return Probe(None, error=describe(e), seconds=time.monotonic() - started)

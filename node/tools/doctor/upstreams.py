@@ -132,7 +132,7 @@ async def sumdb_checks(node: Node, timeout: float) -> list[Check]:
             tree = await asyncio.wait_for(db.refresh_latest(), timeout)
         except ForkDetected as e:
             return Check("sumdb", name, "fail", str(e), "sumdb-fork")
-        except (ModmeshError, asyncio.TimeoutError) as e:
+        except (TimeoutError, ModmeshError) as e:
             return Check("sumdb", name, "fail", f"unreachable: {e or 'timed out'}; {last}", "sumdb-unreachable")
         ms = (time.monotonic() - started) * 1000
         return Check("sumdb", name, "ok", f"reachable ({ms:.0f} ms), tree of size {tree.n} verified")

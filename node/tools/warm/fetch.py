@@ -78,7 +78,7 @@ class HttpFetcher:
                 if resp.status != 200:
                     raise UsageError(f"{redact(base)} is not a modmesh node (/healthz answered {resp.status})")
                 health = await resp.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as e:
             raise UsageError(f"cannot reach node {redact(base)}: {_describe(e)}") from None
         dbs = [str(d["name"]) for d in health.get("sumdb", []) if isinstance(d, dict) and "name" in d]
         return cls(session, base, dbs, token)
@@ -113,7 +113,7 @@ class HttpFetcher:
                 # A zip streamed while downloading carries no h1 header; it is cached now.
                 async with self._get(url, "HEAD") as resp:
                     h1 = resp.headers.get(H1_HEADER)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             raise FetchError(f".{kind}: {_describe(e)}") from None
         return FileAnswer("hit" if cache == "hit" else "miss", size, h1)
 
@@ -132,7 +132,7 @@ class HttpFetcher:
                     )
                 await resp.read()
                 return "hit" if resp.headers.get(CACHE_HEADER) == "hit" else "miss"
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             raise FetchError(f"checksum database {db}: {_describe(e)}") from None
 
 
@@ -179,7 +179,7 @@ def _retry_after(value: str | None, attempt: int) -> float:
 
 
 def _describe(e: BaseException) -> str:
-    if isinstance(e, asyncio.TimeoutError):
+    if isinstance(e, TimeoutError):
         return "timed out"
     return describe(e)
 
