@@ -28,7 +28,7 @@ log = logging.getLogger("modmesh")
 
 #: Modules providing `register(subparsers)` for their subcommands.
 COMMAND_MODULES: list[str] = [
-    "node.tools.warm.warm",
+    "node.tools.warm.command",
     "node.tools.doctor.report",
     "node.tools.storage",
     "node.tools.bundle.commands",

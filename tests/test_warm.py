@@ -30,7 +30,9 @@ from node.tools.warm.inputs import (
     parse_list,
     parse_modfile,
 )
-from node.tools.warm.warm import FileAnswer, print_summary, report_json, warm, warm_data, warm_node
+from node.tools.warm.command import print_summary, report_json
+from node.tools.warm.fetch import FileAnswer
+from node.tools.warm.warm import warm, warm_data, warm_node
 from tests.goenv import go_env, run_go
 from tests.modules import big_module, module_files
 from tests.node_fixtures import node_config

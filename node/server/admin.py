@@ -20,9 +20,9 @@ if TYPE_CHECKING:
 PREFIX = "/_admin/"
 ADMIN_MODULES: list[str] = [
     "node.server.dashboard",
-    "node.tools.doctor.report",
+    "node.tools.doctor.node",
     "node.tools.storage",
-    "node.tools.bundle.commands",
+    "node.tools.bundle.admin",
 ]
 
 

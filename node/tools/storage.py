@@ -1,6 +1,6 @@
 """`modmesh pin`, `modmesh gc`, `modmesh verify`, and their `/_admin/` endpoints.
 
-Each command reaches a node as `modmesh warm` and `doctor` do (node/cmdtarget.py):
+Each command reaches a node as `modmesh warm` and `doctor` do (target.py):
 
 * `--node URL` (default `$MODMESH_NODE`, else http://127.0.0.1:3000): the running
   node does the work (`/_admin/pin`, `/_admin/gc`, `/_admin/verify`, JSON), so its
@@ -11,7 +11,7 @@ Each command reaches a node as `modmesh warm` and `doctor` do (node/cmdtarget.py
   `max_size` there (listing pins should not evict); `gc` does, and takes
   `--max-size` to override the configured cap.
 
-The policy itself is in storage.py; this module only parses, calls and prints.
+The policy itself is in node/cache/storage.py; this module only parses, calls and prints.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from aiohttp import web
 
 from node.config import Config, ConfigError, parse_size
 from node.errors import InvalidRequest
+from node.tools._http import admin_session
 from node.tools.target import (
     UsageError,
     add_node_arguments,
@@ -361,10 +362,7 @@ class _Client:
 
 
 async def _with_client(url: str, token: str | None, op: Callable[[_Client], Awaitable[T]]) -> T:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    # verify and gc answer when they are done: no read timeout.
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None)
-    async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
+    async with admin_session(token) as session:  # verify and gc answer when they are done
         return await op(_Client(session, url))
 
 

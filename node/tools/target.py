@@ -1,10 +1,10 @@
 """The node a command works on: `--node URL` (a running node, over HTTP) or
-`--data DIR` (a data directory, opened in this process), shared by `modmesh warm`
-and `modmesh doctor`.
+`--data DIR` (a data directory, opened in this process), shared by every
+operator command (warm, doctor, export, import, pin, gc, verify).
 
 A data directory may have a node running on it. That is safe: the SQLite index
 (WAL) takes a second writer, blobs appear by atomic rename, and every process
-writes temp files into a directory of its own (node/store.py).
+writes temp files into a directory of its own (node/cache/store.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from node.cache.upstream import GoproxyError, parse_goproxy
 from node.config import Config, ConfigError, load_config
-from node.sumdb.spec import SumDBConfigError, parse_sumdb_spec
+from node.sumdb.client import SumDBConfigError, parse_sumdb_spec
 
 if TYPE_CHECKING:
     from rich.console import Console

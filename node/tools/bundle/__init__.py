@@ -1,0 +1,1 @@
+"""Bundles: `modmesh export` / `modmesh import`, carrying modules across an air gap."""

@@ -1,15 +1,10 @@
-"""`modmesh export` / `modmesh import`: the commands and the node's admin endpoints.
+"""`modmesh export` / `modmesh import`: the command-line front.
 
-Both commands reach a node the two usual ways (node.warm's conventions):
+Arguments, the progress bar and what is printed at the end (the export summary,
+the import report). Both commands reach a node the two usual ways (target.py):
 `--node URL` talks to a running node over HTTP, `--data DIR` builds a Node in
-this process on a data directory (a node may be running on it).
-
-    POST /_admin/export          JSON selection -> the bundle (application/x-tar,
-                                 exact Content-Length; the manifest comes first)
-    GET  /_admin/export?module=PATTERN&since=DATE   the same, for curl
-    POST /_admin/import?source=NAME                 body: a bundle -> JSON report
-
-`import --node` of a directory uploads it as a bundle made on the fly.
+this process on a data directory (a node may be running on it); transfer.py
+does the work either way.
 """
 
 from __future__ import annotations
@@ -21,120 +16,21 @@ import json
 import logging
 import os
 import sys
-import tarfile
-import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-import aiohttp
-from aiohttp import web
-
 from node.cache.upstream import redact
-from node.config import Config
-from node.errors import InvalidRequest
-from node.server.streaming import ClientSink, ClientStalled, abort_connection
-from node.tools.bundle.export import (
-    ExportPlan,
-    Selection,
-    SelectionError,
-    parse_gosum,
-    parse_since,
-    plan_export,
-    write_bundle,
-)
-from node.tools.bundle.format import BLOCK, CHUNK, MANIFEST_NAME, BundleError, Manifest, TarReader
-from node.tools.bundle.importing import Report, import_members, import_stream
-from node.tools.bundle.sources import FileSource, SourceError, open_directory, tar_stream
-from node.tools.target import (
-    UsageError,
-    add_node_arguments,
-    local_config,
-    local_node,
-    node_url,
-    read_secret,
-    setup_cli_logging,
-)
+from node.tools.bundle.format import BundleError, Manifest
+from node.tools.bundle.importing import Report
+from node.tools.bundle.selection import Selection, SelectionError, parse_gosum, parse_since
+from node.tools.bundle.sources import SourceError
+from node.tools.bundle.tar import read_manifest_file
+from node.tools.bundle.transfer import RemoteError, export_local, export_remote, import_local, import_remote
+from node.tools.target import UsageError, add_node_arguments, local_config, node_url, read_secret, setup_cli_logging
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
-
-    from node.service import Node
-
-log = logging.getLogger(__name__)
-
-TAR = "application/x-tar"
-
-
-# ---- admin endpoints -----------------------------------------------------------
-
-
-def admin_routes(node: Node) -> list[web.RouteDef]:
-    async def export_get(request: web.Request) -> web.StreamResponse:
-        try:
-            since = request.query.get("since")
-            sel = Selection(tuple(request.query.getall("module", [])), None, parse_since(since) if since else None)
-        except SelectionError as e:
-            raise InvalidRequest(str(e)) from None
-        return await _send_bundle(request, node, sel)
-
-    async def export_post(request: web.Request) -> web.StreamResponse:
-        try:
-            body = await request.json() if request.can_read_body else {}
-            if not isinstance(body, dict):
-                raise SelectionError("the body must be a JSON object")
-            sel = Selection.from_json(body)
-        except (ValueError, SelectionError, BundleError) as e:
-            raise InvalidRequest(f"export selection: {e}") from None
-        return await _send_bundle(request, node, sel)
-
-    async def import_post(request: web.Request) -> web.Response:
-        source = request.query.get("source", "upload")[:200]
-        report = await import_stream(node, TarReader(request.content), f"import {source}")
-        c = report.counts()
-        log.info(
-            "import %s: %d admitted, %d present, %d refused, %d skipped%s",
-            source,
-            c["admitted"],
-            c["present"],
-            c["refused"],
-            c["skipped"],
-            f"; {report.errors[0]}" if report.errors else "",
-        )
-        return web.json_response(report.to_json(), headers={"Cache-Control": "no-store"})
-
-    return [
-        web.get("/_admin/export", export_get),
-        web.post("/_admin/export", export_post),
-        web.post("/_admin/import", import_post),
-    ]
-
-
-async def _send_bundle(request: web.Request, node: Node, sel: Selection) -> web.StreamResponse:
-    plan = await plan_export(node, sel)
-    resp = web.StreamResponse(
-        headers={
-            "Content-Type": TAR,
-            "Cache-Control": "no-store",
-            "Content-Disposition": 'attachment; filename="modmesh-bundle.tar"',
-        }
-    )
-    resp.content_length = plan.tar_size()
-    await resp.prepare(request)
-    sink = ClientSink(request, resp, node.config.write_idle_timeout)
-    try:
-        await write_bundle(plan, sink.write)
-    except (BundleError, ClientStalled, OSError) as e:
-        if not isinstance(e, ConnectionResetError):
-            log.error("export to %s stopped: %s", request.remote, e)
-        abort_connection(request)  # the client sees a short body, never a complete bad bundle
-        return resp
-    await resp.write_eof()
-    return resp
-
-
-# ---- command line ----------------------------------------------------------------
 
 
 def register(subparsers: Any) -> None:
@@ -213,17 +109,6 @@ def admin_token(args: argparse.Namespace) -> str | None:
     return os.environ.get("MODMESH_ADMIN_TOKEN") or None
 
 
-def _session(token: str | None) -> aiohttp.ClientSession:
-    # An export or import answers when it is done: no read timeout.
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None)
-    return aiohttp.ClientSession(timeout=timeout, headers={"Authorization": f"Bearer {token}"} if token else {})
-
-
-async def _first_line(resp: aiohttp.ClientResponse) -> str:
-    text = (await resp.content.read(4096)).decode("utf-8", "replace").strip()
-    return text.split("\n", 1)[0]
-
-
 def _cli_logging() -> None:
     from rich.console import Console
 
@@ -232,29 +117,6 @@ def _cli_logging() -> None:
 
 
 # ---- export ------------------------------------------------------------------------
-
-
-def read_manifest_file(path: Path) -> tuple[Manifest, dict[str, Any]]:
-    """An earlier bundle's manifest: the bundle itself (only its first member is read)
-    or the manifest JSON. Returns it parsed and as the JSON object."""
-    with open(path, "rb") as f:
-        head = f.read(1)
-        f.seek(0)
-        data = f.read() if head == b"{" else _manifest_sync(f)
-    return Manifest.from_bytes(data), json.loads(data)
-
-
-def _manifest_sync(f: BinaryIO) -> bytes:
-    try:
-        with tarfile.open(fileobj=f, mode="r|") as tar:
-            member = tar.next()
-            if member is None or member.name != MANIFEST_NAME:
-                raise BundleError(f"{getattr(f, 'name', 'bundle')} is not a modmesh bundle")
-            fh = tar.extractfile(member)
-            assert fh is not None
-            return fh.read()
-    except tarfile.TarError as e:
-        raise BundleError(f"{getattr(f, 'name', 'bundle')} is not a modmesh bundle: {e}") from None
 
 
 def selection_from_args(args: argparse.Namespace) -> tuple[Selection, dict[str, Any]]:
@@ -282,7 +144,8 @@ class _Output:
         self.f: BinaryIO | None = None
 
     def open(self) -> None:
-        self.f = sys.stdout.buffer if self.part is None else open(self.part, "wb")
+        # Kept open across writes, closed (or discarded) by close().
+        self.f = sys.stdout.buffer if self.part is None else open(self.part, "wb")  # noqa: SIM115
 
     async def write(self, data: bytes) -> None:
         assert self.f is not None
@@ -338,11 +201,11 @@ async def export_main(args: argparse.Namespace) -> int:
 
             manifest: Manifest | None
             if cfg is not None:
-                manifest = await _export_local(cfg, sel, sink, lambda n: progress.update(task, total=n))
+                manifest = await export_local(cfg, sel, sink, lambda n: progress.update(task, total=n))
             else:
-                manifest = await _export_remote(where, token, body, sink, lambda n: progress.update(task, total=n))
+                manifest = await export_remote(where, token, body, sink, lambda n: progress.update(task, total=n))
         ok = True
-    except (BundleError, _RemoteError, OSError) as e:
+    except (BundleError, RemoteError, OSError) as e:
         err.print(f"modmesh export: {e}", markup=False, highlight=False)
         return 1
     finally:
@@ -350,70 +213,6 @@ async def export_main(args: argparse.Namespace) -> int:
     if not args.quiet:
         _print_export_summary(err, manifest, redact(where), args.output)
     return 0
-
-
-async def _export_local(
-    cfg: Config, sel: Selection, sink: Callable[[bytes], Awaitable[None]], total: Callable[[int], None]
-) -> Manifest:
-    async with local_node(dataclasses.replace(cfg, offline=True)) as node:
-        plan: ExportPlan = await plan_export(node, sel)
-        total(plan.tar_size())
-        await write_bundle(plan, sink)
-        return plan.manifest
-
-
-class _RemoteError(Exception):
-    pass
-
-
-async def _export_remote(
-    url: str,
-    token: str | None,
-    body: dict[str, Any],
-    sink: Callable[[bytes], Awaitable[None]],
-    total: Callable[[int], None],
-) -> Manifest | None:
-    sniffer = _ManifestSniffer()
-    try:
-        async with _session(token) as s, s.post(f"{url}/_admin/export", json=body) as r:
-            if r.status != 200:
-                raise _RemoteError(f"{redact(url)} answered {r.status}: {await _first_line(r)}")
-            if r.content_length is not None:
-                total(r.content_length)
-            async for chunk in r.content.iter_chunked(CHUNK):
-                sniffer.feed(chunk)
-                await sink(chunk)
-    except aiohttp.ClientError as e:
-        raise _RemoteError(f"{redact(url)}: {e or type(e).__name__} (the bundle is incomplete)") from None
-    return sniffer.manifest
-
-
-class _ManifestSniffer:
-    """Picks the manifest (the first member) out of a bundle stream passing by."""
-
-    def __init__(self) -> None:
-        self.buf = b""
-        self.manifest: Manifest | None = None
-        self.done = False
-
-    def feed(self, chunk: bytes) -> None:
-        if self.done:
-            return
-        self.buf += chunk
-        if len(self.buf) < BLOCK:
-            return
-        try:
-            info = tarfile.TarInfo.frombuf(self.buf[:BLOCK], "utf-8", "surrogateescape")
-        except tarfile.HeaderError:
-            self.done = True
-            return
-        if len(self.buf) >= BLOCK + info.size:
-            self.done = True
-            try:
-                self.manifest = Manifest.from_bytes(self.buf[BLOCK : BLOCK + info.size])
-            except BundleError:
-                pass
-            self.buf = b""
 
 
 def _print_export_summary(err: Console, manifest: Manifest | None, where: str, output: str) -> None:
@@ -484,10 +283,10 @@ async def import_main(args: argparse.Namespace) -> int:
             task = progress.add_task("", total=None)
             bar = _Bar(progress, task)
             if cfg is not None:
-                report = await _import_local(cfg, src, args, label, bar)
+                report = await import_local(cfg, src, args.module, args.version, label, bar)
             else:
-                report = await _import_remote(where, token, src, args, label, bar)
-    except (SourceError, BundleError, _RemoteError) as e:
+                report = await import_remote(where, token, src, args.module, args.version, label, bar)
+    except (SourceError, BundleError, RemoteError) as e:
         err.print(f"modmesh import: {e}", markup=False, highlight=False)
         return 2 if isinstance(e, SourceError) else 1
     if args.json:
@@ -498,6 +297,8 @@ async def import_main(args: argparse.Namespace) -> int:
 
 
 class _Bar:
+    """The progress bar as an import's `transfer.Meter`."""
+
     def __init__(self, progress: Progress, task: TaskID) -> None:
         self.progress, self.task = progress, task
 
@@ -509,68 +310,6 @@ class _Bar:
 
     def entry(self, name: str) -> None:
         self.progress.update(self.task, description=name)
-
-
-def _open_source(src: str) -> BinaryIO:
-    return sys.stdin.buffer if src == "-" else open(src, "rb")
-
-
-async def _import_local(cfg: Config, src: str, args: argparse.Namespace, label: str, bar: _Bar) -> Report:
-    async with local_node(cfg) as node:
-        origin = f"import {label}"
-        if src == "-" or Path(src).is_file():
-            f = _open_source(src)
-            bar.total(os.fstat(f.fileno()).st_size if src != "-" else None)
-            try:
-                return await import_stream(node, TarReader(FileSource(f, bar.bytes)), origin, bar.entry)
-            finally:
-                if src != "-":
-                    f.close()
-        ds = await asyncio.to_thread(open_directory, Path(src), args.module, args.version, node.store.tmp_dir)
-        try:
-            bar.total(ds.total)
-            return await import_members(node, ds.manifest, ds.members(bar.bytes), origin, bar.entry)
-        finally:
-            ds.close()
-
-
-async def _file_body(f: BinaryIO, on_bytes: Callable[[int], None]) -> AsyncIterator[bytes]:
-    while chunk := await asyncio.to_thread(f.read, CHUNK):
-        on_bytes(len(chunk))
-        yield chunk
-
-
-async def _import_remote(
-    url: str, token: str | None, src: str, args: argparse.Namespace, label: str, bar: _Bar
-) -> Report:
-    ds = None
-    f: BinaryIO | None = None
-    try:
-        if src == "-" or Path(src).is_file():
-            f = _open_source(src)
-            bar.total(os.fstat(f.fileno()).st_size if src != "-" else None)
-            data: AsyncIterator[bytes] = _file_body(f, bar.bytes)
-        else:
-            ds = await asyncio.to_thread(
-                open_directory, Path(src), args.module, args.version, Path(tempfile.gettempdir())
-            )
-            bar.total(ds.total)
-            data = tar_stream(ds, bar.bytes)
-        bar.entry(f"uploading to {redact(url)}")
-        async with (
-            _session(token) as s,
-            s.post(f"{url}/_admin/import", params={"source": label}, data=data, headers={"Content-Type": TAR}) as r,
-        ):
-            if r.status != 200:
-                raise _RemoteError(f"{redact(url)} answered {r.status}: {await _first_line(r)}")
-            return Report.from_json(await r.json())
-    except aiohttp.ClientError as e:
-        raise _RemoteError(f"{redact(url)}: {e or type(e).__name__}") from None
-    finally:
-        if f is not None and src != "-":
-            f.close()
-        if ds is not None:
-            ds.close()
 
 
 def print_report(console: Console, report: Report, where: str, verbose: bool = False) -> None:

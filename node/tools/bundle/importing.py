@@ -7,7 +7,7 @@ must match the manifest: size and sha256 (a zip's checked as it streams, raised
 before admit commits), and a `.mod`'s h1. `@v/list` / `@latest` are vetted like
 an upstream's and kept with their original fetch time (the newer answer wins).
 
-Database data is never taken on trust (node.sumdb_import); it is verified and
+Database data is never taken on trust (import_sumdb.py); it is verified and
 stored before the first module file is admitted, so a node that verifies needs
 no reachable database.
 
@@ -26,18 +26,18 @@ from typing import TYPE_CHECKING, Any
 
 from node.cache import verify
 from node.errors import IntegrityError, ModmeshError
-from node.golang import dirhash
+from node.golang import modzip
 from node.tools.bundle.format import (
     BundleError,
     Manifest,
     ManifestEntry,
     Status,
-    TarReader,
+    entry_label,
     parse_module_member,
     parse_sumdb_member,
-    read_manifest,
 )
-from node.tools.bundle.sumdb import DatabaseImport
+from node.tools.bundle.import_sumdb import DatabaseImport
+from node.tools.bundle.tar import TarReader, read_manifest
 
 if TYPE_CHECKING:
     from node.service import Node
@@ -61,9 +61,7 @@ class Outcome:
 
     @property
     def label(self) -> str:
-        if self.kind in ("info", "mod", "zip"):
-            return f"{self.module}@{self.version}.{self.kind}"
-        return self.path
+        return entry_label(self.path, self.kind, self.module, self.version)
 
 
 @dataclass
@@ -230,8 +228,8 @@ class Importer:
         if e.kind != "zip":
             body = await _read_all(chunks, MAX_SMALL, e.label)
             problem = _mismatch(e, len(body), hashlib.sha256(body).hexdigest())
-            if problem is None and e.kind == "mod" and e.h1 and dirhash.h1_gomod(body) != e.h1:
-                problem = f"h1 {dirhash.h1_gomod(body)} does not match the manifest's {e.h1}"
+            if problem is None and e.kind == "mod" and e.h1 and modzip.h1_gomod(body) != e.h1:
+                problem = f"h1 {modzip.h1_gomod(body)} does not match the manifest's {e.h1}"
             if problem is not None:
                 raise IntegrityError(f"{problem}; not admitted")
             yield body

@@ -1,6 +1,6 @@
 """What `modmesh import` reads, as a manifest and bundle members.
 
-* a bundle file, or `-` for stdin: a tar stream (`FileSource` under `bundle.TarReader`);
+* a bundle file, or `-` for stdin: a tar stream (`FileSource` under `tar.TarReader`);
 * an unpacked bundle: a directory holding `modmesh-bundle.json` and its files;
 * a GOMODCACHE, or its `cache/download`: every `<m>/@v/{list,<v>.info,<v>.mod,<v>.zip}`;
   `.lock`, `.ziphash`, `.partial` and temp files, and the `sumdb/` directory (tiles
@@ -21,9 +21,9 @@ import hashlib
 import json
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
 
@@ -31,19 +31,18 @@ from node.golang import gomod, modpath, semver
 from node.golang.modzip import ZipError
 from node.golang.zipwriter import create_zip
 from node.tools.bundle.format import (
-    CHUNK,
+    KIND_ORDER,
     MANIFEST_NAME,
     Manifest,
     ManifestEntry,
-    TarWriter,
     module_member,
-    once,
     parse_module_member,
+    utc_iso,
 )
 from node.tools.bundle.importing import Member
+from node.tools.bundle.tar import CHUNK, TarWriter, file_chunks, once
 
 _IGNORED = (".lock", ".ziphash", ".partial")
-_KIND_ORDER = {"info": 0, "mod": 1, "zip": 2, "list": 3, "latest": 4}
 Progress = Callable[[int], None]
 
 
@@ -63,17 +62,6 @@ class FileSource:
         if self.on_bytes is not None:
             self.on_bytes(len(data))
         return data
-
-
-async def file_chunks(path: Path, on_bytes: Progress | None = None) -> AsyncIterator[bytes]:
-    f = await asyncio.to_thread(open, path, "rb")
-    try:
-        while chunk := await asyncio.to_thread(f.read, CHUNK):
-            if on_bytes is not None:
-                on_bytes(len(chunk))
-            yield chunk
-    finally:
-        f.close()
 
 
 @dataclass
@@ -106,7 +94,7 @@ class DirSource:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc_iso(time.time())
 
 
 def open_directory(path: Path, module: str | None, version: str | None, tmp_dir: Path) -> DirSource:
@@ -170,7 +158,7 @@ def _gomodcache(base: Path) -> DirSource:
                 module = version = ""  # the importer refuses it, naming the path
             st = p.stat()
             entries.append((ManifestEntry(rel, kind, st.st_size, None, module, version, None, st.st_mtime), p))
-    entries.sort(key=lambda ep: (ep[0].module, _vkey(ep[0].version), _KIND_ORDER[ep[0].kind], ep[0].path))
+    entries.sort(key=lambda ep: (ep[0].module, _vkey(ep[0].version), KIND_ORDER[ep[0].kind], ep[0].path))
     manifest = Manifest([e for e, _ in entries], _now(), origin={"kind": "gomodcache", "path": str(base)})
     return DirSource("gomodcache", manifest, list(entries))
 
@@ -226,7 +214,7 @@ def _module_dir(root: Path, module: str | None, version: str | None, tmp_dir: Pa
     except (ZipError, OSError) as e:
         tmp.unlink(missing_ok=True)
         raise SourceError(f"cannot zip {root} as {module}@{version}: {e}") from None
-    now = datetime.now(timezone.utc).timestamp()
+    now = time.time()
 
     def entry(kind: str, size: int, sha: str) -> ManifestEntry:
         return ManifestEntry(module_member(module, version, kind), kind, size, sha, module, version, None, now)

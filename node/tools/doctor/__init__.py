@@ -1,0 +1,1 @@
+"""`modmesh doctor`: the client set-up, the node and its upstreams, diagnosed."""

@@ -2,14 +2,16 @@
 
 Three parts, each a list of `Check` records (ok / info / warn / fail):
 
-* client (node.doctor_checks): GOPROXY and friends as the go command sees them,
+* client (client.py): GOPROXY and friends as the go command sees them,
   with the classic pitfalls named; and whether the node answers and is healthy.
-* node (node.doctor_node): run *inside* the node (`GET /_admin/doctor`) with
+* node (node.py): run *inside* the node (`GET /_admin/doctor`) with
   `--node`, or in this process on a data directory with `--data`: upstreams,
   checksum databases, disk, cache, mesh.
-* consistency (`--module M`): what every upstream and the cache say about M.
+* consistency (`--module M`, consistency.py): what every upstream and the
+  cache say about M.
 
-Exit status 1 when any check fails; warnings alone exit 0.
+This module runs the diagnosis (`diagnose`), and is the command: its arguments
+and the table it prints. Exit status 1 when any check fails; warnings alone exit 0.
 """
 
 from __future__ import annotations
@@ -30,20 +32,13 @@ import aiohttp
 from node.cache.upstream import redact
 from node.config import Config
 from node.golang import modpath
-from node.tools.doctor.client import (
-    GO_DEFAULT_PROXY,
-    Check,
-    GoEnv,
-    ProxyEntry,
-    Status,
-    client_checks,
-    match_node,
-    parse_client_goproxy,
-    read_go_env,
-    redact_list,
-    worst,
-)
-from node.tools.doctor.node import DEFAULT_TIMEOUT, Probe, admin_routes, node_report, probe
+from node.tools._http import bearer
+from node.tools.doctor.check import Check, Status, worst
+from node.tools.doctor.client import client_checks
+from node.tools.doctor.goenv import GO_DEFAULT_PROXY, GoEnv, read_go_env
+from node.tools.doctor.goproxy import ProxyEntry, match_node, parse_client_goproxy, redact_list
+from node.tools.doctor.node import node_report
+from node.tools.doctor.probe import DEFAULT_TIMEOUT, Probe, probe
 from node.tools.target import (
     UsageError,
     add_node_arguments,
@@ -57,7 +52,7 @@ from node.tools.target import (
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["Report", "admin_routes", "diagnose", "register", "render"]
+__all__ = ["Report", "diagnose", "register", "render"]
 
 
 @dataclass
@@ -180,7 +175,7 @@ async def remote_report(
     session: aiohttp.ClientSession, url: str, modules: Sequence[str], timeout: float, admin_token: str | None = None
 ) -> tuple[dict[str, Any] | None, list[Check]]:
     q = urlencode([("timeout", f"{timeout:g}")] + [("module", m) for m in modules])
-    auth = {"Authorization": f"Bearer {admin_token}"} if admin_token else None
+    auth = bearer(admin_token) or None
     # Probes inside the node are bounded by `timeout`, consistency takes two rounds.
     p = await probe(session, f"{url}/_admin/doctor?{q}", timeout * 3 + 5, limit=8 << 20, headers=auth)
     if p.status == 403:

@@ -1,0 +1,1 @@
+"""`modmesh warm`: the modules a project needs, fetched into a node ahead of time."""

@@ -267,9 +267,12 @@ def apply_replaces(
 def _find_replace(replaces: Sequence[Replace], path: str, version: str) -> Replace | None:
     found: Replace | None = None
     for r in replaces:  # the last matching line wins; a version-specific one over a path-wide one
-        if r.old == path and r.old_version in (version, None):
-            if r.old_version is not None or found is None or found.old_version is None:
-                found = r
+        if (
+            r.old == path
+            and r.old_version in (version, None)
+            and (r.old_version is not None or found is None or found.old_version is None)
+        ):
+            found = r
     return found
 
 
