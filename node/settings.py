@@ -4,7 +4,12 @@ A configuration class (the node's `Config`, the mesh's `MeshConfig`) is a frozen
 dataclass whose fields are made with `setting(...)`. The field's name and annotation
 are the setting's name and type; the call gives its default and help text, and what a
 derived surface needs beyond that: a parser when the type's own is not the right one
-(sizes), a `modmesh serve` flag, choices, a TOML key other than the name.
+(sizes), a `modmesh serve` flag, choices, a TOML key other than the name:
+
+    @dataclass(frozen=True)
+    class Config:
+        meta_ttl: float = setting(300.0, "how long a cached @v/list or @latest is fresh")
+        max_size: int | None = setting(None, "cap on cached blob bytes", flag="--max-size SIZE", parse=parse_size)
 
 `Settings(cls, ...)` reads those declarations and derives the TOML keys, the
 environment variables (`<prefix><NAME>`), the serve flags (argparse arguments whose
@@ -109,7 +114,8 @@ _BY_TYPE: dict[str, Callable[[object], Any]] = {
 
 def coerce(typ: str, value: object, size: bool = False) -> Any:
     """Turn a TOML, environment or flag value into a field of type `typ` (its annotation
-    string), a size if `size`. ValueError/TypeError if it cannot."""
+    string), a size if `size`. ValueError/TypeError if it cannot. (The interface from
+    before the declarations; they pick their parser themselves.)"""
     if size:
         return parse_size(value)
     return _BY_TYPE.get(typ, str)(value)
