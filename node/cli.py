@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from node.cache.upstream import GoproxyError, parse_goproxy
-from node.config import Config, ConfigError, load_config
+from node.config import SETTINGS, Config, ConfigError, load_config
 from node.logs import setup_logging
 from node.plugins import Plugin, load_plugins
 from node.sumdb.spec import SumDBConfigError, parse_sumdb_spec
@@ -40,33 +40,8 @@ def build_parser(plugins: Sequence[Plugin] = ()) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="run a node", description="Run a modmesh node.")
     s.set_defaults(func=None)
-    s.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (default 127.0.0.1:3000)")
-    s.add_argument("--data", metavar="DIR", type=Path, help="data directory (blobs and index)")
-    s.add_argument(
-        "--upstream",
-        metavar="GOPROXY-STRING",
-        help="upstream chain in GOPROXY syntax, e.g. 'https://a,https://b|https://c'",
-    )
-    s.add_argument("--config", metavar="FILE", type=Path, help="TOML configuration file")
-    s.add_argument(
-        "--sumdb",
-        metavar="'NAME+KEY URL'",
-        action="append",
-        help="checksum database in GOSUMDB syntax (repeatable; default sum.golang.org)",
-    )
-    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    s.add_argument("--log-format", choices=["json", "text"])
-    s.add_argument(
-        "--offline",
-        action="store_true",
-        default=None,
-        help="no upstream or checksum-database traffic at all: serve what is cached",
-    )
-    s.add_argument(
-        "--max-size",
-        metavar="SIZE",
-        help="cap on cached blob bytes, e.g. 50GB; the least used unpinned files are evicted",
-    )
+    s.add_argument("--config", metavar="FILE", type=Path, help="TOML configuration file (or $MODMESH_CONFIG)")
+    SETTINGS.add_flags(s)  # one flag per setting that declares one (node/config.py)
     for plugin in plugins:
         plugin.add_serve_arguments(s)
     for name in COMMAND_MODULES:
@@ -86,16 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve(args: argparse.Namespace, plugins: Sequence[Plugin] = ()) -> int:
-    flags = {
-        "listen": args.listen,
-        "data": args.data,
-        "upstream": args.upstream,
-        "log_level": args.log_level,
-        "log_format": args.log_format,
-        "sumdb": args.sumdb,
-        "offline": args.offline,
-        "max_size": args.max_size,
-    }
+    flags = SETTINGS.flags_from_args(args)
     try:
         cfg = load_config(args.config, flags=flags)
         parse_goproxy(cfg.upstream)

@@ -1,8 +1,12 @@
 """Node configuration: one frozen dataclass, loaded once.
 
-Precedence: command-line flags > environment (`MODMESH_<KEY>`) > TOML file >
-defaults. Every key is documented in README.md ("Configuration"); unknown keys
-in the file are warned about, not fatal, so an older node reads a newer file.
+Every setting is declared once, as a `Config` field made with `setting()` (name, type,
+default, help, and a flag where `modmesh serve` has one); the TOML keys, the
+`MODMESH_<KEY>` environment variables and the serve flags are derived from it
+(node/settings.py). Precedence: command-line flags > environment > TOML file >
+defaults. Every key is documented in README.md ("Configuration", a test keeps the
+table complete); unknown keys in the file are warned about, not fatal, so an older
+node reads a newer file.
 """
 
 from __future__ import annotations
@@ -10,12 +14,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from node.settings import ConfigError as ConfigError
+from node.settings import Flag, Settings, parse_list, setting
+from node.settings import coerce as coerce
+from node.settings import parse_duration as parse_duration
+from node.settings import parse_size as parse_size
 
 log = logging.getLogger(__name__)
 
@@ -46,81 +55,145 @@ class Route:
     basic_auth_env: str | None = None
 
 
+_ROUTE_FIELDS = {f.name for f in dataclasses.fields(Route)}
+
+
+def parse_routes(raw: object, file: Path | None = None) -> tuple[Route, ...]:
+    """The `[[route]]` array of tables."""
+    where = f"config file {file}" if file is not None else "config"
+    if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):
+        raise ConfigError(f"{where}: 'route' must be a list of tables ([[route]])")
+    routes = []
+    for r in raw:
+        unknown = set(r) - _ROUTE_FIELDS
+        if unknown:
+            log.warning("%s: unknown key(s) %s in [[route]] ignored", where, sorted(unknown))
+        if not isinstance(r.get("pattern"), str) or not isinstance(r.get("upstream"), str):
+            raise ConfigError(f"{where}: every [[route]] needs 'pattern' and 'upstream'")
+        kw = {k: v for k, v in r.items() if k in _ROUTE_FIELDS}
+        for k in ("token_file", "basic_auth_file"):
+            if k in kw:
+                kw[k] = Path(str(kw[k])).expanduser()
+        routes.append(Route(**kw))
+    return tuple(routes)
+
+
+def parse_sumdb(value: object) -> tuple[str, ...]:
+    """GOSUMDB specs; `off` alone: no checksum database at all."""
+    specs = parse_list(value)
+    return () if specs == ("off",) else specs
+
+
 @dataclass(frozen=True)
 class Config:
-    listen: str = "127.0.0.1:3000"
-    data: Path = field(default_factory=default_data_dir)
-    upstream: str = DEFAULT_UPSTREAM
-    #: Seconds to establish a TCP/TLS connection to an upstream.
-    connect_timeout: float = 5.0
-    #: Longest silence (seconds) while waiting for an upstream's headers or body bytes.
-    read_timeout: float = 30.0
-    #: Whole-request bound (seconds) for info, mod, list and latest from an upstream.
-    small_timeout: float = 60.0
-    #: Consecutive failures that open an upstream's circuit breaker.
-    breaker_threshold: int = 3
-    #: Seconds a breaker stays open before one probe request is let through.
-    breaker_reset: float = 30.0
-    #: Seconds a cached @v/list or @latest is fresh.
-    meta_ttl: float = 300.0
-    #: Seconds after the TTL during which the cached answer is served while a
-    #: background refresh runs (stale-while-revalidate).
-    meta_stale_window: float = 300.0
-    #: Seconds a "not found" from the upstreams is remembered.
-    negative_ttl: float = 60.0
-    #: Zips larger than this stream to clients while they download (bytes).
-    stream_threshold: int = 4 << 20
-    #: Seconds a client may take no bytes of a response before it is cut off (it never
-    #: holds a download, its memory or other clients; the download goes on).
-    write_idle_timeout: float = 60.0
-    #: When the store cannot take a file (disk full, quota, max_size), the node still
-    #: passes it through to clients, holding at most this many bytes in memory at once.
-    passthrough_memory: int = 512 << 20
-    #: Cap on the store's blob bytes (storage limits): over it, the least valuable
-    #: unpinned files are evicted. None: no cap.
-    max_size: int | None = None
-    #: Checksum databases, GOSUMDB syntax each: "NAME+HASH+KEY [URL]". Without a URL the
-    #: node finds the database through its upstreams' /sumdb/ endpoints, else at https://NAME.
-    sumdb: tuple[str, ...] = (DEFAULT_SUMDB,)
-    #: "sumdb": a public .zip/.mod whose h1 differs from the database is refused; one the
-    #: database cannot confirm (unreachable, no record) is cached *unverified* and checked
-    #: again in the background; "require": that is refused too (fail closed); "off": no
-    #: checks against a database (the node still proxies it for clients).
-    sumdb_verify: str = "sumdb"
-    #: GOPRIVATE-syntax patterns of private modules: never checked against or sent to a
-    #: checksum database.
-    private: str = ""
-    #: GONOSUMDB-syntax patterns skipping the database, in addition to `private`.
-    nosumdb: str = ""
-    #: Seconds a cached database `latest` tree head is fresh.
-    sumdb_latest_ttl: float = 60.0
-    #: Honour HTTP_PROXY/HTTPS_PROXY/NO_PROXY for upstream requests.
-    trust_env: bool = False
-    #: No upstream or checksum-database traffic at all: serve what is cached.
-    offline: bool = False
-    #: Per-pattern routes for private modules ([[route]] tables in the file).
-    routes: tuple[Route, ...] = ()
-    #: Seconds one `direct` fetch (the go command talking to version control) may take.
-    direct_timeout: float = 300.0
-    #: At most this many `direct` fetches run at once.
-    direct_jobs: int = 4
-    #: Client access: a file of bearer tokens (one per line). With it (or
-    #: client_basic_file) the GOPROXY and sumdb endpoints require credentials.
-    client_tokens_file: Path | None = None
-    #: Client access: a file of `user:password` lines (HTTP basic, what .netrc sends).
-    client_basic_file: Path | None = None
-    #: Requests per second per client address (0: unlimited), with this burst.
-    client_rate: float = 0.0
-    client_burst: int = 50
-    #: A file holding the admin token; without it admin endpoints answer loopback only.
-    admin_token_file: Path | None = None
-    #: Serve https with this certificate chain and key (PEM) instead of plain http.
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
-    log_level: str = "info"
-    #: "json" (one object per line) or "text".
-    log_format: str = "json"
-    #: TOML tables that belong to plugins (e.g. [mesh]), passed through unread.
+    """Every setting of a node. (`setting()` returns a dataclasses.field, which ruff's
+    RUF009 cannot see through for non-builtin types, hence the noqa comments.)"""
+
+    listen: str = setting("127.0.0.1:3000", "address to listen on", flag="--listen HOST:PORT")
+    data: Path = setting(  # noqa: RUF009
+        factory=default_data_dir,
+        help="data directory: blobs, index, temp files",
+        flag="--data DIR",
+        shown="$STATE_DIRECTORY, else $XDG_DATA_HOME/modmesh or ~/.local/share/modmesh",
+    )
+    upstream: str = setting(
+        DEFAULT_UPSTREAM,
+        "upstream chain in GOPROXY syntax, e.g. 'https://a,https://b|https://c': ',' falls through on "
+        "404/410 only, '|' on any error, 'off' ends the chain, 'direct' fetches with the go command",
+        flag="--upstream GOPROXY-STRING",
+    )
+    connect_timeout: float = setting(5.0, "seconds to establish a TCP/TLS connection to an upstream")
+    read_timeout: float = setting(30.0, "longest silence while waiting for an upstream's headers or body bytes")
+    small_timeout: float = setting(60.0, "whole-request bound for info, mod, list and latest from an upstream")
+    breaker_threshold: int = setting(3, "consecutive failures that open an upstream's circuit breaker")
+    breaker_reset: float = setting(30.0, "how long a breaker stays open before one probe request is let through")
+    meta_ttl: float = setting(300.0, "how long a cached @v/list or @latest is fresh")
+    meta_stale_window: float = setting(
+        300.0,
+        "after the TTL, how long the cached answer is served while a background refresh runs (stale-while-revalidate)",
+    )
+    negative_ttl: float = setting(60.0, 'how long a "not found" from the upstreams is remembered')
+    stream_threshold: int = setting(
+        4 << 20, "zips larger than this stream to clients while they download", parse=parse_size
+    )
+    write_idle_timeout: float = setting(
+        60.0,
+        "a client that takes no bytes of a response for this long is cut off (it never holds a download, "
+        "its memory or other clients; the download goes on)",
+    )
+    passthrough_memory: int = setting(
+        512 << 20,
+        "when the store cannot take a file (disk full, quota, max_size), the node still passes it through "
+        "to clients, holding at most this many bytes in memory at once",
+        parse=parse_size,
+    )
+    max_size: int | None = setting(
+        None,
+        "cap on cached blob bytes, e.g. 50GB; over it the least used unpinned files are evicted",
+        flag="--max-size SIZE",
+        parse=parse_size,
+    )
+    sumdb: tuple[str, ...] = setting(
+        (DEFAULT_SUMDB,),
+        "checksum database in GOSUMDB syntax, 'NAME+HASH+KEY [URL]'; without a URL the node finds it "
+        "through its upstreams' /sumdb/ endpoints, else at https://NAME; 'off': none",
+        flag=Flag("--sumdb", "'NAME+KEY URL'", repeatable=True),
+        parse=parse_sumdb,
+        shown="sum.golang.org",
+    )
+    sumdb_verify: str = setting(
+        "sumdb",
+        "'sumdb': a public .zip/.mod whose h1 differs from the database is refused; one the database "
+        "cannot confirm (unreachable, no record) is cached unverified and checked again in the background; "
+        "'require': that is refused too (fail closed); 'off': no checks against a database",
+        choices=("sumdb", "require", "off"),
+    )
+    private: str = setting(
+        "", "GOPRIVATE-syntax patterns of private modules: never checked against or sent to a checksum database"
+    )
+    nosumdb: str = setting("", "GONOSUMDB-syntax patterns skipping the database, in addition to `private`")
+    sumdb_latest_ttl: float = setting(60.0, "how long a cached database `latest` tree head is fresh")
+    trust_env: bool = setting(False, "honour HTTP_PROXY/HTTPS_PROXY/NO_PROXY for upstream requests")
+    offline: bool = setting(
+        False,
+        "no upstream or checksum-database traffic at all: serve what is cached",
+        flag=Flag("--offline", sets=True),
+    )
+    routes: tuple[Route, ...] = setting(
+        (),
+        "per-pattern routes for private modules: pattern, upstream, optional credentials",
+        toml="route",
+        env=False,
+        parse=parse_routes,
+    )
+    direct_timeout: float = setting(
+        300.0, "how long one `direct` fetch (the go command talking to version control) may take"
+    )
+    direct_jobs: int = setting(4, "at most this many `direct` fetches run at once")
+    client_tokens_file: Path | None = setting(  # noqa: RUF009
+        None,
+        "client access: a file of bearer tokens (one per line); with it (or client_basic_file) the "
+        "GOPROXY and sumdb endpoints require credentials",
+    )
+    client_basic_file: Path | None = setting(  # noqa: RUF009
+        None, "client access: a file of `user:password` lines (HTTP basic, what .netrc sends)"
+    )
+    client_rate: float = setting(0.0, "requests per second per client address (0: unlimited)")
+    client_burst: int = setting(50, "the burst client_rate allows")
+    admin_token_file: Path | None = setting(  # noqa: RUF009
+        None, "a file holding the admin token; without it admin endpoints answer loopback only"
+    )
+    tls_cert_file: Path | None = setting(  # noqa: RUF009
+        None, "serve https with this certificate chain (PEM, with tls_key_file) instead of plain http"
+    )
+    tls_key_file: Path | None = setting(None, "the private key (PEM) for tls_cert_file")  # noqa: RUF009
+    log_level: str = setting(
+        "info", "log level", flag=Flag("--log-level", choices=("debug", "info", "warning", "error"))
+    )
+    log_format: str = setting(
+        "json", "log line format: json (one object per line) or text", flag="--log-format", choices=("json", "text")
+    )
+    #: TOML tables that belong to plugins (e.g. [mesh]), passed through unread. Not a setting.
     sections: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -128,25 +201,7 @@ class Config:
         return parse_listen(self.listen)
 
 
-class ConfigError(ValueError):
-    pass
-
-
-_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.I)
-_SIZE_UNITS = {
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "kib": 1 << 10,
-    "mib": 1 << 20,
-    "gib": 1 << 30,
-    "tib": 1 << 40,
-}
-_SIZE_KEYS = {"stream_threshold", "max_size", "passthrough_memory"}
+SETTINGS = Settings(Config, env_prefix="MODMESH_", log=log)
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -156,80 +211,13 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def parse_duration(value: object) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    m = _DURATION.match(str(value))
-    if not m:
-        raise ConfigError(f"{value!r} is not a duration (e.g. 30, 1.5s, 250ms, 5m)")
-    n = float(m.group(1))
-    return n * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2) or "s"]
-
-
-def parse_size(value: object) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    m = _SIZE.match(str(value))
-    if not m:
-        raise ConfigError(f"{value!r} is not a size (e.g. 4MiB, 50GB, 1048576)")
-    return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()])
-
-
-def coerce(typ: str, value: object, size: bool = False) -> Any:
-    """Turn a TOML, environment or flag value into a dataclass field's type (given as its
-    annotation string); shared with the mesh's own config. ValueError/TypeError if not."""
-    if size:
-        return parse_size(value)
-    if typ == "float":
-        return parse_duration(value)
-    if typ == "int":
-        return int(value)  # type: ignore[call-overload]
-    if typ == "bool":
-        if isinstance(value, bool):
-            return value
-        return str(value).strip().lower() in ("1", "true", "yes", "on")
-    if typ == "tuple[str, ...]":
-        items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-        return tuple(str(v).strip() for v in items if str(v).strip())
-    if typ in ("Path", "Path | None"):
-        return Path(str(value)).expanduser() if str(value) else None
-    return str(value)
-
-
-def _coerce(key: str, value: object) -> Any:
-    try:
-        return coerce(str(_FIELDS[key].type), value, key in _SIZE_KEYS)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"config key {key!r}: {e}") from None
-
-
-_ROUTE_FIELDS = {f.name for f in dataclasses.fields(Route)}
-
-
-def _routes(file: Path, raw: object) -> tuple[Route, ...]:
-    if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):
-        raise ConfigError(f"config file {file}: 'route' must be a list of tables ([[route]])")
-    routes = []
-    for r in raw:
-        unknown = set(r) - _ROUTE_FIELDS
-        if unknown:
-            log.warning("config file %s: unknown key(s) %s in [[route]] ignored", file, sorted(unknown))
-        if not isinstance(r.get("pattern"), str) or not isinstance(r.get("upstream"), str):
-            raise ConfigError(f"config file {file}: every [[route]] needs 'pattern' and 'upstream'")
-        kw = {k: v for k, v in r.items() if k in _ROUTE_FIELDS}
-        for k in ("token_file", "basic_auth_file"):
-            if k in kw:
-                kw[k] = Path(str(kw[k])).expanduser()
-        routes.append(Route(**kw))
-    return tuple(routes)
-
-
 def load_config(
     file: Path | None = None,
     env: Mapping[str, str] = os.environ,
     flags: Mapping[str, object] | None = None,
 ) -> Config:
-    """Merge defaults, the TOML file, MODMESH_* environment variables and flags."""
+    """Merge defaults, the TOML file, MODMESH_* environment variables and flags
+    (flags: {setting name: value}, None meaning not given)."""
     values: dict[str, Any] = {}
     if file is None and env.get("MODMESH_CONFIG"):
         file = Path(env["MODMESH_CONFIG"])
@@ -240,26 +228,14 @@ def load_config(
             raise ConfigError(f"cannot read config file {file}: {e.strerror}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {file}: {e}") from None
-        sections: dict[str, Any] = {}
-        for key, value in raw.items():
-            if key == "route":
-                values["routes"] = _routes(file, value)
-            elif isinstance(value, dict):
-                sections[key] = value
-            elif key in _FIELDS and key != "sections":
-                values[key] = _coerce(key, value)
-            else:
-                log.warning("config file %s: unknown key %r ignored", file, key)
+        if "route" in raw:  # an array of tables: its messages name the file
+            values["routes"] = parse_routes(raw.pop("route"), file)
+        sections = {key: value for key, value in raw.items() if isinstance(value, dict)}
+        scalars = {key: value for key, value in raw.items() if key not in sections}
+        values.update(SETTINGS.from_table(scalars, f"config file {file}"))
         values["sections"] = sections
-    for key in _FIELDS.keys() - {"sections", "routes"}:
-        ev = env.get(f"MODMESH_{key.upper()}")
-        if ev:
-            values[key] = _coerce(key, ev)
-    for key, value in (flags or {}).items():
-        if value is not None:
-            values[key] = _coerce(key, value)
-    if values.get("sumdb") in (("off",), ("",)):
-        values["sumdb"] = ()  # GOSUMDB=off: no checksum database at all
+    values.update(SETTINGS.from_env(env))
+    values.update(SETTINGS.from_flags(flags or {}))
     cfg = Config(**values)
     parse_listen(cfg.listen)
     if (cfg.tls_cert_file is None) != (cfg.tls_key_file is None):
@@ -268,8 +244,5 @@ def load_config(
         raise ConfigError(f"write_idle_timeout must be a positive duration, not {cfg.write_idle_timeout}")
     if cfg.max_size is not None and cfg.max_size <= 0:
         raise ConfigError(f"max_size must be a positive size, not {cfg.max_size}")
-    if cfg.sumdb_verify not in ("sumdb", "require", "off"):
-        raise ConfigError(f"sumdb_verify must be 'sumdb', 'require' or 'off', not {cfg.sumdb_verify!r}")
-    if cfg.log_format not in ("json", "text"):
-        raise ConfigError(f"log_format must be 'json' or 'text', not {cfg.log_format!r}")
+    SETTINGS.check_choices(cfg)
     return cfg

@@ -1,7 +1,8 @@
 """Mesh configuration: the `[mesh]` TOML table, `MODMESH_MESH_<KEY>` variables and flags.
 
-Same precedence as the node (flags > environment > file > defaults) and the same
-duration/size syntax, so an operator learns one set of rules. The mesh is on only
+Declared like the node's settings (node/settings.py), so the same precedence (flags >
+environment > file > defaults) and the same duration/size syntax apply, and an operator
+learns one set of rules. The mesh is on only
 when a secret is configured: peer endpoints must never answer unsigned requests,
 and a node that has no secret has nothing to sign with. Asking for peers or mDNS
 without a secret is a configuration mistake and refused at start-up, loudly,
@@ -10,7 +11,6 @@ instead of silently running a node that will never join.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import re
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from node.config import ConfigError, coerce
+from node.settings import ConfigError, Flag, Settings, parse_size, setting
 
 log = logging.getLogger(__name__)
 
@@ -34,86 +34,80 @@ class MeshConfigError(ConfigError):
 
 @dataclass(frozen=True)
 class MeshConfig:
-    #: File holding the shared secret (one per line: the first signs, any verifies,
-    #: so secrets can be rotated). No secret: the mesh is off.
-    secret_file: Path | None = None
-    #: Nodes of another mesh name are ignored, even with the same secret.
-    name: str = "default"
-    #: Static peers (base URLs) for networks without multicast.
-    peers: tuple[str, ...] = ()
-    mdns: bool = True
-    #: Interfaces mDNS uses; empty: all.
-    mdns_interfaces: tuple[str, ...] = ()
-    #: Base URL peers should use to reach this node; default: the listen address
-    #: (a wildcard host is replaced by the address a peer sees us connect from).
-    advertise: str = ""
-    #: Seconds between gossip rounds; each round talks to `fanout` random peers.
-    gossip_interval: float = 2.0
-    fanout: int = 3
-    #: Whole-request bound for gossip and inventory requests.
-    request_timeout: float = 5.0
-    #: Silence after which an alive peer is suspect, then dead.
-    suspect_after: float = 10.0
-    dead_after: float = 30.0
-    #: Consecutive failed requests that make a peer dead before its timeout.
-    dead_failures: int = 3
-    #: Dead peers and unanswered static peers are retried with this backoff (doubling).
-    retry_backoff: float = 1.0
-    retry_backoff_max: float = 60.0
-    #: Dead peers learnt from gossip or mDNS are forgotten after this long.
-    forget_after: float = 3600.0
-    #: Signed requests are accepted this many seconds either side of our clock.
-    auth_window: float = 30.0
-    #: Time budget for asking a peer on a client miss before the upstreams.
-    peer_timeout: float = 2.0
-    #: How long a peer that served bad bytes is not asked again.
-    quarantine: float = 600.0
-    #: Half-life of the popularity counters.
-    half_life: float = 3600.0
-    #: Most popular module versions gossiped per message.
-    popular_top_n: int = 128
-    presync: bool = True
-    presync_interval: float = 10.0
-    #: Pull at most this many of the mesh's most popular module versions (0: no limit) ...
-    presync_top_k: int = 200
-    #: ... whose decayed mesh-wide score is at least this.
-    presync_min_score: float = 2.0
-    #: Pre-sync stops while the store holds this many bytes.
-    presync_budget: int = 10 << 30
-    presync_concurrency: int = 2
-    #: Bytes per second for all pre-sync transfers together; 0: unlimited.
-    presync_bandwidth: int = 0
-    #: Inventory entries per page (at most 1000).
-    inventory_page: int = 1000
-    #: Distinct files remembered from peers' inventories (about 270 bytes each).
-    max_catalog: int = 1_000_000
+    """Every mesh setting: the `[mesh]` table, `MODMESH_MESH_<KEY>` and the flags that
+    the plugin adds to `modmesh serve`, all derived from these declarations."""
+
+    secret_file: Path | None = setting(  # noqa: RUF009
+        None,
+        "file holding the shared secret, one per line: the first signs, any verifies (so secrets can be "
+        "rotated); no secret: the mesh is off",
+        flag=Flag("--mesh-secret-file", "FILE", help="shared mesh secret; without one the mesh is off"),
+    )
+    name: str = setting(
+        "default",
+        "nodes of another mesh name are ignored, even with the same secret",
+        flag=Flag("--mesh-name", "NAME", help="mesh name; others are ignored"),
+    )
+    peers: tuple[str, ...] = setting(
+        (),
+        "static peers (base URLs), for networks without multicast",
+        flag=Flag("--peer", "URL", repeatable=True, help="static peer node, for networks without multicast"),
+    )
+    mdns: bool = setting(
+        True, "discover peers with mDNS", flag=Flag("--no-mdns", sets=False, help="do not discover peers with mDNS")
+    )
+    mdns_interfaces: tuple[str, ...] = setting(
+        (),
+        "interfaces mDNS uses; empty: all",
+        flag=Flag("--mdns-interface", "IFACE", repeatable=True, help="network interface for mDNS"),
+        shown="all",
+    )
+    advertise: str = setting(
+        "",
+        "base URL peers should use to reach this node; default: the listen address (a wildcard host is "
+        "replaced by the address a peer sees us connect from)",
+    )
+    gossip_interval: float = setting(2.0, "seconds between gossip rounds; each round talks to `fanout` random peers")
+    fanout: int = setting(3, "peers per gossip round")
+    request_timeout: float = setting(5.0, "whole-request bound for gossip and inventory requests")
+    suspect_after: float = setting(10.0, "silence after which an alive peer is suspect")
+    dead_after: float = setting(30.0, "silence after which a peer is dead (longer than suspect_after)")
+    dead_failures: int = setting(3, "consecutive failed requests that make a peer dead before its timeout")
+    retry_backoff: float = setting(1.0, "dead peers and unanswered static peers are retried with this backoff")
+    retry_backoff_max: float = setting(60.0, "the retry backoff doubles up to this")
+    forget_after: float = setting(3600.0, "dead peers learnt from gossip or mDNS are forgotten after this long")
+    auth_window: float = setting(30.0, "signed requests are accepted this many seconds either side of our clock")
+    peer_timeout: float = setting(2.0, "time budget for asking a peer on a client miss before the upstreams")
+    quarantine: float = setting(600.0, "how long a peer that served bad bytes is not asked again")
+    half_life: float = setting(3600.0, "half-life of the popularity counters")
+    popular_top_n: int = setting(128, "most popular module versions gossiped per message")
+    presync: bool = setting(True, "pull the mesh's popular module versions in the background")
+    presync_interval: float = setting(10.0, "seconds between pre-sync rounds")
+    presync_top_k: int = setting(
+        200, "pre-sync pulls at most this many of the mesh's most popular module versions (0: no limit)"
+    )
+    presync_min_score: float = setting(
+        2.0, "pre-sync pulls only versions whose decayed mesh-wide score is at least this"
+    )
+    presync_budget: int = setting(10 << 30, "pre-sync stops while the store holds this many bytes", parse=parse_size)
+    presync_concurrency: int = setting(2, "pre-sync transfers at once")
+    presync_bandwidth: int = setting(
+        0, "bytes per second for all pre-sync transfers together; 0: unlimited", parse=parse_size
+    )
+    inventory_page: int = setting(1000, "inventory entries per page (at most 1000)")
+    max_catalog: int = setting(1_000_000, "distinct files remembered from peers' inventories (about 270 bytes each)")
 
     @property
     def enabled(self) -> bool:
         return self.secret_file is not None
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(MeshConfig)}
-_SIZES = {"presync_budget", "presync_bandwidth"}
-
-
-def _coerce(key: str, value: object) -> Any:
-    try:
-        return coerce(str(_FIELDS[key].type), value, key in _SIZES)
-    except (TypeError, ValueError) as e:
-        raise MeshConfigError(f"mesh config key {key!r}: {e}") from None
+SETTINGS = Settings(MeshConfig, env_prefix="MODMESH_MESH_", label="mesh config key", error=MeshConfigError, log=log)
 
 
 def flags_from_args(args: object) -> dict[str, object]:
     """The serve flags the mesh plugin adds, as config keys (None: not given)."""
-    no_mdns = getattr(args, "no_mdns", None)
-    return {
-        "peers": getattr(args, "peer", None) or None,
-        "mdns": False if no_mdns else None,
-        "secret_file": getattr(args, "mesh_secret_file", None),
-        "name": getattr(args, "mesh_name", None),
-        "mdns_interfaces": getattr(args, "mdns_interface", None) or None,
-    }
+    return SETTINGS.flags_from_args(args)
 
 
 def load_mesh_config(
@@ -122,25 +116,14 @@ def load_mesh_config(
     flags: Mapping[str, object] | None = None,
 ) -> MeshConfig:
     """Merge defaults, the `[mesh]` table, MODMESH_MESH_* variables and flags."""
-    values: dict[str, Any] = {}
-    explicit: set[str] = set()
-    for key, value in (section or {}).items():
-        if key in _FIELDS:
-            values[key] = _coerce(key, value)
-            explicit.add(key)
-        else:
-            log.warning("config [mesh]: unknown key %r ignored", key)
-    for key in _FIELDS:
-        ev = env.get(f"MODMESH_MESH_{key.upper()}")
-        if ev:
-            values[key] = _coerce(key, ev)
-            explicit.add(key)
-    for key, value in (flags or {}).items():
-        if value is not None:
-            values[key] = _coerce(key, value)
-            explicit.add(key)
+    layers = (
+        SETTINGS.from_table(section or {}, "config [mesh]"),
+        SETTINGS.from_env(env),
+        SETTINGS.from_flags(flags or {}),
+    )
+    values = {key: value for layer in layers for key, value in layer.items()}
     cfg = MeshConfig(**values)
-    _validate(cfg, explicit)
+    _validate(cfg, set(values))
     return cfg
 
 

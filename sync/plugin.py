@@ -12,13 +12,12 @@ import argparse
 import logging
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from node.service import Node
 
 from . import cli
-from .config import flags_from_args, load_mesh_config
+from .config import SETTINGS, flags_from_args, load_mesh_config
 from .mesh import Mesh
 
 log = logging.getLogger(__name__)
@@ -33,23 +32,7 @@ class MeshPlugin:
 
     def add_serve_arguments(self, parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("LAN mesh", "Nodes with the same secret and mesh name share their caches.")
-        g.add_argument(
-            "--peer",
-            metavar="URL",
-            action="append",
-            help="static peer node (repeatable), for networks without multicast",
-        )
-        g.add_argument("--no-mdns", action="store_true", default=None, help="do not discover peers with mDNS")
-        g.add_argument(
-            "--mesh-secret-file", metavar="FILE", type=Path, help="shared mesh secret; without one the mesh is off"
-        )
-        g.add_argument("--mesh-name", metavar="NAME", help="mesh name (default 'default'); others are ignored")
-        g.add_argument(
-            "--mdns-interface",
-            metavar="IFACE",
-            action="append",
-            help="network interface for mDNS (repeatable; default all)",
-        )
+        SETTINGS.add_flags(g)  # the [mesh] settings that declare a flag (sync/config.py)
 
     def add_commands(self, subparsers: Any) -> None:
         cli.register(subparsers)

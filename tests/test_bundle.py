@@ -22,15 +22,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.golang import modzip
-from node.tools.bundle.commands import export_main, import_main
-from node.tools.bundle.format import MANIFEST_NAME, Manifest
-from node.tools.bundle.tar import TarReader
 from node.cli import build_parser
+from node.golang import dirhash, modzip, zipwriter
 from node.golang.modpath import escape_path
+from node.tools.bundle.commands import export_main, import_main
 from node.tools.bundle.export import plan_export
+from node.tools.bundle.format import MANIFEST_NAME, Manifest
 from node.tools.bundle.selection import Selection, parse_gosum, parse_since
 from node.tools.bundle.sources import FileSource
+from node.tools.bundle.tar import TarReader
 from tests.goenv import go_env, run_go
 from tests.modules import big_module, module_files
 from tests.sumdb_fixture import FakeSumDB, generate_keys
@@ -121,7 +121,7 @@ async def world(fake_proxy, tmp_path: Path):  # type: ignore[no-untyped-def]
     db = FakeSumDB(DB, generate_keys(DB, seed=bytes(range(32))))
     for (m, v), (info, mod, zip_) in MODS.items():
         up.add_module(m, v, info, mod, zip_)
-        db.add(m, v, h1_zip(zip_, tmp_path), modzip.h1_gomod(mod))
+        db.add(m, v, h1_zip(zip_, tmp_path), dirhash.h1_gomod(mod))
     await db.start()
     yield up, db
     await db.stop()
@@ -410,7 +410,7 @@ async def test_module_directory_import(make_node, capsys, tmp_path: Path) -> Non
     status, zip_bytes = await get(f"{b.url}/example.com/hello/@v/v1.2.3.zip")
     assert status == 200
     buf = io.BytesIO()
-    modzip.create_zip(src, "example.com/hello", "v1.2.3", buf)
+    zipwriter.create_zip(src, "example.com/hello", "v1.2.3", buf)
     assert zip_bytes == buf.getvalue()
     (tmp_path / "z.zip").write_bytes(zip_bytes)
     with __import__("zipfile").ZipFile(tmp_path / "z.zip") as z:
@@ -495,7 +495,7 @@ async def test_selection_filters(world, make_node, tmp_path: Path) -> None:  # t
 
     a_mod = MODS[("example.com/a", "v1.0.0")][1]
     gosum = parse_gosum(
-        f"example.com/a v1.0.0/go.mod {modzip.h1_gomod(a_mod)}\n"
+        f"example.com/a v1.0.0/go.mod {dirhash.h1_gomod(a_mod)}\n"
         f"example.com/b v0.1.0 {h1_zip(MODS[('example.com/b', 'v0.1.0')][2], tmp_path)}\n"
         f"example.com/b v0.1.0/go.mod h1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"
         "example.com/gone v1.0.0/go.mod h1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"
@@ -540,7 +540,7 @@ async def test_incremental_bundles_follow_a_growing_database(  # type: ignore[no
     for i in range(300):  # more than a tile: new full tiles, new partial widths
         db.add(f"example.com/filler{i}", "v1.0.0", "h1:" + "A" * 43 + "=", "h1:" + "B" * 43 + "=")
     up.add_module("example.com/c", "v1.0.0", *c_files)
-    db.add("example.com/c", "v1.0.0", h1_zip(c_files[2], tmp_path), modzip.h1_gomod(c_files[1]))
+    db.add("example.com/c", "v1.0.0", h1_zip(c_files[2], tmp_path), dirhash.h1_gomod(c_files[1]))
     await fetch_all(a.url, {("example.com/c", "v1.0.0"): c_files})
     await a.sumdbs.dbs[0].idle()
     assert (await cli(capsys, "export", "--node", a.url, "-o", str(b2), "--since-bundle", str(b1)))[0] == 0

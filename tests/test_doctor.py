@@ -15,9 +15,9 @@ import aiohttp
 import pytest
 from rich.console import Console
 
-from node.tools.doctor.report import diagnose, render
-from node.config import Route
 from node.cache.direct import Direct
+from node.cache.index import MetaEntry
+from node.config import Route
 from node.tools.doctor.check import Check
 from node.tools.doctor.client import auth_checks, goflags_checks, gosumdb_checks, gotoolchain_checks, private_checks
 from node.tools.doctor.consistency import View, consistency_checks
@@ -25,8 +25,8 @@ from node.tools.doctor.goenv import env_file_value, read_go_env
 from node.tools.doctor.goproxy import goproxy_checks, match_node, parse_client_goproxy, redact_list
 from node.tools.doctor.node import disk_checks
 from node.tools.doctor.probe import Probe
+from node.tools.doctor.report import diagnose, render
 from node.tools.doctor.upstreams import direct_check
-from node.cache.index import MetaEntry
 from tests.goenv import go_env
 from tests.modules import module_files
 from tests.node_fixtures import node_config

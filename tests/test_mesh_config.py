@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -12,7 +14,8 @@ import pytest
 
 from node.cli import build_parser
 from node.plugins import load_plugins
-from sync.config import MeshConfigError, flags_from_args, load_mesh_config, load_secrets
+from node.settings import Flag
+from sync.config import SETTINGS, MeshConfig, MeshConfigError, flags_from_args, load_mesh_config, load_secrets
 from sync.plugin import MeshPlugin
 from tests.mesh_fixtures import serve_args, write_secret
 
@@ -136,9 +139,8 @@ async def test_no_secret_no_mesh(tmp_path: Path, caplog: pytest.LogCaptureFixtur
         await node.listen("127.0.0.1", 0)
         assert plugin.mesh is None and node.hooks.peers is None
         assert "mesh off" in caplog.text
-        async with aiohttp.ClientSession() as s:
-            async with s.get(node.url + "/_mesh/status") as r:
-                assert r.status == 404  # no mesh routes at all
+        async with aiohttp.ClientSession() as s, s.get(node.url + "/_mesh/status") as r:
+            assert r.status == 404  # no mesh routes at all
     finally:
         await plugin.aclose()
         await node.aclose()
@@ -164,7 +166,7 @@ async def test_serve_refuses_peers_without_secret(tmp_path: Path) -> None:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 1, err
     assert "no shared secret" in err.decode() and "--mesh-secret-file" in err.decode()
 
@@ -189,3 +191,91 @@ async def test_plugin_close_releases_hooks(tmp_path: Path) -> None:
     assert (node.hooks.observers, node.hooks.access, node.hooks.authenticators) == before
     await node.aclose()
     assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("mesh:") and not t.done()]
+
+
+# ---- the declarations and what is derived from them ------------------------------------
+
+#: The [mesh] keys and their defaults; each also reads MODMESH_MESH_<KEY>.
+MESH_CONTRACT: dict[str, object] = {
+    "secret_file": None,
+    "name": "default",
+    "peers": (),
+    "mdns": True,
+    "mdns_interfaces": (),
+    "advertise": "",
+    "gossip_interval": 2.0,
+    "fanout": 3,
+    "request_timeout": 5.0,
+    "suspect_after": 10.0,
+    "dead_after": 30.0,
+    "dead_failures": 3,
+    "retry_backoff": 1.0,
+    "retry_backoff_max": 60.0,
+    "forget_after": 3600.0,
+    "auth_window": 30.0,
+    "peer_timeout": 2.0,
+    "quarantine": 600.0,
+    "half_life": 3600.0,
+    "popular_top_n": 128,
+    "presync": True,
+    "presync_interval": 10.0,
+    "presync_top_k": 200,
+    "presync_min_score": 2.0,
+    "presync_budget": 10 << 30,
+    "presync_concurrency": 2,
+    "presync_bandwidth": 0,
+    "inventory_page": 1000,
+    "max_catalog": 1_000_000,
+}
+#: The serve flags the plugin adds: (setting, metavar, repeatable, switch).
+MESH_FLAGS = {
+    "--peer": ("peers", "URL", True, False),
+    "--no-mdns": ("mdns", None, False, True),
+    "--mesh-secret-file": ("secret_file", "FILE", False, False),
+    "--mesh-name": ("name", "NAME", False, False),
+    "--mdns-interface": ("mdns_interfaces", "IFACE", True, False),
+}
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    sub = next(a for a in build_parser(load_plugins())._actions if isinstance(a, argparse._SubParsersAction))
+    parser: argparse.ArgumentParser = sub.choices["serve"]
+    return parser
+
+
+def test_declarations_keep_the_contract() -> None:
+    assert {s.toml: SETTINGS.default(s) for s in SETTINGS.all} == MESH_CONTRACT
+    assert [SETTINGS.env_var(s) for s in SETTINGS.all] == [f"MODMESH_MESH_{k.upper()}" for k in MESH_CONTRACT]
+    assert [f.name for f in dataclasses.fields(MeshConfig)] == list(MESH_CONTRACT)
+    actions = {a.option_strings[0]: a for a in _serve_parser()._actions if a.option_strings}
+    for flag, (name, metavar, repeatable, switch) in MESH_FLAGS.items():
+        a = actions[flag]
+        assert (SETTINGS.by_name[name].flag or Flag("")).spelling == flag
+        assert (a.metavar, isinstance(a, argparse._AppendAction), a.nargs == 0) == (metavar, repeatable, switch)
+        assert a.default is None
+    assert actions["--mesh-secret-file"].type is Path
+    assert {s.flag.spelling for s in SETTINGS.all if s.flag} == MESH_FLAGS.keys()
+
+
+@pytest.mark.parametrize(
+    "name, value, parsed",
+    [
+        ("advertise", "http://10.0.0.1:3000", "http://10.0.0.1:3000"),
+        ("mdns", "false", False),
+        ("mdns_interfaces", "eth0,eth1", ("eth0", "eth1")),
+        ("quarantine", "5m", 300.0),
+        ("presync_bandwidth", "20MB", 20 * 10**6),
+        ("max_catalog", "10", 10),
+    ],
+)
+def test_environment_variables(tmp_path: Path, name: str, value: str, parsed: object) -> None:
+    env = {"MODMESH_MESH_SECRET_FILE": str(write_secret(tmp_path / "s")), f"MODMESH_MESH_{name.upper()}": value}
+    assert getattr(load_mesh_config(None, env=env), name) == parsed
+
+
+def test_serve_help_shows_the_declared_help() -> None:
+    text = " ".join(_serve_parser().format_help().split())
+    for s in SETTINGS.all:
+        if s.flag is not None:
+            assert " ".join((s.flag.help or s.help).split()) in text, s.name
+    assert "network interface for mDNS (repeatable; default: all)" in text

@@ -17,11 +17,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from node.golang import modzip
-from node.server.app import HOP_HEADER
-from node.tools.doctor.report import diagnose
+from node.golang import dirhash, modzip
+from node.hooks import HOP_HEADER
 from node.tools.bundle.export import plan_export
 from node.tools.bundle.selection import Selection
+from node.tools.doctor.report import diagnose
 from tests.goenv import go_env, run_go
 from tests.mesh_fixtures import MeshNodeFactory, make_mesh_node, mesh_secret  # noqa: F401
 from tests.modules import module_files
@@ -88,7 +88,7 @@ async def test_go_builds_through_a_node_while_the_database_is_down_then_it_catch
     await db.stop()  # a firewall, an outage
     gosum = "".join(
         f"{LIB} {V}{suffix} {h}\n"
-        for suffix, h in (("", h1_zip(GENUINE[LIB][V][2], tmp_path)), ("/go.mod", modzip.h1_gomod(GENUINE[LIB][V][1])))
+        for suffix, h in (("", h1_zip(GENUINE[LIB][V][2], tmp_path)), ("/go.mod", dirhash.h1_gomod(GENUINE[LIB][V][1])))
     )
 
     # A project whose go.sum holds the hashes, with a fresh module cache: go checks go.sum.

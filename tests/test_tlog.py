@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from node.golang import dirhash, modzip
+from node.sumdb import tiles
 from node.sumdb.note import Signer, Verifier, generate_key, open_note, parse_signer, parse_verifier, sign_note
 from node.sumdb.records import Tree, format_record, format_tree, parse_record, parse_tree, split_lookup
 from node.sumdb.tiles import (

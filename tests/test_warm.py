@@ -21,6 +21,8 @@ from rich.console import Console
 from node.cache.protocol import Kind
 from node.golang import dirhash, modzip
 from node.tools.target import UsageError
+from node.tools.warm.command import print_summary, report_json
+from node.tools.warm.fetch import FileAnswer
 from node.tools.warm.inputs import (
     Target,
     UnreadableInput,
@@ -30,8 +32,6 @@ from node.tools.warm.inputs import (
     parse_list,
     parse_modfile,
 )
-from node.tools.warm.command import print_summary, report_json
-from node.tools.warm.fetch import FileAnswer
 from node.tools.warm.warm import warm, warm_data, warm_node
 from tests.goenv import go_env, run_go
 from tests.modules import big_module, module_files

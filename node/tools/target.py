@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from node.cache.upstream import GoproxyError, parse_goproxy
 from node.config import Config, ConfigError, load_config
-from node.sumdb.client import SumDBConfigError, parse_sumdb_spec
+from node.sumdb.spec import SumDBConfigError, parse_sumdb_spec
 
 if TYPE_CHECKING:
     from rich.console import Console

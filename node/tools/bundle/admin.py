@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from node.errors import InvalidRequest
-from node.server.app import ClientSink, ClientStalled, abort_connection
+from node.server.streaming import ClientSink, ClientStalled, abort_connection
 from node.tools.bundle.export import plan_export, write_bundle
 from node.tools.bundle.format import BundleError
 from node.tools.bundle.importing import import_stream

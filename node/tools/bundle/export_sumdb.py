@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from node.sumdb import tlog
+from node.sumdb import records, tlog
 from node.sumdb.cache import SumDBStore
 from node.sumdb.client import HEIGHT, SumDB
 from node.sumdb.tiles import Tile, tiles_needed_for_record, tiles_needed_for_tree_proof
@@ -77,20 +77,20 @@ async def _settle(db: SumDB) -> None:
         log.warning("checksum database %s: background tile work still running; exporting what is cached", db.name)
 
 
-def _previous_tree(prev: Manifest | None, name: str) -> tlog.Tree | None:
+def _previous_tree(prev: Manifest | None, name: str) -> records.Tree | None:
     for info in prev.sumdb if prev is not None else []:
         if info.get("name") == name:
             try:
-                return tlog.Tree(int(info["tree_size"]), base64.b64decode(str(info["tree_hash"])))
+                return records.Tree(int(info["tree_size"]), base64.b64decode(str(info["tree_hash"])))
             except (KeyError, ValueError, TypeError, tlog.TlogError):
                 return None
     return None
 
 
-def _tree_of(signed: bytes) -> tlog.Tree:
+def _tree_of(signed: bytes) -> records.Tree:
     """The tree in a signed note from our own cache (verified when it was stored)."""
     split = signed.rfind(b"\n\n")
-    return tlog.parse_tree(signed[: split + 1].decode("utf-8"))
+    return records.parse_tree(signed[: split + 1].decode("utf-8"))
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ def _database_caches(node: Node) -> list[_DatabaseCache]:
 def _plan_sumdb(
     db: _DatabaseCache,
     versions: list[tuple[str, str]],
-    prev_tree: tlog.Tree | None,
+    prev_tree: records.Tree | None,
     unchanged: Callable[[str, str], bool],
     warnings: list[str],
 ) -> tuple[list[Member], dict[str, Any]]:
@@ -145,7 +145,7 @@ def _plan_sumdb(
             )
             continue
         try:
-            rid, _text, signed = tlog.split_lookup(reply)
+            rid, _text, signed = records.split_lookup(reply)
             tree = _tree_of(signed)
             if tree.n > latest.n or rid >= tree.n:
                 raise tlog.TlogError(f"record {rid} / tree {tree.n} do not fit the newest tree {latest.n}")

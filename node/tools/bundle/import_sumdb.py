@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Protocol
 
 from node.errors import ModmeshError
-from node.sumdb import note, tlog
+from node.sumdb import note, records, tiles, tlog
 from node.sumdb.cache import SumDBStore
 from node.sumdb.client import HEIGHT, ForkDetected, SumDB, record_hashes
 from node.sumdb.tiles import Tile, tile_hash_reader, tiles_needed_for_tree_proof
@@ -103,11 +103,11 @@ class _View(Mapping[Tile, bytes]):
         return len(self.chosen)
 
 
-def _width_in(tree: tlog.Tree, t: Tile) -> int:
+def _width_in(tree: records.Tree, t: Tile) -> int:
     return min(1 << t.h, (tree.n >> (t.l * t.h)) - (t.n << t.h))
 
 
-def _verify_tiles(tree: tlog.Tree, spool: _Spool, store: SumDBStore) -> tuple[set[Tile], dict[Tile, str]]:
+def _verify_tiles(tree: records.Tree, spool: _Spool, store: SumDBStore) -> tuple[set[Tile], dict[Tile, str]]:
     """Which spooled tiles hash up to `tree` (the edge first, then parents before
     children); the rest with the reason. Pure CPU and file reads: run in a thread."""
     ok: set[Tile] = set()
@@ -121,10 +121,10 @@ def _verify_tiles(tree: tlog.Tree, spool: _Spool, store: SumDBStore) -> tuple[se
     ok |= edge
     try:
         tlog.tree_hash(tree.n, tile_hash_reader(tree, HEIGHT, view))
-    except (tlog.MissingTiles, tlog.TlogError) as e:
+    except (tiles.MissingTiles, tlog.TlogError) as e:
         why = (
             f"the tree head's edge tile {e.tiles[0].path()} is in neither the bundle nor this node"
-            if isinstance(e, tlog.MissingTiles)
+            if isinstance(e, tiles.MissingTiles)
             else "the tree head's edge tiles do not hash to its root"
         )
         for t in todo:
@@ -135,7 +135,7 @@ def _verify_tiles(tree: tlog.Tree, spool: _Spool, store: SumDBStore) -> tuple[se
         idx = [tlog.stored_hash_index(t.l * HEIGHT, (t.n << HEIGHT) + i) for i in range(t.w)]
         try:
             tile_hash_reader(tree, HEIGHT, view).read_hashes(idx)
-        except tlog.MissingTiles as e:
+        except tiles.MissingTiles as e:
             ok.discard(t)
             bad[t] = f"cannot be authenticated: its parent {e.tiles[0].path()} is in neither the bundle nor this node"
         except tlog.TlogError:
@@ -144,7 +144,7 @@ def _verify_tiles(tree: tlog.Tree, spool: _Spool, store: SumDBStore) -> tuple[se
     return ok, bad
 
 
-def _check_prefix(old: tlog.Tree, new: tlog.Tree, view: Mapping[Tile, bytes]) -> None:
+def _check_prefix(old: records.Tree, new: records.Tree, view: Mapping[Tile, bytes]) -> None:
     """TlogError if `old` is not a prefix of `new` (a fork), MissingTiles if unprovable here."""
     reader = tile_hash_reader(new, HEIGHT, view)
     tlog.check_tree(tlog.prove_tree(new.n, old.n, reader), new.n, new.hash, old.n, old.hash)
@@ -166,7 +166,7 @@ class DatabaseImport:
         self.spool = _Spool(tmp_dir)
         self.tile_entries: dict[Tile, ManifestEntry] = {}
         self.head: tuple[ManifestEntry, bytes] | None = None
-        self.tree: tlog.Tree | None = None
+        self.tree: records.Tree | None = None
         self.refusal: str | None = None
         self.settled = False
         self.lookups: list[_Lookup] = []
@@ -228,7 +228,7 @@ class DatabaseImport:
             return
         signed = self.head[1]
         try:
-            tree = tlog.parse_tree(note.open_note(signed, [db.verifier]).text)
+            tree = records.parse_tree(note.open_note(signed, [db.verifier]).text)
         except (note.NoteError, tlog.TlogError) as e:
             self._refuse_all(f"tree head not signed by this node's key for {db.name}: {e}")
             return
@@ -262,7 +262,7 @@ class DatabaseImport:
                 f"verified tree (size {current.n if current else 0}): a forked database?"
             )
             return
-        except (tlog.MissingTiles, ModmeshError) as e:
+        except (tiles.MissingTiles, ModmeshError) as e:
             self._refuse_all(
                 f"cannot check offline that the bundle's tree (size {tree.n}) and this node's (size "
                 f"{current.n if current else 0}) are one log ({e}): import the bundle exported before "
@@ -315,7 +315,7 @@ class DatabaseImport:
             if have is None:
                 await asyncio.to_thread(db.store.put_lookup, lk.module, lk.version, lk.reply)
                 self.outcome(lk.entry, "admitted")
-            elif have == lk.reply or tlog.split_lookup(have)[:2] == tlog.split_lookup(lk.reply)[:2]:
+            elif have == lk.reply or records.split_lookup(have)[:2] == records.split_lookup(lk.reply)[:2]:
                 self.outcome(lk.entry, "present")
             else:
                 log.error(
@@ -328,27 +328,27 @@ class DatabaseImport:
                 self.outcome(lk.entry, "refused", "the record differs from the one this node has")
 
 
-def _verify_lookups(tree: tlog.Tree, db: SumDB, batch: list[_Lookup]) -> list[str | None]:
+def _verify_lookups(tree: records.Tree, db: SumDB, batch: list[_Lookup]) -> list[str | None]:
     """None for each lookup whose record is the leaf at its id in a tree that is a
     prefix of `tree`, signed by the database's key; else why not. (In a thread.)"""
     reader = tile_hash_reader(tree, HEIGHT, db.store.tiles_view({}))
-    trees: dict[bytes, tlog.Tree | str] = {}
+    trees: dict[bytes, records.Tree | str] = {}
     out: list[str | None] = []
     for lk in batch:
         try:
-            rid, text, signed = tlog.split_lookup(lk.reply)
+            rid, text, signed = records.split_lookup(lk.reply)
         except tlog.TlogError as e:
             out.append(f"malformed lookup reply: {e}")
             continue
         own = trees.get(signed)
         if own is None:
             try:
-                own = tlog.parse_tree(note.open_note(signed, [db.verifier]).text)
+                own = records.parse_tree(note.open_note(signed, [db.verifier]).text)
                 if own.n > tree.n:
                     own = f"its tree head (size {own.n}) is newer than the bundle's (size {tree.n})"
                 elif tlog.tree_hash(own.n, reader) != own.hash:
                     own = f"its tree head (size {own.n}) is not a prefix of the bundle's"
-            except (note.NoteError, tlog.TlogError, tlog.MissingTiles) as e:
+            except (note.NoteError, tlog.TlogError, tiles.MissingTiles) as e:
                 own = f"its tree head does not verify: {e}"
             trees[signed] = own
         if isinstance(own, str):
@@ -361,7 +361,7 @@ def _verify_lookups(tree: tlog.Tree, db: SumDB, batch: list[_Lookup]) -> list[st
         else:
             try:
                 leaf = reader.read_hashes([tlog.stored_hash_index(0, rid)])[0]
-            except tlog.MissingTiles as e:
+            except tiles.MissingTiles as e:
                 out.append(f"cannot be verified: tile {e.tiles[0].path()} is in neither the bundle nor this node")
                 continue
             except tlog.TlogError as e:

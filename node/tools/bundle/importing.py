@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from node.cache import verify
 from node.errors import IntegrityError, ModmeshError
-from node.golang import modzip
+from node.golang import dirhash
 from node.tools.bundle.format import (
     BundleError,
     Manifest,
@@ -228,8 +228,8 @@ class Importer:
         if e.kind != "zip":
             body = await _read_all(chunks, MAX_SMALL, e.label)
             problem = _mismatch(e, len(body), hashlib.sha256(body).hexdigest())
-            if problem is None and e.kind == "mod" and e.h1 and modzip.h1_gomod(body) != e.h1:
-                problem = f"h1 {modzip.h1_gomod(body)} does not match the manifest's {e.h1}"
+            if problem is None and e.kind == "mod" and e.h1 and dirhash.h1_gomod(body) != e.h1:
+                problem = f"h1 {dirhash.h1_gomod(body)} does not match the manifest's {e.h1}"
             if problem is not None:
                 raise IntegrityError(f"{problem}; not admitted")
             yield body
