@@ -8,9 +8,9 @@ nothing here can make the node serve unverified bytes.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Protocol, TypedDict
 
 from aiohttp import web
 
@@ -50,6 +50,68 @@ class PeerSource(Protocol):
         """How asking `peer` went: None, or the error (IntegrityError: it lied)."""
 
 
+# ---- the mesh's status record --------------------------------------------------------
+#
+# What `GET /_mesh/status` answers as JSON and `modmesh peers` prints; the dashboard
+# reads the same record through `Hooks.mesh_status`. sync/status.py builds it. The
+# keys are a public format (other tooling reads the JSON): add keys, never rename.
+
+
+class MemberStatus(TypedDict):
+    """One member of the mesh as this node sees it."""
+
+    node_id: str
+    url: str
+    state: str  # alive, suspect, dead
+    source: str  # static, mdns, gossip
+    last_seen_s: float
+    inventory: int  # files it holds (as far as we synced its change log)
+    synced_serial: int
+    head_serial: int
+    backlog: int  # change-log entries not synced yet
+    failures: int
+    quarantined_s: float  # seconds of quarantine left; 0 when not quarantined
+    quarantine_reason: str
+
+
+class SeedStatus(TypedDict):
+    """A URL the mesh tries: a static peer, or one mDNS announced."""
+
+    url: str
+    source: str
+    node_id: str | None
+    self: bool  # the URL turned out to be this node
+
+
+class CatalogStatus(TypedDict):
+    entries: int
+    skipped: int
+
+
+class PresyncStatus(TypedDict):
+    enabled: bool
+    active: list[str]
+    backlog: int
+    store_bytes: int
+    budget_bytes: int
+
+
+class MeshStatus(TypedDict):
+    """This node in its mesh: who it is, its members and seeds, sync and pre-sync."""
+
+    node_id: str
+    mesh: str
+    url: str
+    epoch: str
+    head_serial: int
+    inventory: int
+    members: list[MemberStatus]
+    seeds: list[SeedStatus]
+    catalog: CatalogStatus
+    presync: PresyncStatus
+    sync_backlog: int
+
+
 @dataclass
 class Hooks:
     observers: list[StoreObserver] = field(default_factory=list)
@@ -57,6 +119,18 @@ class Hooks:
     peers: PeerSource | None = None
     #: Accept a request without client credentials (the mesh's signed peer requests).
     authenticators: list[Callable[[web.Request], bool]] = field(default_factory=list)
+    #: Told the node's base URL once `Node.listen` has bound it (the port may have
+    #: been 0 until then). Called on the event loop; must not block.
+    listeners: list[Callable[[str], None]] = field(default_factory=list)
+    #: The mesh's status record, for the dashboard; None when no mesh runs.
+    mesh_status: Callable[[], MeshStatus] | None = None
+
+    def listening(self, url: str) -> None:
+        for cb in self.listeners:
+            try:
+                cb(url)
+            except Exception:
+                log.exception("listening hook %r failed", cb)
 
     def accessed(self, req: ModRequest, cache: str) -> None:
         for obs in self.access:
