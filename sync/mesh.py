@@ -2,9 +2,10 @@
 
 `Mesh.start()` runs between `Node.start()` and `Node.listen()`: it adds the
 /_mesh/ routes and their auth middleware to the node's app, hooks the store and
-access observers and the peer source, and starts one owned task that waits for
-the node to listen (the port is known only then), starts mDNS and then runs the
-gossip and pre-sync loops. `aclose()` undoes all of it; no task survives it.
+access observers, the peer source and the status record (for the dashboard), and
+starts one owned task that waits for the node to listen (the port is known only
+then), starts mDNS and then runs the gossip and pre-sync loops. `aclose()` undoes
+all of it; no task survives it.
 
 Per round: apply timeouts, pick `fanout` random live members plus due retries
 and static peers, exchange Gossip with each (push-pull), and for every member
@@ -30,8 +31,9 @@ from aiohttp import web
 
 from node.cache.index import Entry
 from node.cache.protocol import ModRequest
-from node.service import Node
 from node.cache.upstream import CircuitBreaker, Timeouts, Upstream
+from node.hooks import MeshStatus
+from node.service import Node
 
 from . import peerapi
 from .auth import HOP_HEADER, AuthError, RateLimitedLog, Signer, Verifier, auth_middleware
@@ -149,6 +151,7 @@ class Mesh:
         node.hooks.observers.append(self)
         node.hooks.access.append(self)
         node.hooks.authenticators.append(self.authenticate)
+        node.hooks.mesh_status = self.status
         host, port = node.config.host_port
         if self.cfg.mdns and port:
             # The port is known before listening: a discovery failure stops start-up.
@@ -169,6 +172,8 @@ class Mesh:
         hooks.observers[:] = [o for o in hooks.observers if o is not self]
         hooks.access[:] = [o for o in hooks.access if o is not self]
         hooks.authenticators[:] = [a for a in hooks.authenticators if a != self.authenticate]
+        if hooks.mesh_status == self.status:
+            hooks.mesh_status = None
         await self.tasks.aclose()
         if self.discovery is not None:
             try:
@@ -353,7 +358,7 @@ class Mesh:
     async def _exchange(self, url: str, body: bytes, member: Member | None = None, seed: Seed | None = None) -> None:
         try:
             reply = await self.client.gossip(url, body)
-        except (aiohttp.ClientError, asyncio.TimeoutError, MessageError, Refused, OSError) as e:
+        except (TimeoutError, aiohttp.ClientError, MessageError, Refused, OSError) as e:
             self.metrics.gossip_rounds.labels("error").inc()
             now = self.clock()
             if isinstance(e, Refused):
@@ -421,5 +426,20 @@ class Mesh:
     def backlog(self) -> int:
         return sum(m.backlog for m in self.membership.members.values()) + self.presync.backlog
 
-    def status(self) -> dict[str, Any]:
-        return mesh_status(self, self.clock())
+    def status(self) -> MeshStatus:
+        """`/_mesh/status`, `modmesh peers` and the dashboard (node.hooks.mesh_status)."""
+        return mesh_status(
+            node_id=self.node_id,
+            mesh=self.cfg.name,
+            url=self.url,
+            epoch=self.node.index.epoch,
+            head_serial=self.inventory.head,
+            inventory=self.inventory.count,
+            members=self.membership.members.values(),
+            seeds=self.membership.seeds,
+            catalog=self.catalog,
+            presync=self.presync,
+            presync_enabled=self.cfg.presync,
+            sync_backlog=self.backlog(),
+            now=self.clock(),
+        )

@@ -14,11 +14,14 @@ middleware in auth.py before a handler runs.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiohttp import web
 
+from node.hooks import MeshStatus
+
 from .auth import PEER_ID
+from .client import MSGPACK
 from .messages import (
     MAX_GOSSIP_BYTES,
     MAX_PAGE_ENTRIES,
@@ -30,8 +33,6 @@ from .messages import (
     encode_page,
 )
 
-from .client import MSGPACK
-
 
 class MeshAPI(Protocol):
     def on_gossip(self, msg: Gossip, remote: str | None) -> Gossip | None:
@@ -39,7 +40,7 @@ class MeshAPI(Protocol):
 
     async def inventory_page(self, epoch: str, after: int, limit: int) -> InventoryPage: ...
 
-    def status(self) -> dict[str, Any]: ...
+    def status(self) -> MeshStatus: ...
 
 
 def _bad(text: str, status: int = 400) -> web.Response:

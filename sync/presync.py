@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from node.errors import ModmeshError
 from node.cache.index import Index
 from node.cache.protocol import ModRequest, parse_request
+from node.errors import ModmeshError
 
 from .catalog import Catalog, Holding, key_of, slots_of
 from .config import MeshConfig
