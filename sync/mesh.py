@@ -1,11 +1,12 @@
 """The running mesh on one node: the composition root of package `sync`.
 
 `Mesh.start()` runs between `Node.start()` and `Node.listen()`: it adds the
-/_mesh/ routes and their auth middleware to the node's app, hooks the store and
-access observers, the peer source and the status record (for the dashboard), and
-starts one owned task that waits for the node to listen (the port is known only
-then), starts mDNS and then runs the gossip and pre-sync loops. `aclose()` undoes
-all of it; no task survives it.
+/_mesh/ routes and their auth middleware to the node's app and sets its hooks
+(store and access observers, the peer source, the authenticator, the status
+record for the dashboard, and `listening`). When the node has listened (the port
+is known only then) the `listening` hook starts one owned task that starts mDNS
+and then runs the gossip and pre-sync loops. `aclose()` undoes all of it; no task
+survives it.
 
 Per round: apply timeouts, pick `fanout` random live members plus due retries
 and static peers, exchange Gossip with each (push-pull), and for every member
@@ -143,7 +144,7 @@ class Mesh:
             lambda node_id: self.membership.failed(node_id, self.clock()),
         )
         self.presync = PreSync(self.cfg, self.popularity, self.catalog, self.membership, puller, node.index, self.clock)
-        self.presync.store_bytes = (await node.index.totals())[1]
+        self.presync.store_bytes = node.store_bytes
         max_size = getattr(node.config, "max_size", None)  # storage limits, where the node has them
         if max_size:
             self.presync.budget = min(self.presync.budget, int(max_size * 0.9))
@@ -151,12 +152,12 @@ class Mesh:
         node.hooks.observers.append(self)
         node.hooks.access.append(self)
         node.hooks.authenticators.append(self.authenticate)
+        node.hooks.listeners.append(self.listening)
         node.hooks.mesh_status = self.status
         host, port = node.config.host_port
         if self.cfg.mdns and port:
             # The port is known before listening: a discovery failure stops start-up.
             await self._start_discovery(host, port)
-        self.tasks.spawn(self._run(), "run")
         log.info(
             "mesh %r on: node id %s, %d static peers, mDNS %s",
             self.cfg.name,
@@ -172,6 +173,7 @@ class Mesh:
         hooks.observers[:] = [o for o in hooks.observers if o is not self]
         hooks.access[:] = [o for o in hooks.access if o is not self]
         hooks.authenticators[:] = [a for a in hooks.authenticators if a != self.authenticate]
+        hooks.listeners[:] = [f for f in hooks.listeners if f != self.listening]
         if hooks.mesh_status == self.status:
             hooks.mesh_status = None
         await self.tasks.aclose()
@@ -185,12 +187,14 @@ class Mesh:
             await self._session.close()
             self._session = None
 
-    async def _run(self) -> None:
-        while not self.node.url:  # plugins start before the node listens; no hook tells us when
-            await asyncio.sleep(0.02)
-        self.url = self_url(self.node.url, self.cfg.advertise)
+    def listening(self, url: str) -> None:
+        """node.hooks.listening: the node listens at `url`; announce it, and start the rounds."""
+        self.url = self_url(url, self.cfg.advertise)
+        self.tasks.spawn(self._run(url), "run")
+
+    async def _run(self, listen_url: str) -> None:
         if self.cfg.mdns and self.discovery is None:
-            parts = urlsplit(self.node.url)
+            parts = urlsplit(listen_url)
             try:
                 await self._start_discovery(parts.hostname or "", parts.port or 0)
             except (OSError, ValueError) as e:
@@ -211,8 +215,7 @@ class Mesh:
             await asyncio.sleep(interval * rng.uniform(0.8, 1.2))
 
     async def _presync_round(self) -> None:
-        measured = self.node.metrics.registry.get_sample_value("modmesh_store_bytes")
-        await self.presync.round(lambda coro, name: self.tasks.spawn(coro, name), measured)
+        await self.presync.round(lambda coro, name: self.tasks.spawn(coro, name), self.node.store_bytes)
 
     # ---- discovery (sync/discovery.py, written separately; optional) ----------------
 
