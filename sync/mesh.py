@@ -17,14 +17,13 @@ own interval.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -50,6 +49,10 @@ from .presync import PreSync
 from .status import mesh_status
 from .tasks import TaskSet
 from .transfer import MeshPeers, Puller, RateLimiter
+
+if TYPE_CHECKING:  # imported when mDNS starts: the mesh runs without it (static peers)
+    from .announcement import Announcement
+    from .discovery import Discovery
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +101,7 @@ class Mesh:
         self.tasks = TaskSet()
         self.url = ""
         self.heartbeat = 0
-        self.discovery: Any = None
+        self.discovery: Discovery | None = None
         self._session: aiohttp.ClientSession | None = None
         self._upstreams: dict[str, Upstream] = {}
         self._logs = RateLimitedLog()
@@ -217,29 +220,21 @@ class Mesh:
     async def _presync_round(self) -> None:
         await self.presync.round(lambda coro, name: self.tasks.spawn(coro, name), self.node.store_bytes)
 
-    # ---- discovery (sync/discovery.py, written separately; optional) ----------------
+    # ---- mDNS (discovery.py, announcement.py, addresses.py; optional) ------------------
 
     async def _start_discovery(self, host: str, port: int) -> None:
         """mDNS announces where we listen; a node listening on loopback only browses."""
         try:
+            from .addresses import advertised_for
             from .discovery import Discovery
         except ImportError:
             log.warning("mDNS discovery is not available in this build; use --peer URL")
             return
-        addresses: list[str] | None = [host]
-        try:
-            ip = ipaddress.ip_address(host)
-            if ip.is_unspecified:
-                addresses = None  # every interface's own address
-            elif ip.is_loopback:
-                addresses = []
-                log.warning("mDNS: this node listens on %s only; it can find peers but not be found", host)
-        except ValueError:
-            addresses = None
+        addresses = advertised_for(host)
         loop = asyncio.get_running_loop()
 
         # zeroconf may call from its own thread: only hand the event to our loop.
-        def found(ann: Any) -> None:
+        def found(ann: Announcement) -> None:
             loop.call_soon_threadsafe(self._found, ann)
 
         def lost(node_id: str) -> None:
@@ -257,7 +252,7 @@ class Mesh:
         )
         await self.discovery.start()
 
-    def _found(self, ann: Any) -> None:
+    def _found(self, ann: Announcement) -> None:
         if ann.mesh != self.cfg.name or ann.protocol != PROTOCOL or ann.node_id == self.node_id:
             return
         self.membership.add_seed(str(ann.url).rstrip("/"), "mdns", ann.node_id)
