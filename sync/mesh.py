@@ -23,7 +23,6 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -42,6 +41,7 @@ from .client import PeerClient, Refused
 from .config import MeshConfig, load_secrets
 from .gossip import Popularity, effective_url, self_url
 from .inventory import Inventory
+from .mdns import MeshDiscovery
 from .membership import Member, Membership, Seed, Timing
 from .messages import MAX_MEMBERS, PROTOCOL, Gossip, InventoryPage, MessageError, encode_gossip
 from .metrics import MeshMetrics
@@ -49,10 +49,6 @@ from .presync import PreSync
 from .status import mesh_status
 from .tasks import TaskSet
 from .transfer import MeshPeers, Puller, RateLimiter
-
-if TYPE_CHECKING:  # imported when mDNS starts: the mesh runs without it (static peers)
-    from .announcement import Announcement
-    from .discovery import Discovery
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +97,7 @@ class Mesh:
         self.tasks = TaskSet()
         self.url = ""
         self.heartbeat = 0
-        self.discovery: Discovery | None = None
+        self.mdns = MeshDiscovery(self.node_id, cfg, self.membership, clock)
         self._session: aiohttp.ClientSession | None = None
         self._upstreams: dict[str, Upstream] = {}
         self._logs = RateLimitedLog()
@@ -160,7 +156,7 @@ class Mesh:
         host, port = node.config.host_port
         if self.cfg.mdns and port:
             # The port is known before listening: a discovery failure stops start-up.
-            await self._start_discovery(host, port)
+            await self.mdns.start(host, port)
         log.info(
             "mesh %r on: node id %s, %d static peers, mDNS %s",
             self.cfg.name,
@@ -180,12 +176,7 @@ class Mesh:
         if hooks.mesh_status == self.status:
             hooks.mesh_status = None
         await self.tasks.aclose()
-        if self.discovery is not None:
-            try:
-                await self.discovery.aclose()
-            except Exception:
-                log.exception("closing mDNS discovery failed")
-            self.discovery = None
+        await self.mdns.aclose()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -196,10 +187,10 @@ class Mesh:
         self.tasks.spawn(self._run(url), "run")
 
     async def _run(self, listen_url: str) -> None:
-        if self.cfg.mdns and self.discovery is None:
+        if self.cfg.mdns and not self.mdns.started:
             parts = urlsplit(listen_url)
             try:
-                await self._start_discovery(parts.hostname or "", parts.port or 0)
+                await self.mdns.start(parts.hostname or "", parts.port or 0)
             except (OSError, ValueError) as e:
                 log.error("mDNS discovery failed to start: %s; static peers only", e)
         self.tasks.spawn(self._loop(self.cfg.gossip_interval, self._round), "gossip")
@@ -219,47 +210,6 @@ class Mesh:
 
     async def _presync_round(self) -> None:
         await self.presync.round(lambda coro, name: self.tasks.spawn(coro, name), self.node.store_bytes)
-
-    # ---- mDNS (discovery.py, announcement.py, addresses.py; optional) ------------------
-
-    async def _start_discovery(self, host: str, port: int) -> None:
-        """mDNS announces where we listen; a node listening on loopback only browses."""
-        try:
-            from .addresses import advertised_for
-            from .discovery import Discovery
-        except ImportError:
-            log.warning("mDNS discovery is not available in this build; use --peer URL")
-            return
-        addresses = advertised_for(host)
-        loop = asyncio.get_running_loop()
-
-        # zeroconf may call from its own thread: only hand the event to our loop.
-        def found(ann: Announcement) -> None:
-            loop.call_soon_threadsafe(self._found, ann)
-
-        def lost(node_id: str) -> None:
-            loop.call_soon_threadsafe(self._lost, node_id)
-
-        self.discovery = Discovery(
-            self.node_id,
-            self.cfg.name,
-            port,
-            PROTOCOL,
-            on_found=found,
-            on_lost=lost,
-            interfaces=list(self.cfg.mdns_interfaces) or None,
-            addresses=addresses,
-        )
-        await self.discovery.start()
-
-    def _found(self, ann: Announcement) -> None:
-        if ann.mesh != self.cfg.name or ann.protocol != PROTOCOL or ann.node_id == self.node_id:
-            return
-        self.membership.add_seed(str(ann.url).rstrip("/"), "mdns", ann.node_id)
-
-    def _lost(self, node_id: str) -> None:
-        self.membership.drop_seeds(node_id)
-        self.membership.lost(node_id, self.clock())
 
     # ---- observers (node.hooks) ------------------------------------------------------
 
