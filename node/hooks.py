@@ -1,8 +1,43 @@
 """The seam the mesh (package `sync`) plugs into; `node` never imports `sync`.
 
 The node calls these hooks; the mesh implements them. Kept deliberately small:
-each method is a fact the node knows first (a verified blob was stored), and
-nothing here can make the node serve unverified bytes.
+each method is a fact the node knows first (a verified blob was stored, where it
+listens), and nothing here can make the node serve unverified bytes. The mesh's
+status record (`MeshStatus`) is typed here too, so that the dashboard can read it
+without importing `sync`.
+
+What `sync` may use from `node` -- the whole contract. A change to any of these is
+a change to the mesh; anything not listed is node's to change freely.
+tests/test_mesh_seam.py checks that sync imports nothing from node beyond this list.
+
+- `node.hooks`: `Hooks` -- `observers` (StoreObserver), `access` (AccessObserver),
+  `peers` (PeerSource, with `PeerCandidate`), `authenticators`, `listeners` (told
+  the base URL by `Node.listen`), `mesh_status` (the dashboard's view of the mesh)
+  -- and the status record `MeshStatus`, `MemberStatus`, `SeedStatus`,
+  `CatalogStatus`, `PresyncStatus`.
+- `node.service`: `Node`, between `start()` and `aclose()`, for these only:
+  `config` (`data`, `host_port`, `sections`, `max_size`), `app` (routes and a
+  middleware, added before `listen()`; `frozen`), `hooks`, `index`, `store.tmp_dir`,
+  `proxy`, `metrics` (`registry`; and for `Upstream`), and `store_bytes` (the store's
+  size as of the node's last stats tick). Not `url`: the `listening` hook says it.
+- `node.config`: `ConfigError`, `coerce` (the `[mesh]` table's values are parsed
+  like node's own), `load_config` (`modmesh peers --config`).
+- `node.cache.index`: `Entry` (`module`, `version`, `kind`, `serial`, `sha256`, `h1`,
+  `size`, `source`, `unverified`), `Index` (`epoch`, `get()`, `changes_since()` -- the
+  change log peers page through -- and `db`, for one read of the `entries` table's
+  highest serial and row count).
+- `node.cache.protocol`: `ModRequest` (`module`, `version`, `kind`, `key`,
+  `versioned`, `upstream_path`), `parse_request`.
+- `node.cache.proxy`: `ModuleProxy`, for `admit()` only (a blob pre-synced from a
+  peer is verified and stored like one from any upstream).
+- `node.cache.upstream`: `Upstream` (`base`, `label`), `Timeouts`, `CircuitBreaker`
+  (a peer is asked like an upstream, through the node's own fetch-and-verify path).
+- `node.errors`: `ModmeshError`, `IntegrityError`, `NotFound`.
+- `node.golang.modzip`: `MAX_ZIP_FILE`.
+- `node.server.app`: `HOP_HEADER` (a request with it is answered from the cache only).
+
+Besides, `sync.plugin.MeshPlugin` meets `node.plugins.Plugin` (structurally, without
+importing it): it is started after `Node.start()` and before `Node.listen()`.
 """
 
 from __future__ import annotations
