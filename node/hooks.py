@@ -1,8 +1,45 @@
 """The seam the mesh (package `sync`) plugs into; `node` never imports `sync`.
 
 The node calls these hooks; the mesh implements them. Kept deliberately small:
-each method is a fact the node knows first (a verified blob was stored), and
-nothing here can make the node serve unverified bytes.
+each method is a fact the node knows first (a verified blob was stored, where it
+listens), and nothing here can make the node serve unverified bytes. The mesh's
+status record (`MeshStatus`) is typed here too, so that the dashboard can read it
+without importing `sync`.
+
+What `sync` may use from `node` -- the whole contract. A change to any of these is
+a change to the mesh; anything not listed is node's to change freely.
+tests/test_mesh_seam.py checks that sync imports nothing from node beyond this list.
+
+- `node.hooks`: `HOP_HEADER` (a request with it is answered from the cache only, and
+  is no local use); `Hooks` -- `observers` (StoreObserver), `access` (AccessObserver),
+  `peers` (PeerSource, with `PeerCandidate`), `authenticators`, `listeners` (told
+  the base URL by `Node.listen`), `mesh_status` (the dashboard's view of the mesh)
+  -- and the status record `MeshStatus`, `MemberStatus`, `SeedStatus`,
+  `CatalogStatus`, `PresyncStatus`.
+- `node.service`: `Node`, between `start()` and `aclose()`, for these only:
+  `config` (`data`, `host_port`, `sections`, `max_size`), `app` (routes and a
+  middleware, added before `listen()`; `frozen`), `hooks`, `index`, `store.tmp_dir`,
+  `proxy`, `metrics` (`registry`; and for `Upstream`), and `store_bytes` (the store's
+  size as of the node's last stats tick). Not `url`: the `listening` hook says it.
+- `node.config`: `ConfigError`, `load_config` (`modmesh peers --config`).
+- `node.settings`: `Settings`, `setting`, `Flag`, `ConfigError`, `parse_size` (the
+  `[mesh]` settings are declared like node's own: one declaration, TOML keys,
+  `MODMESH_MESH_*` variables and serve flags derived from it).
+- `node.cache.index`: `Entry` (`module`, `version`, `kind`, `serial`, `sha256`, `h1`,
+  `size`, `source`, `unverified`), `Index` (`epoch`, `get()`, `changes_since()` -- the
+  change log peers page through -- and `db`, for one read of the `entries` table's
+  highest serial and row count).
+- `node.cache.protocol`: `ModRequest` (`module`, `version`, `kind`, `key`,
+  `versioned`, `upstream_path`), `parse_request`.
+- `node.cache.proxy`: `ModuleProxy`, for `admit()` only (a blob pre-synced from a
+  peer is verified and stored like one from any upstream).
+- `node.cache.upstream`: `Upstream` (`base`, `label`), `Timeouts`, `CircuitBreaker`
+  (a peer is asked like an upstream, through the node's own fetch-and-verify path).
+- `node.errors`: `ModmeshError`, `IntegrityError`, `NotFound`.
+- `node.golang.modzip`: `MAX_ZIP_FILE`.
+
+Besides, `sync.plugin.MeshPlugin` meets `node.plugins.Plugin` (structurally, without
+importing it): it is started after `Node.start()` and before `Node.listen()`.
 """
 
 from __future__ import annotations
@@ -10,7 +47,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypedDict
 
 from aiohttp import web
 
@@ -54,6 +91,68 @@ class PeerSource(Protocol):
         """How asking `peer` went: None, or the error (IntegrityError: it lied)."""
 
 
+# ---- the mesh's status record --------------------------------------------------------
+#
+# What `GET /_mesh/status` answers as JSON and `modmesh peers` prints; the dashboard
+# reads the same record through `Hooks.mesh_status`. sync/status.py builds it. The
+# keys are a public format (other tooling reads the JSON): add keys, never rename.
+
+
+class MemberStatus(TypedDict):
+    """One member of the mesh as this node sees it."""
+
+    node_id: str
+    url: str
+    state: str  # alive, suspect, dead
+    source: str  # static, mdns, gossip
+    last_seen_s: float
+    inventory: int  # files it holds (as far as we synced its change log)
+    synced_serial: int
+    head_serial: int
+    backlog: int  # change-log entries not synced yet
+    failures: int
+    quarantined_s: float  # seconds of quarantine left; 0 when not quarantined
+    quarantine_reason: str
+
+
+class SeedStatus(TypedDict):
+    """A URL the mesh tries: a static peer, or one mDNS announced."""
+
+    url: str
+    source: str
+    node_id: str | None
+    self: bool  # the URL turned out to be this node
+
+
+class CatalogStatus(TypedDict):
+    entries: int
+    skipped: int
+
+
+class PresyncStatus(TypedDict):
+    enabled: bool
+    active: list[str]
+    backlog: int
+    store_bytes: int
+    budget_bytes: int
+
+
+class MeshStatus(TypedDict):
+    """This node in its mesh: who it is, its members and seeds, sync and pre-sync."""
+
+    node_id: str
+    mesh: str
+    url: str
+    epoch: str
+    head_serial: int
+    inventory: int
+    members: list[MemberStatus]
+    seeds: list[SeedStatus]
+    catalog: CatalogStatus
+    presync: PresyncStatus
+    sync_backlog: int
+
+
 @dataclass
 class Hooks:
     observers: list[StoreObserver] = field(default_factory=list)
@@ -61,6 +160,18 @@ class Hooks:
     peers: PeerSource | None = None
     #: Accept a request without client credentials (the mesh's signed peer requests).
     authenticators: list[Callable[[web.Request], bool]] = field(default_factory=list)
+    #: Told the node's base URL once `Node.listen` has bound it (the port may have
+    #: been 0 until then). Called on the event loop; must not block.
+    listeners: list[Callable[[str], None]] = field(default_factory=list)
+    #: The mesh's status record, for the dashboard; None when no mesh runs.
+    mesh_status: Callable[[], MeshStatus] | None = None
+
+    def listening(self, url: str) -> None:
+        for cb in self.listeners:
+            try:
+                cb(url)
+            except Exception:
+                log.exception("listening hook %r failed", cb)
 
     def accessed(self, req: ModRequest, cache: str) -> None:
         for obs in self.access:

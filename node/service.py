@@ -64,6 +64,8 @@ class Node:
         self.proxy: ModuleProxy
         self.app: web.Application
         self.url = ""
+        #: Bytes the index references, as of the last stats tick (every STATS_INTERVAL).
+        self.store_bytes = 0
 
     async def start(self) -> None:
         cfg = self.config
@@ -210,6 +212,7 @@ class Node:
             ",".join(u.name for u in self.chain.upstreams) or "off",
             self.config.data,
         )
+        self.hooks.listening(self.url)
         return self.url
 
     async def aclose(self) -> None:
@@ -278,6 +281,7 @@ class Node:
         count, size = await self.index.totals()
         self.metrics.store_blobs.set(count)
         self.metrics.store_bytes.set(size)
+        self.store_bytes = size
         self.storage.observe(size)  # over max_size: an eviction pass starts in the background
 
     async def _stats_loop(self) -> None:

@@ -22,6 +22,7 @@ from rich.table import Table
 from yarl import URL
 
 from node.config import ConfigError, load_config
+from node.hooks import MeshStatus
 
 from .auth import Signer
 from .config import load_mesh_config, load_secrets
@@ -48,7 +49,7 @@ def _secret_file(args: argparse.Namespace) -> Path | None:
     return load_mesh_config(section, os.environ, {"secret_file": args.mesh_secret_file}).secret_file
 
 
-async def fetch_status(node_url: str, secret: bytes, timeout: float = 10.0) -> dict[str, Any]:
+async def fetch_status(node_url: str, secret: bytes, timeout: float = 10.0) -> MeshStatus:
     base = node_url.rstrip("/")
     signer = Signer(secret, "cli")
     path = URL(base).raw_path.rstrip("/") + STATUS_PATH
@@ -63,7 +64,7 @@ async def fetch_status(node_url: str, secret: bytes, timeout: float = 10.0) -> d
             if r.status == 404:
                 raise LookupError("the node does not run the mesh (no secret configured?)")
             r.raise_for_status()
-            result: dict[str, Any] = await r.json()
+            result: MeshStatus = await r.json()
             return result
 
 
@@ -75,7 +76,7 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h ago"
 
 
-def render(status: dict[str, Any], width: int = 120) -> str:
+def render(status: MeshStatus, width: int = 120) -> str:
     """The status as a table (text), for terminals and tests alike."""
     table = Table(title=f"mesh {status['mesh']!r} seen from {status['node_id']} ({status['url']})")
     for col in ("node", "url", "state", "last seen", "inventory", "backlog", "note"):

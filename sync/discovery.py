@@ -1,9 +1,9 @@
-"""mDNS / DNS-SD discovery of modmesh nodes on the LAN (`_modmesh._tcp.local.`).
+"""mDNS / DNS-SD discovery of modmesh nodes on the LAN: register this node, browse
+for the others, and report them found and lost.
 
-Each node registers one service instance whose TXT record says who it is (node id,
-mesh name, protocol version, port) and browses for the others. Discovery only tells
-the mesh that a node *exists* at a URL; the mesh decides whether to talk to it (the
-mesh secret, the protocol version), so nothing here is trusted for anything else.
+What is announced and how it is read back is announcement.py; which interfaces and
+addresses are used is addresses.py. Discovery only tells the mesh that a node
+*exists* at a URL; the mesh decides whether to talk to it.
 
 Why the shape below:
 
@@ -16,9 +16,7 @@ Why the shape below:
 - Records are registered with a short TTL (RECORD_TTL) so a node that crashed without
   sending its goodbye is reported lost within about two minutes, not zeroconf's
   default 75 minutes for PTR records.
-- IPv4 only: the interfaces are named by the operator and resolved to their IPv4
-  addresses, which is what zeroconf's `interfaces=` takes; loopback addresses are
-  never advertised unless given explicitly, because a peer could not reach them.
+- IPv4 only (see addresses.py).
 
 `python -m sync.discovery` lists the nodes visible on the LAN (a diagnostic, and what
 the network-namespace tests run inside each namespace).
@@ -30,34 +28,22 @@ import argparse
 import asyncio
 import contextlib
 import functools
-import hashlib
 import ipaddress
 import json
 import logging
-import re
 import signal
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
 
-import ifaddr
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-__all__ = [
-    "Announcement",
-    "Discovery",
-    "SERVICE_TYPE",
-    "instance_name",
-    "interface_addresses",
-    "parse_announcement",
-    "txt_properties",
-]
+from .addresses import Network, mdns_addresses
+from .announcement import SERVICE_TYPE, Announcement, instance_name, parse_announcement, txt_properties
 
 log = logging.getLogger(__name__)
 
-SERVICE_TYPE = "_modmesh._tcp.local."
 #: TTL of every record we publish (seconds). Browsers re-query at ~80% of it, so a
 #: crashed node (no goodbye) is reported lost after about this long.
 RECORD_TTL = 120
@@ -68,131 +54,6 @@ RESOLVE_ATTEMPTS = 3
 #: After a change, look once more when superseded records have left the cache: a
 #: cache-flush (RFC 6762 10.2) keeps the old SRV/A records for one second.
 SETTLE_SECONDS = 1.5
-TXT_VERSION = "1"
-_MAX_LABEL = 63
-
-
-@dataclass(frozen=True)
-class Announcement:
-    """What a node announces about itself; `url` is where its HTTP API listens."""
-
-    node_id: str
-    mesh: str
-    protocol: int
-    url: str  # "http://<addr>:<port>"
-
-
-# ---- pure helpers ----------------------------------------------------------------
-
-
-def instance_name(node_id: str) -> str:
-    """A DNS-SD instance label for a node: readable, at most 63 bytes, and distinct
-    for distinct node ids (a hash replaces the tail of long or rewritten ids), so two
-    nodes never end up sharing an instance or host name."""
-    clean = re.sub(r"[^A-Za-z0-9-]", "-", node_id)
-    label = f"modmesh-{clean}"
-    if clean != node_id or len(label) > _MAX_LABEL:
-        digest = hashlib.sha256(node_id.encode()).hexdigest()[:12]
-        label = f"{label[: _MAX_LABEL - 13].rstrip('-')}-{digest}"
-    return label
-
-
-def txt_properties(node_id: str, mesh: str, protocol: int, port: int) -> dict[str, str]:
-    """The TXT record we publish. Each `key=value` must fit one 255-byte TXT string."""
-    props = {"txtvers": TXT_VERSION, "id": node_id, "mesh": mesh, "proto": str(protocol), "port": str(port)}
-    for k, v in props.items():
-        if len(f"{k}={v}".encode()) > 255:
-            raise ValueError(f"mDNS TXT entry {k!r} is too long ({len(v.encode())} bytes)")
-    return props
-
-
-def _text(props: Mapping[bytes, bytes | None], key: bytes) -> str | None:
-    raw = props.get(key)
-    if raw is None:
-        return None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
-def _url(address: str, port: int) -> str:
-    ip = ipaddress.ip_address(address)
-    host = f"[{ip}]" if ip.version == 6 else str(ip)
-    return f"http://{host}:{port}"
-
-
-def _rank(address: str, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> int:
-    """Lower is better: on one of our own networks (certainly reachable), then any
-    routable address, and loopback last (only useful on the same host)."""
-    ip = ipaddress.ip_address(address)
-    if ip.is_loopback:
-        return 2
-    if any(ip in net for net in networks if not net.network_address.is_loopback):
-        return 0
-    return 1
-
-
-def parse_announcement(
-    properties: Mapping[bytes, bytes | None],
-    addresses: Sequence[str],
-    srv_port: int | None,
-    networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
-) -> Announcement | None:
-    """An Announcement from a resolved service, or None if it is not a usable modmesh
-    announcement (missing or garbled fields, no address, no port).
-
-    `addresses` come newest first (zeroconf's order), so after a peer moves the new
-    address wins the stable sort. The SRV port is authoritative; the TXT `port` is a
-    fallback for responders that publish port 0 in SRV.
-    """
-    node_id = _text(properties, b"id")
-    mesh = _text(properties, b"mesh")
-    proto_s = _text(properties, b"proto")
-    if not node_id or mesh is None or proto_s is None:
-        return None
-    try:
-        protocol = int(proto_s)
-    except ValueError:
-        return None
-    port = srv_port or 0
-    if not port:
-        try:
-            port = int(_text(properties, b"port") or "0")
-        except ValueError:
-            port = 0
-    if not 0 < port < 65536:
-        return None
-    usable = []
-    for a in addresses:
-        try:
-            ipaddress.ip_address(a)
-        except ValueError:
-            continue
-        usable.append(a)
-    if not usable:
-        return None
-    best = sorted(usable, key=lambda a: _rank(a, networks))[0]
-    return Announcement(node_id=node_id, mesh=mesh, protocol=protocol, url=_url(best, port))
-
-
-def interface_addresses(names: Iterable[str] | None = None) -> dict[str, list[ipaddress.IPv4Interface]]:
-    """IPv4 addresses (with prefix) per interface name; all interfaces when `names` is
-    None. Raises ValueError naming an interface that is missing or has no IPv4 address,
-    so a typo in `--mdns-interface` stops start-up instead of silently browsing nothing."""
-    found: dict[str, list[ipaddress.IPv4Interface]] = {}
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            if isinstance(ip.ip, str):  # IPv4; IPv6 entries are tuples
-                found.setdefault(str(adapter.name), []).append(ipaddress.IPv4Interface(f"{ip.ip}/{ip.network_prefix}"))
-    if names is None:
-        return found
-    out: dict[str, list[ipaddress.IPv4Interface]] = {}
-    for name in names:
-        if name not in found:
-            raise ValueError(f"mDNS interface {name!r} does not exist or has no IPv4 address")
-        out[name] = found[name]
-    return out
 
 
 # ---- the component ----------------------------------------------------------------
@@ -239,7 +100,7 @@ class Discovery:
         self._resolving: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        self._networks: list[Network] = []
         self._by_name: dict[str, Announcement] = {}  # service name (lower) -> last resolved
         self._reported: dict[str, Announcement] = {}  # node id -> last passed to on_found
         self._ignored: set[str] = set()  # names already logged as foreign/self
@@ -263,19 +124,10 @@ class Discovery:
         Raises ValueError for an unknown interface and OSError when the sockets cannot
         be opened, which `modmesh serve` reports as a start-up failure."""
         self._loop = asyncio.get_running_loop()
-        ifaces = interface_addresses(self._interfaces)
-        self._networks = [i.network for addrs in ifaces.values() for i in addrs]
-        bind: list[str | int | tuple[tuple[str, int, int], int]] = sorted(
-            {str(i.ip) for addrs in ifaces.values() for i in addrs}
-        )
-        if not bind:
-            raise ValueError("no IPv4 address to run mDNS on")
-        advertise = self._addresses
-        if advertise is None:
-            advertise = sorted(
-                {str(i.ip) for addrs in ifaces.values() for i in addrs if not i.ip.is_loopback},
-                key=ipaddress.ip_address,
-            )
+        where = mdns_addresses(self._interfaces, self._addresses)
+        self._networks = where.networks
+        bind: list[str | int | tuple[tuple[str, int, int], int]] = list(where.bind)
+        advertise = where.advertise
         # Created here, inside the running loop, so zeroconf uses it and starts no thread.
         self._aiozc = AsyncZeroconf(interfaces=bind, ip_version=IPVersion.V4Only)
         try:
@@ -290,13 +142,13 @@ class Discovery:
             if advertise:
                 await self._register(advertise)
             else:
-                log.warning("mDNS: no address to advertise on %s; browsing only", ", ".join(ifaces) or "-")
+                log.warning("mDNS: no address to advertise on %s; browsing only", ", ".join(where.interfaces) or "-")
         except BaseException:
             await self.aclose()
             raise
         log.info(
             "mDNS discovery on %s as %s (mesh %r, advertising %s)",
-            ", ".join(ifaces),
+            ", ".join(where.interfaces),
             self.service_name or "-",
             self.mesh,
             ", ".join(advertise) or "nothing",

@@ -1,10 +1,12 @@
 """The running mesh on one node: the composition root of package `sync`.
 
 `Mesh.start()` runs between `Node.start()` and `Node.listen()`: it adds the
-/_mesh/ routes and their auth middleware to the node's app, hooks the store and
-access observers and the peer source, and starts one owned task that waits for
-the node to listen (the port is known only then), starts mDNS and then runs the
-gossip and pre-sync loops. `aclose()` undoes all of it; no task survives it.
+/_mesh/ routes and their auth middleware to the node's app and sets its hooks
+(store and access observers, the peer source, the authenticator, the status
+record for the dashboard, and `listening`). When the node has listened (the port
+is known only then) the `listening` hook starts one owned task that starts mDNS
+and then runs the gossip and pre-sync loops. `aclose()` undoes all of it; no task
+survives it.
 
 Per round: apply timeouts, pick `fanout` random live members plus due retries
 and static peers, exchange Gossip with each (push-pull), and for every member
@@ -15,14 +17,12 @@ own interval.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -31,6 +31,7 @@ from aiohttp import web
 from node.cache.index import Entry
 from node.cache.protocol import ModRequest
 from node.cache.upstream import CircuitBreaker, Timeouts, Upstream
+from node.hooks import MeshStatus
 from node.service import Node
 
 from . import peerapi
@@ -40,6 +41,7 @@ from .client import PeerClient, Refused
 from .config import MeshConfig, load_secrets
 from .gossip import Popularity, effective_url, self_url
 from .inventory import Inventory
+from .mdns import MeshDiscovery
 from .membership import Member, Membership, Seed, Timing
 from .messages import MAX_MEMBERS, PROTOCOL, Gossip, InventoryPage, MessageError, encode_gossip
 from .metrics import MeshMetrics
@@ -95,7 +97,7 @@ class Mesh:
         self.tasks = TaskSet()
         self.url = ""
         self.heartbeat = 0
-        self.discovery: Any = None
+        self.mdns = MeshDiscovery(self.node_id, cfg, self.membership, clock)
         self._session: aiohttp.ClientSession | None = None
         self._upstreams: dict[str, Upstream] = {}
         self._logs = RateLimitedLog()
@@ -141,7 +143,7 @@ class Mesh:
             lambda node_id: self.membership.failed(node_id, self.clock()),
         )
         self.presync = PreSync(self.cfg, self.popularity, self.catalog, self.membership, puller, node.index, self.clock)
-        self.presync.store_bytes = (await node.index.totals())[1]
+        self.presync.store_bytes = node.store_bytes
         max_size = getattr(node.config, "max_size", None)  # storage limits, where the node has them
         if max_size:
             self.presync.budget = min(self.presync.budget, int(max_size * 0.9))
@@ -149,11 +151,12 @@ class Mesh:
         node.hooks.observers.append(self)
         node.hooks.access.append(self)
         node.hooks.authenticators.append(self.authenticate)
+        node.hooks.listeners.append(self.listening)
+        node.hooks.mesh_status = self.status
         host, port = node.config.host_port
         if self.cfg.mdns and port:
             # The port is known before listening: a discovery failure stops start-up.
-            await self._start_discovery(host, port)
-        self.tasks.spawn(self._run(), "run")
+            await self.mdns.start(host, port)
         log.info(
             "mesh %r on: node id %s, %d static peers, mDNS %s",
             self.cfg.name,
@@ -169,25 +172,25 @@ class Mesh:
         hooks.observers[:] = [o for o in hooks.observers if o is not self]
         hooks.access[:] = [o for o in hooks.access if o is not self]
         hooks.authenticators[:] = [a for a in hooks.authenticators if a != self.authenticate]
+        hooks.listeners[:] = [f for f in hooks.listeners if f != self.listening]
+        if hooks.mesh_status == self.status:
+            hooks.mesh_status = None
         await self.tasks.aclose()
-        if self.discovery is not None:
-            try:
-                await self.discovery.aclose()
-            except Exception:
-                log.exception("closing mDNS discovery failed")
-            self.discovery = None
+        await self.mdns.aclose()
         if self._session is not None:
             await self._session.close()
             self._session = None
 
-    async def _run(self) -> None:
-        while not self.node.url:  # plugins start before the node listens; no hook tells us when
-            await asyncio.sleep(0.02)
-        self.url = self_url(self.node.url, self.cfg.advertise)
-        if self.cfg.mdns and self.discovery is None:
-            parts = urlsplit(self.node.url)
+    def listening(self, url: str) -> None:
+        """node.hooks.listening: the node listens at `url`; announce it, and start the rounds."""
+        self.url = self_url(url, self.cfg.advertise)
+        self.tasks.spawn(self._run(url), "run")
+
+    async def _run(self, listen_url: str) -> None:
+        if self.cfg.mdns and not self.mdns.started:
+            parts = urlsplit(listen_url)
             try:
-                await self._start_discovery(parts.hostname or "", parts.port or 0)
+                await self.mdns.start(parts.hostname or "", parts.port or 0)
             except (OSError, ValueError) as e:
                 log.error("mDNS discovery failed to start: %s; static peers only", e)
         self.tasks.spawn(self._loop(self.cfg.gossip_interval, self._round), "gossip")
@@ -206,57 +209,7 @@ class Mesh:
             await asyncio.sleep(interval * rng.uniform(0.8, 1.2))
 
     async def _presync_round(self) -> None:
-        measured = self.node.metrics.registry.get_sample_value("modmesh_store_bytes")
-        await self.presync.round(lambda coro, name: self.tasks.spawn(coro, name), measured)
-
-    # ---- discovery (sync/discovery.py, written separately; optional) ----------------
-
-    async def _start_discovery(self, host: str, port: int) -> None:
-        """mDNS announces where we listen; a node listening on loopback only browses."""
-        try:
-            from .discovery import Discovery
-        except ImportError:
-            log.warning("mDNS discovery is not available in this build; use --peer URL")
-            return
-        addresses: list[str] | None = [host]
-        try:
-            ip = ipaddress.ip_address(host)
-            if ip.is_unspecified:
-                addresses = None  # every interface's own address
-            elif ip.is_loopback:
-                addresses = []
-                log.warning("mDNS: this node listens on %s only; it can find peers but not be found", host)
-        except ValueError:
-            addresses = None
-        loop = asyncio.get_running_loop()
-
-        # zeroconf may call from its own thread: only hand the event to our loop.
-        def found(ann: Any) -> None:
-            loop.call_soon_threadsafe(self._found, ann)
-
-        def lost(node_id: str) -> None:
-            loop.call_soon_threadsafe(self._lost, node_id)
-
-        self.discovery = Discovery(
-            self.node_id,
-            self.cfg.name,
-            port,
-            PROTOCOL,
-            on_found=found,
-            on_lost=lost,
-            interfaces=list(self.cfg.mdns_interfaces) or None,
-            addresses=addresses,
-        )
-        await self.discovery.start()
-
-    def _found(self, ann: Any) -> None:
-        if ann.mesh != self.cfg.name or ann.protocol != PROTOCOL or ann.node_id == self.node_id:
-            return
-        self.membership.add_seed(str(ann.url).rstrip("/"), "mdns", ann.node_id)
-
-    def _lost(self, node_id: str) -> None:
-        self.membership.drop_seeds(node_id)
-        self.membership.lost(node_id, self.clock())
+        await self.presync.round(lambda coro, name: self.tasks.spawn(coro, name), self.node.store_bytes)
 
     # ---- observers (node.hooks) ------------------------------------------------------
 
@@ -353,7 +306,7 @@ class Mesh:
     async def _exchange(self, url: str, body: bytes, member: Member | None = None, seed: Seed | None = None) -> None:
         try:
             reply = await self.client.gossip(url, body)
-        except (aiohttp.ClientError, asyncio.TimeoutError, MessageError, Refused, OSError) as e:
+        except (TimeoutError, aiohttp.ClientError, MessageError, Refused, OSError) as e:
             self.metrics.gossip_rounds.labels("error").inc()
             now = self.clock()
             if isinstance(e, Refused):
@@ -421,5 +374,20 @@ class Mesh:
     def backlog(self) -> int:
         return sum(m.backlog for m in self.membership.members.values()) + self.presync.backlog
 
-    def status(self) -> dict[str, Any]:
-        return mesh_status(self, self.clock())
+    def status(self) -> MeshStatus:
+        """`/_mesh/status`, `modmesh peers` and the dashboard (node.hooks.mesh_status)."""
+        return mesh_status(
+            node_id=self.node_id,
+            mesh=self.cfg.name,
+            url=self.url,
+            epoch=self.node.index.epoch,
+            head_serial=self.inventory.head,
+            inventory=self.inventory.count,
+            members=self.membership.members.values(),
+            seeds=self.membership.seeds,
+            catalog=self.catalog,
+            presync=self.presync,
+            presync_enabled=self.cfg.presync,
+            sync_backlog=self.backlog(),
+            now=self.clock(),
+        )

@@ -14,9 +14,11 @@ middleware in auth.py before a handler runs.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiohttp import web
+
+from node.hooks import MeshStatus
 
 from .auth import PEER_ID
 from .client import MSGPACK
@@ -38,7 +40,7 @@ class MeshAPI(Protocol):
 
     async def inventory_page(self, epoch: str, after: int, limit: int) -> InventoryPage: ...
 
-    def status(self) -> dict[str, Any]: ...
+    def status(self) -> MeshStatus: ...
 
 
 def _bad(text: str, status: int = 400) -> web.Response:

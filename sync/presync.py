@@ -69,9 +69,9 @@ class PreSync:
         #: Pre-sync stays below the node's own cap on cached bytes (if it has one), so
         #: it never pulls what eviction would throw out again.
         self.budget = cfg.presync_budget
-        self._measured: float | None = None
+        self._measured: int | None = None
 
-    async def round(self, spawn: Spawn, store_bytes: float | None = None) -> None:
+    async def round(self, spawn: Spawn, store_bytes: int | None = None) -> None:
         """Start transfers for what is popular, held by a peer, and missing here.
         `store_bytes`: the node's latest measure of its store (evictions shrink it)."""
         cfg = self.cfg
@@ -79,7 +79,7 @@ class PreSync:
         if store_bytes is not None and store_bytes != self._measured:
             # A new measurement (every few seconds) replaces our running count.
             self._measured = store_bytes
-            self.store_bytes = int(store_bytes)
+            self.store_bytes = store_bytes
         backlog = 0
         self._retry_at = {k: t for k, t in self._retry_at.items() if t > now}
         for (module, version), _score in self.popularity.mesh_top(cfg.presync_top_k, cfg.presync_min_score, now):

@@ -25,13 +25,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from node.server import dashboard
-from node.server.app import Handler
-from node.service import Node
+from node.hooks import MemberStatus, MeshStatus
+from node.server import dashboard, dashboard_view
+from tests.mesh_fixtures import MeshNode, MeshNodeFactory, make_mesh_node, mesh_secret, wait_for  # noqa: F401
 from tests.modules import module_files, module_set
-from tests.node_fixtures import NodeFactory, node_config
+from tests.node_fixtures import NodeFactory
 from tests.sumdb_fixture import FakeSumDB, generate_keys
 from tests.upstream_fixture import Fault
 
@@ -260,69 +259,121 @@ async def test_dashboard_renders_live_figures(  # type: ignore[no-untyped-def]
     assert len(dom.find("points")) >= 3 * 2  # three sparklines: line and area each
 
 
-async def test_mesh_status_and_lifecycle(  # type: ignore[no-untyped-def]
-    chromium: str, sumdb: FakeSumDB, client, tmp_path: Path, request
+async def test_mesh_panel_lists_the_real_peers(  # type: ignore[no-untyped-def]
+    chromium: str, sumdb: FakeSumDB, make_mesh_node: MeshNodeFactory, client, request
 ) -> None:
-    """With the mesh plugin's /_mesh/status registered (and peer-only over HTTP), the page
-    shows peers and backlog; the error handler and the sampler live exactly as long as the app."""
-    status = {
-        "node_id": "n1",
-        "peers": {
-            "peer-a": {"url": "http://10.0.0.2:3000", "state": "alive", "backlog": 3},
-            "peer-b": {"url": "http://10.0.0.3:3000", "state": "suspect", "backlog": 9},
-        },
-    }
+    """Two nodes running the real mesh plugin: each one's page lists the other as a peer
+    (from the mesh's own status record, not over HTTP: /_mesh/ is peer-only); the error
+    handler and the sampler live exactly as long as each node's app."""
+    a = await make_mesh_node(sumdb.url, mesh={"presync": False})
+    b = await make_mesh_node(sumdb.url, peers=[a.url], mesh={"presync": False})
+    a_id, b_id = a.mesh.node_id, b.mesh.node_id
 
-    async def mesh_status(request: web.Request) -> web.Response:
-        return web.json_response(status)
+    def alive(mn: MeshNode, other: str) -> bool:
+        m = mn.mesh.membership.get(other)
+        return m is not None and m.state == "alive" and bool(m.url)
 
-    @web.middleware
-    async def mesh_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Like sync/auth.py: nothing under /_mesh/ without a peer's signature."""
-        if request.path.startswith("/_mesh/"):
-            return web.Response(status=401, text="mesh authentication failed\n\n")
-        return await handler(request)
+    await wait_for(lambda: alive(b, a_id) and alive(a, b_id), 10, "A and B see each other alive")
+    assert await get(client, b.url + "/_mesh/status") == 401  # unsigned: the page does not ask over HTTP
+    assert sum(isinstance(h, dashboard.ErrorLog) for h in logging.getLogger().handlers) == 2  # one per node
+    async with client.get(b.url + "/") as r:
+        assert r.status == 200 and r.content_type == "text/html"
+        assert "default-src 'none'" in r.headers["Content-Security-Policy"]
+    assert await get(client, f"{b.url}/{BETA}/@v/v0.3.0.info") == 200  # the catch-all still wins elsewhere
 
-    node = Node(node_config(tmp_path / "node", sumdb.url))
-    await node.start()
-    try:
-        node.app.router.add_get(dashboard.MESH_STATUS, mesh_status)  # as a plugin would
-        node.app.middlewares.append(mesh_auth)
-        await node.listen("127.0.0.1", 0)
-        assert await get(client, node.url + dashboard.MESH_STATUS) == 401  # the page asks in-process
-        assert sum(isinstance(h, dashboard.ErrorLog) for h in logging.getLogger().handlers) == 1
-        async with client.get(node.url + "/") as r:
-            assert r.status == 200 and r.content_type == "text/html"
-            assert "default-src 'none'" in r.headers["Content-Security-Policy"]
-        assert await get(client, f"{node.url}/{BETA}/@v/v0.3.0.info") == 200  # catch-all still wins elsewhere
-        async with client.get(node.url + dashboard.DATA_PATH) as r:
-            data = await r.json()
-        assert data["mesh"]["backlog"] == 12
-        assert [(p["id"], p["state"]) for p in data["mesh"]["peers"]] == [("peer-a", "alive"), ("peer-b", "suspect")]
-        assert data["requests"]["total"] == 1  # the page's own requests are not traffic
+    async with client.get(b.url + dashboard.DATA_PATH) as r:
+        assert r.status == 200
+        data = await r.json()
+    mesh = data["mesh"]
+    assert mesh["enabled"] is True and "error" not in mesh, mesh
+    assert [(p["id"], p["url"], p["state"], p["source"]) for p in mesh["peers"]] == [(a_id, a.url, "alive", "static")]
+    assert mesh["backlog"] == 0
+    assert mesh["summary"]["node_id"] == b_id and mesh["summary"]["url"] == b.url
+    assert data["requests"]["total"] == 1  # the page's own requests are not traffic
+    async with client.get(a.url + dashboard.DATA_PATH) as r:
+        peers_of_a = (await r.json())["mesh"]["peers"]
+    assert [(p["id"], p["url"], p["source"]) for p in peers_of_a] == [(b_id, b.url, "gossip")]
 
-        dom = await render(chromium, node.url + "/", out_dir(request), screenshot=True)
-        assert dom.figure("mesh_peers") == ("2", "2")
-        assert dom.figure("mesh_backlog") == ("12", "12")
-        mesh = dom.text("id", "mesh-body")
-        assert "peer-b" in mesh and "suspect" in mesh and "node_id n1" in mesh
-    finally:
-        await node.aclose()
+    dom = await render(chromium, b.url + "/", out_dir(request), screenshot=True)
+    assert dom.figure("mesh_peers") == ("1", "1")
+    assert dom.figure("mesh_backlog") == ("0", "0")
+    (row,) = dom.find("data-peer")
+    assert row["attrs"]["data-peer"] == a_id and row["attrs"]["data-state"] == "alive"
+    panel = dom.text("id", "mesh-body")
+    assert a_id in panel and a.url in panel and "alive" in panel and f"node_id {b_id}" in panel
+
+    def broken() -> MeshStatus:
+        raise RuntimeError("a bug in the mesh")
+
+    b.node.hooks.mesh_status, status = broken, b.node.hooks.mesh_status
+    async with client.get(b.url + dashboard.DATA_PATH) as r:
+        assert r.status == 200  # the page stays up and says why the panel is empty
+        assert (await r.json())["mesh"] == {"enabled": True, "error": "mesh status failed: RuntimeError"}
+    b.node.hooks.mesh_status = status
+
+    await b.close()
+    await a.close()
     assert not any(isinstance(h, dashboard.ErrorLog) for h in logging.getLogger().handlers)
     assert not [t for t in asyncio.all_tasks() if "_sample_loop" in repr(t.get_coro())]
 
 
 def test_series_and_mesh_view() -> None:
     s = [
-        dashboard.Sample(1.0, {"hit": 0, "miss": 2}, 100, 2),
-        dashboard.Sample(6.0, {"hit": 3, "miss": 3}, 150, 3),
-        dashboard.Sample(11.0, {"hit": 3, "miss": 3}, 150, 3),
+        dashboard_view.Sample(1.0, {"hit": 0, "miss": 2}, 100, 2),
+        dashboard_view.Sample(6.0, {"hit": 3, "miss": 3}, 150, 3),
+        dashboard_view.Sample(11.0, {"hit": 3, "miss": 3}, 150, 3),
     ]
-    assert dashboard.series(s) == [
+    assert dashboard_view.series(s) == [
         {"t": 1.0, "requests": 2, "hit_ratio": 0.0, "store_bytes": 100},
         {"t": 6.0, "requests": 4, "hit_ratio": 0.75, "store_bytes": 150},
         {"t": 11.0, "requests": 0, "hit_ratio": None, "store_bytes": 150},
     ]
-    assert dashboard.mesh_view([1, 2])["error"]
-    v = dashboard.mesh_view({"peers": [{"id": "a", "pending": 2, "nested": {"x": 1}}], "sync_backlog": 7})
-    assert v["peers"] == [{"id": "a", "pending": 2}] and v["backlog"] == 7
+    member: MemberStatus = {
+        "node_id": "p1",
+        "url": "http://10.0.0.2:3000",
+        "state": "suspect",
+        "source": "mdns",
+        "last_seen_s": 4.5,
+        "inventory": 12,
+        "synced_serial": 9,
+        "head_serial": 12,
+        "backlog": 3,
+        "failures": 1,
+        "quarantined_s": 0.0,
+        "quarantine_reason": "",
+    }
+    status: MeshStatus = {
+        "node_id": "me",
+        "mesh": "lab",
+        "url": "http://10.0.0.1:3000",
+        "epoch": "e1",
+        "head_serial": 20,
+        "inventory": 20,
+        "members": [member],
+        "seeds": [{"url": "http://10.0.0.2:3000", "source": "mdns", "node_id": "p1", "self": False}],
+        "catalog": {"entries": 12, "skipped": 0},
+        "presync": {"enabled": True, "active": [], "backlog": 2, "store_bytes": 1, "budget_bytes": 9},
+        "sync_backlog": 5,
+    }
+    v = dashboard_view.mesh_view(status)
+    assert v["peers"] == [
+        {
+            "id": "p1",
+            "url": "http://10.0.0.2:3000",
+            "state": "suspect",
+            "source": "mdns",
+            "last_seen_s": 4.5,
+            "inventory": 12,
+            "backlog": 3,
+            "quarantined_s": 0.0,
+        }
+    ]
+    assert v["backlog"] == 5 and v["enabled"] is True
+    assert v["summary"] == {
+        "node_id": "me",
+        "mesh": "lab",
+        "url": "http://10.0.0.1:3000",
+        "epoch": "e1",
+        "head_serial": 20,
+        "inventory": 20,
+    }

@@ -1,4 +1,4 @@
-"""mDNS discovery (sync/discovery.py).
+"""mDNS discovery (sync/discovery.py, with sync/announcement.py and sync/addresses.py).
 
 Three levels: the pure TXT/address/name logic; two (or more) Discovery instances in
 this process over the loopback interface, which proves found / lost / updated /
@@ -27,15 +27,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sync.discovery import (
-    SERVICE_TYPE,
-    Announcement,
-    Discovery,
-    instance_name,
-    interface_addresses,
-    parse_announcement,
-    txt_properties,
-)
+from sync.addresses import advertised_for, best_address, interface_addresses, mdns_addresses
+from sync.announcement import SERVICE_TYPE, Announcement, instance_name, parse_announcement, txt_properties
+from sync.discovery import Discovery
 from tests import netns
 
 # ---- pure logic ----------------------------------------------------------------------
@@ -123,6 +117,17 @@ def test_interface_addresses() -> None:
     assert ipaddress.IPv4Interface("127.0.0.1/8") in lo["lo"]
     with pytest.raises(ValueError, match="no-such-if0"):
         interface_addresses(["no-such-if0"])
+
+
+def test_what_a_node_advertises_and_where_mdns_runs(caplog: pytest.LogCaptureFixture) -> None:
+    assert advertised_for("0.0.0.0") is None and advertised_for("node.example") is None  # every interface
+    assert advertised_for("10.77.0.5") == ["10.77.0.5"]
+    assert advertised_for("127.0.0.1") == [] and "can find peers but not be found" in caplog.text
+    lo = mdns_addresses(["lo"], None)
+    assert lo.interfaces == ["lo"] and "127.0.0.1" in lo.bind and lo.advertise == []  # loopback: not announced
+    assert ipaddress.ip_network("127.0.0.0/8") in lo.networks
+    assert mdns_addresses(["lo"], ["127.0.0.1"]).advertise == ["127.0.0.1"]  # unless given explicitly
+    assert best_address(["127.0.0.1", "10.77.0.7"], NETS) == "10.77.0.7" and best_address(["x"], NETS) is None
 
 
 def test_bad_arguments() -> None:

@@ -10,9 +10,20 @@ from pathlib import Path
 
 import aiohttp
 
+from node.service import Node, running_node
 from sync.auth import Signer
 from sync.cli import render, run
-from tests.mesh_fixtures import MeshNode, make_mesh_node, mesh_secret, wait_for, write_secret  # noqa: F401
+from sync.plugin import MeshPlugin
+from tests.mesh_fixtures import (  # noqa: F401
+    FAST,
+    MeshNode,
+    make_mesh_node,
+    mesh_secret,
+    serve_args,
+    wait_for,
+    write_secret,
+)
+from tests.node_fixtures import node_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -129,3 +140,39 @@ def test_render_marks_quarantine() -> None:
     text = render(status)
     assert "p1" in text and "mdns" in text and "quarantined 300s" in text and "1.1h ago" in text
     assert "sync backlog 2" in text and "1 active" in text
+
+
+async def test_the_mesh_plugs_into_the_node_hooks(  # type: ignore[no-untyped-def]
+    corpus_modules, fake_proxy, tmp_path: Path
+) -> None:
+    """The mesh learns where the node listens from `hooks.listening` (it does not poll
+    `node.url`), reads the store's size from `Node.store_bytes`, serves its status record
+    to the dashboard through `hooks.mesh_status`, and takes every hook back on close."""
+    up = await fake_proxy(corpus_modules)
+    async with (  # first, a store with a file in it
+        running_node(node_config(tmp_path / "n", up.url)) as first,
+        aiohttp.ClientSession() as s,
+        s.get(f"{first.url}/rsc.io/quote/@v/v1.5.2.mod") as r,
+    ):
+        assert r.status == 200
+    node = Node(node_config(tmp_path / "n", up.url, sections={"mesh": dict(FAST)}))
+    plugin = MeshPlugin(env={})
+    await node.start()
+    try:
+        assert node.store_bytes > 0
+        await plugin.start(node, serve_args(secret=write_secret(tmp_path / "secret"), mdns=False))
+        mesh = plugin.mesh
+        assert mesh is not None
+        assert node.hooks.listeners == [mesh.listening] and node.hooks.mesh_status == mesh.status
+        assert mesh.presync.store_bytes == node.store_bytes == (await node.index.totals())[1]
+        assert mesh.url == "" and len(mesh.tasks) == 0  # nothing runs before the node listens
+        url = await node.listen("127.0.0.1", 0)
+        assert mesh.url == url and len(mesh.tasks) >= 1
+        status = node.hooks.mesh_status()
+        assert status["url"] == url and status["node_id"] == mesh.node_id and status["members"] == []
+        await plugin.aclose()
+        assert node.hooks.listeners == [] and node.hooks.mesh_status is None and node.hooks.peers is None
+        assert mesh not in node.hooks.observers and mesh not in node.hooks.access
+    finally:
+        await plugin.aclose()
+        await node.aclose()

@@ -10,10 +10,11 @@ fetched, what went wrong lately. The page is static HTML + a small script
 The figures come from what the node already keeps (its Prometheus registry,
 `Node.health()`, the index) plus three things only a page needs: a ring buffer of
 samples for "over time", a logging handler keeping the last warnings and errors,
-and the mesh's `/_mesh/status` when the mesh plugin registered one (asked
-in-process). The sampler and the handler live from the app's startup to its
-cleanup (they are the only state), so several nodes in one process each get their
-own.
+and the mesh's status record when a mesh runs on the node (`hooks.mesh_status`, the
+same record `/_mesh/status` answers peers). The sampler and the handler live from
+the app's startup to its cleanup (they are the only state), so several nodes in
+one process each get their own. The figures themselves are pure functions, in
+dashboard_view.py.
 
 Registered through ADMIN_MODULES, but not under `/_admin/`: it only reads, so it
 is as open as the GOPROXY endpoints (node/access.py).
@@ -23,20 +24,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 from aiohttp import web
-from prometheus_client.metrics import MetricWrapperBase
 
-from node.server.app import Handler
+from node.server.dashboard_view import (
+    MeshView,
+    Sample,
+    collected,
+    hit_ratio,
+    mesh_unavailable,
+    mesh_view,
+    requests_by_cache,
+    series,
+)
 
 if TYPE_CHECKING:
     from node.service import Node
@@ -45,7 +51,6 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 DATA_PATH = "/_dashboard/data.json"
-MESH_STATUS = "/_mesh/status"
 #: One sample every SAMPLE_INTERVAL seconds, SAMPLES of them: an hour of history.
 SAMPLE_INTERVAL = 5.0
 SAMPLES = 720
@@ -53,14 +58,6 @@ ERRORS = 50
 TOP_MODULES = 10
 #: The top-modules query scans the index; viewers polling share one answer this long.
 TOP_TTL = 5.0
-#: The mesh status handler runs in the page's request; it must not hold it up.
-MESH_TIMEOUT = 2.0
-BACKLOG_KEYS = ("backlog", "sync_backlog", "pending")
-#: Request kinds that are not module or checksum database traffic (the page's own polls).
-NOT_TRAFFIC = frozenset({"healthz", "readyz", "metrics", "other"})
-CACHE_RESULTS = ("hit", "stale", "miss", "revalidated", "error")
-FROM_CACHE = ("hit", "stale")
-FETCHED = ("miss", "revalidated")
 ASSETS = {
     "dashboard.js": "text/javascript",
     "dashboard.css": "text/css",
@@ -100,100 +97,6 @@ class ErrorLog(logging.Handler):
             )
         except Exception:
             self.handleError(record)
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    t: float
-    by_cache: Mapping[str, int]  # cumulative requests per cache result
-    store_bytes: int
-    blobs: int
-
-
-def collected(metric: MetricWrapperBase, suffix: str) -> Iterator[tuple[dict[str, str], float]]:
-    """(labels, value) of a labelled metric's samples named `<name><suffix>`."""
-    for family in metric.collect():
-        for s in family.samples:
-            if s.name.endswith(suffix):
-                yield s.labels, s.value
-
-
-def requests_by_cache(samples: Iterable[tuple[dict[str, str], float]]) -> dict[str, int]:
-    """Module and checksum database requests by cache result (the page's own polls left out)."""
-    out = dict.fromkeys(CACHE_RESULTS, 0)
-    for labels, value in samples:
-        if labels.get("kind") in NOT_TRAFFIC:
-            continue
-        cache = labels.get("cache", "none")
-        if cache in out:
-            out[cache] += int(value)
-    return out
-
-
-def hit_ratio(by_cache: Mapping[str, int]) -> float | None:
-    """Answers from the cache over answers that needed a cache decision (errors left out)."""
-    hits = sum(by_cache.get(k, 0) for k in FROM_CACHE)
-    total = hits + sum(by_cache.get(k, 0) for k in FETCHED)
-    return hits / total if total else None
-
-
-def series(samples: Iterable[Sample]) -> list[dict[str, Any]]:
-    """Per-interval figures from cumulative samples: requests, hit ratio, store bytes."""
-    out: list[dict[str, Any]] = []
-    prev: Mapping[str, int] = {}
-    for s in samples:
-        delta = {k: max(0, v - prev.get(k, 0)) for k, v in s.by_cache.items()}
-        ratio = hit_ratio(delta)
-        out.append(
-            {
-                "t": s.t,
-                "requests": sum(delta.values()),
-                "hit_ratio": None if ratio is None else round(ratio, 4),
-                "store_bytes": s.store_bytes,
-            }
-        )
-        prev = s.by_cache
-    return out
-
-
-def mesh_view(status: object) -> dict[str, Any]:
-    """Peers and sync backlog out of whatever `/_mesh/status` answers.
-
-    The mesh owns that format; the page only needs peers (a list of objects or an
-    object keyed by peer id), a backlog figure and a few scalars, and shows what it
-    finds rather than failing on a field it does not know.
-    """
-    if not isinstance(status, dict):
-        return {"enabled": True, "error": "mesh status is not a JSON object"}
-    raw = status.get("peers", [])
-    peers: list[dict[str, Any]] = []
-    if isinstance(raw, dict):
-        peers = [{"id": k, **v} if isinstance(v, dict) else {"id": k, "state": v} for k, v in raw.items()]
-    elif isinstance(raw, list):
-        peers = [p if isinstance(p, dict) else {"id": p} for p in raw]
-    peers = [{k: v for k, v in p.items() if _scalar(v)} for p in peers]
-    backlog = _backlog(status)
-    if backlog is None:
-        per_peer = [b for b in map(_backlog, peers) if b is not None]
-        backlog = sum(per_peer) if per_peer else None
-    summary = {k: v for k, v in status.items() if k != "peers" and _scalar(v)}
-    return {"enabled": True, "peers": peers[:50], "backlog": backlog, "summary": summary}
-
-
-def _backlog(d: Mapping[str, Any]) -> float | None:
-    for key in BACKLOG_KEYS:
-        v = d.get(key)
-        if _number(v):
-            return float(v)
-    return None
-
-
-def _scalar(v: object) -> bool:
-    return v is None or isinstance(v, (str, int, float, bool))
-
-
-def _number(v: object) -> TypeGuard[int | float]:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 async def top_modules(db: aiosqlite.Connection, limit: int = TOP_MODULES) -> list[dict[str, Any]]:
@@ -282,9 +185,9 @@ class Dashboard:
         )
 
     async def data_json(self, request: web.Request) -> web.Response:
-        return web.json_response(await self.data(request), headers={"Cache-Control": "no-store"})
+        return web.json_response(await self.data(), headers={"Cache-Control": "no-store"})
 
-    async def data(self, request: web.Request) -> dict[str, Any]:
+    async def data(self) -> dict[str, Any]:
         """Everything the page shows, as of now."""
         node = self.node
         health = node.health()
@@ -318,7 +221,7 @@ class Dashboard:
             "upstreams": self._upstreams(health["upstreams"]),
             "sumdb": self._sumdbs(health["sumdb"]),
             "top_modules": await self._top_modules(),
-            "mesh": await self._mesh(request),
+            "mesh": self._mesh(),
             "errors": list(reversed(self.errors.records)),
         }
 
@@ -372,37 +275,17 @@ class Dashboard:
         self._top = (time.monotonic(), rows)
         return rows
 
-    async def _mesh(self, request: web.Request) -> dict[str, Any]:
-        """The mesh plugin's `GET /_mesh/status`, if it registered one on this node.
+    def _mesh(self) -> MeshView:
+        """The mesh's status record, when a mesh runs on this node (it set the hook).
 
-        Called in-process, not over HTTP: the mesh signs and checks every request
-        under /_mesh/ (sync/auth.py) and this node has no business forging a peer's
-        signature to ask itself. The handler gets a GET clone of the viewer's request
-        and must answer a plain (JSON) Response.
-        """
-        handler = self._mesh_handler()
-        if handler is None:
+        Taken in-process, not over HTTP: the mesh signs and checks every request under
+        /_mesh/ (sync/auth.py) and this node has no business forging a peer's
+        signature to ask itself."""
+        status = self.node.hooks.mesh_status
+        if status is None:
             return {"enabled": False}
         try:
-            resp = await asyncio.wait_for(handler(request.clone(method="GET", rel_url=MESH_STATUS)), MESH_TIMEOUT)
-        except web.HTTPException as e:
-            resp = e
+            return mesh_view(status())
         except Exception as e:  # another feature's bug must not take the page down
-            log.warning("dashboard: %s failed: %s: %s", MESH_STATUS, type(e).__name__, e)
-            return {"enabled": True, "error": f"{MESH_STATUS} failed: {type(e).__name__}"}
-        if resp.status != 200:
-            return {"enabled": True, "error": f"{MESH_STATUS} answered {resp.status}"}
-        if not isinstance(resp, web.Response) or not isinstance(resp.body, bytes):
-            return {"enabled": True, "error": f"{MESH_STATUS} did not answer a plain JSON body"}
-        try:
-            return mesh_view(json.loads(resp.body))
-        except ValueError as e:
-            return {"enabled": True, "error": f"{MESH_STATUS} is not JSON: {e}"[:300]}
-
-    def _mesh_handler(self) -> Handler | None:
-        for resource in self.node.app.router.resources():
-            if resource.canonical == MESH_STATUS:
-                for route in resource:
-                    if route.method in ("GET", "*"):
-                        return route.handler
-        return None
+            log.warning("dashboard: the mesh status failed: %s: %s", type(e).__name__, e)
+            return mesh_unavailable(f"mesh status failed: {type(e).__name__}")

@@ -179,6 +179,9 @@ function renderTop(d) {
   ], d.top_modules, (m) => ({ "data-module": m.module, "data-hits": String(m.hits) })));
 }
 
+// Peers are the mesh's members (node/hooks.py MeshStatus, via dashboard_view.mesh_view).
+const PEER_STATE_CLASS = { alive: "ok", suspect: "warn", dead: "bad" };
+
 function renderMesh(d) {
   const m = d.mesh;
   if (!m.enabled) {
@@ -191,17 +194,21 @@ function renderMesh(d) {
   }
   const kv = el("div", { class: "kv" },
     el("span", {}, "Peers ", el("strong", { "data-figure": "mesh_peers", "data-value": String(m.peers.length) }, String(m.peers.length))),
-    el("span", {}, "Sync backlog ", el("strong", { "data-figure": "mesh_backlog", "data-value": m.backlog === null ? "" : String(m.backlog) }, fmtNum(m.backlog))),
-    ...Object.entries(m.summary).filter(([k]) => !["backlog", "sync_backlog", "pending"].includes(k)).slice(0, 6)
-      .map(([k, v]) => el("span", { class: "muted" }, `${k} ${v}`)));
+    el("span", {}, "Sync backlog ", el("strong", { "data-figure": "mesh_backlog", "data-value": String(m.backlog) }, fmtNum(m.backlog))),
+    ...Object.entries(m.summary).map(([k, v]) => el("span", { class: "muted" }, `${k} ${v}`)));
   if (!m.peers.length) {
     replace("mesh-body", kv, empty("no peers seen"));
     return;
   }
-  const keys = [];
-  for (const p of m.peers) for (const k of Object.keys(p)) if (!keys.includes(k)) keys.push(k);
-  const cols = keys.slice(0, 6).map((k) => [k, (p) => (p[k] === undefined || p[k] === null ? "–" : String(p[k])), typeof m.peers[0][k] === "number"]);
-  replace("mesh-body", kv, table(cols, m.peers));
+  replace("mesh-body", kv, table([
+    ["Peer", (p) => el("span", {}, p.id, el("br"), el("span", { class: "muted" }, p.url))],
+    // The state, and below it how we know the peer (static, mdns, gossip) or its quarantine.
+    ["State", (p) => el("span", {}, pill(p.state, PEER_STATE_CLASS[p.state] || ""), el("br"),
+      p.quarantined_s ? pill(`quarantined ${fmtDuration(p.quarantined_s)}`, "bad") : el("span", { class: "muted" }, p.source))],
+    ["Seen", (p) => fmtDuration(p.last_seen_s) + " ago"],
+    ["Files", (p) => fmtNum(p.inventory), true],
+    ["Backlog", (p) => fmtNum(p.backlog), true],
+  ], m.peers, (p) => ({ "data-peer": p.id, "data-state": p.state })));
 }
 
 function renderErrors(d) {
