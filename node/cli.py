@@ -2,7 +2,7 @@
 
 Subcommands other than `serve` live in their own modules, each with
 `register(subparsers)` that adds its parser and sets `func(args) -> int`;
-COMMAND_MODULES lists them. Plugins (the mesh) add theirs the same way.
+node/tools/registry.py lists them. Plugins (the mesh) add theirs the same way.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import logging
 import signal
 import sys
@@ -22,17 +21,11 @@ from node.config import SETTINGS, Config, ConfigError, load_config
 from node.logs import setup_logging
 from node.plugins import Plugin, load_plugins
 from node.sumdb.spec import SumDBConfigError, parse_sumdb_spec
+from node.tools.registry import ADMIN, COMMANDS
 
 log = logging.getLogger("modmesh")
 
 
-#: Modules providing `register(subparsers)` for their subcommands.
-COMMAND_MODULES: list[str] = [
-    "node.tools.warm.command",
-    "node.tools.doctor.report",
-    "node.tools.storage",
-    "node.tools.bundle.commands",
-]
 
 
 def build_parser(plugins: Sequence[Plugin] = ()) -> argparse.ArgumentParser:
@@ -44,8 +37,8 @@ def build_parser(plugins: Sequence[Plugin] = ()) -> argparse.ArgumentParser:
     SETTINGS.add_flags(s)  # one flag per setting that declares one (node/config.py)
     for plugin in plugins:
         plugin.add_serve_arguments(s)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for tool in COMMANDS:
+        tool.register(sub)
     for plugin in plugins:
         plugin.add_commands(sub)
     return p
@@ -84,7 +77,7 @@ async def _serve(cfg: Config, args: argparse.Namespace, plugins: Sequence[Plugin
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    node = Node(cfg)
+    node = Node(cfg, admin=ADMIN)
     started: list[Plugin] = []
     try:
         await node.start()

@@ -21,6 +21,13 @@ log = logging.getLogger(__name__)
 GROUP = "modmesh.plugins"
 
 
+class Commands(Protocol):
+    """A module that adds subcommands to `modmesh` (node/tools/registry.py lists them)."""
+
+    def register(self, subparsers: Any) -> None:
+        """Add its parsers (`subparsers.add_parser(...)`) and set each one's `func`."""
+
+
 class Plugin(Protocol):
     name: str
 

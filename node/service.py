@@ -1,8 +1,11 @@
 """The composition root: build a node from a Config and run it.
 
-Everything with a lifetime (HTTP session, index, proxy tasks, the listening
-site) is created in `Node.start()` and released in `Node.aclose()`, in reverse
-order. Tests and the CLI use the same object.
+Everything with a lifetime (the store's temp directory, the index, the HTTP session,
+the checksum databases, the proxy's tasks, the maintenance loops, the listening site)
+is entered into one `AsyncExitStack` as `Node.start()` and `Node.listen()` build it,
+and `Node.aclose()` unwinds it in reverse order; a start that fails half-way unwinds
+what it built. Admin routes come from the providers the caller passes (the operator
+tools and the dashboard, node/tools/__init__.py). Tests and the CLI use the same object.
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ import logging
 import shutil
 import ssl
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
 
+from node import __version__
 from node.cache.credentials import route_credentials
 from node.cache.direct import Direct
 from node.cache.index import Index
@@ -33,7 +37,6 @@ from node.hooks import Hooks
 from node.metrics import Metrics
 from node.server.access import load_policy
 from node.server.accesslog import RequestRecorder, access_logger
-from node.server.admin import add_admin_routes
 from node.server.aiohttp_adapter import FastPathRunner
 from node.server.app import add_goproxy_route, build_app
 from node.sumdb.cache import SumDBStore
@@ -44,21 +47,27 @@ from node.sumdb.spec import parse_sumdb_spec
 
 log = logging.getLogger(__name__)
 
-VERSION = "0.1.0"
 STATS_INTERVAL = 5.0
 
 
+class AdminRoutes(Protocol):
+    """A module that serves some of the node's admin endpoints (or its pages)."""
+
+    def admin_routes(self, node: Node) -> list[web.RouteDef]: ...
+
+
 class Node:
-    def __init__(self, config: Config, hooks: Hooks | None = None) -> None:
+    def __init__(self, config: Config, hooks: Hooks | None = None, admin: Sequence[AdminRoutes] = ()) -> None:
         self.config = config
         self.hooks = hooks or Hooks()
+        self.admin = list(admin)
         self.metrics = Metrics()
         self.store = BlobStore(config.data)
         self.index = Index(config.data / "index.sqlite")
         self.started_at = time.time()
+        self._stack = contextlib.AsyncExitStack()
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
-        self._stats_task: asyncio.Task[None] | None = None
         self._ready = False
         self.chain: UpstreamChain
         self.proxy: ModuleProxy
@@ -68,48 +77,33 @@ class Node:
         self.store_bytes = 0
 
     async def start(self) -> None:
+        try:
+            await self._start(self._stack)
+        except BaseException:
+            await self._stack.aclose()  # what was built so far, in reverse
+            raise
+        self._ready = True
+
+    async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         cfg = self.config
         cfg.data.mkdir(parents=True, exist_ok=True)
         self.store.open()
+        stack.callback(self.store.close)
         await self.index.open()
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=300),
-            headers={"User-Agent": f"modmesh/{VERSION} (+https://go.dev/ref/mod#goproxy-protocol)"},
-            trust_env=cfg.trust_env,
+        stack.push_async_callback(self.index.aclose)
+        self._session = await stack.enter_async_context(
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=300),
+                headers={"User-Agent": f"modmesh/{__version__} (+https://go.dev/ref/mod#goproxy-protocol)"},
+                trust_env=cfg.trust_env,
+            )
         )
         timeouts = Timeouts(cfg.connect_timeout, cfg.read_timeout, cfg.small_timeout)
         self.direct = Direct(cfg.data / "direct", cfg.direct_timeout, cfg.direct_jobs)
-        self.chain = build_chain(
-            cfg.upstream,
-            self._session,
-            timeouts,
-            self.metrics,
-            cfg.breaker_threshold,
-            cfg.breaker_reset,
-            self.direct,
-        )
-        routes = [
-            (
-                r.pattern,
-                build_chain(
-                    r.upstream,
-                    self._session,
-                    timeouts,
-                    self.metrics,
-                    cfg.breaker_threshold,
-                    cfg.breaker_reset,
-                    self.direct,
-                    route_credentials(r),
-                ),
-            )
-            for r in cfg.routes
-        ]
-        if cfg.offline:
-            # Configured upstreams stay visible (health, doctor) but are never asked.
-            off = UpstreamChain([Off("offline", "offline mode: not cached on this node")])
-            self.chain, routes = off, [(pattern, off) for pattern, _ in routes]
+        self.chain, routes = self._chains(timeouts)
         self.sumdbs = self._checksum_databases(timeouts)
         self.sumdbs.open()
+        stack.push_async_callback(self.sumdbs.aclose)
         self.hooks.observers.append(self.sumdbs)
         settings = ProxySettings(
             meta_ttl=cfg.meta_ttl,
@@ -120,22 +114,18 @@ class Node:
             passthrough_memory=cfg.passthrough_memory,
         )
         self.proxy = ModuleProxy(
-            self.store,
-            self.index,
-            self.chain,
-            self.metrics,
-            settings,
-            self.hooks,
-            self.sumdbs,
-            routes=routes,
+            self.store, self.index, self.chain, self.metrics, settings, self.hooks, self.sumdbs, routes=routes
         )
+        stack.push_async_callback(self.proxy.aclose)
         # Storage limits: evicts after writes (a store observer) and on the periodic tick.
         self.storage = StorageManager(self.store, self.index, self.proxy, self.metrics, cfg.max_size)
+        stack.push_async_callback(self.storage.aclose)
         self.hooks.observers.append(self.storage)
         self.proxy.refuse_store = self.storage.refusal
         self.reverifier = Reverifier(self.index, self.sumdbs, self.proxy, self.store, self.hooks, self.metrics.registry)
         self.hooks.observers.append(self.reverifier)
         await self.reverifier.start()
+        stack.push_async_callback(self.reverifier.aclose)
         self.access = load_policy(cfg)
         self.access.authenticators = self.hooks.authenticators
         self.app = build_app(
@@ -147,10 +137,27 @@ class Node:
             [self.access.middleware()],
             cfg.write_idle_timeout,
         )
-        add_admin_routes(self.app, self)
+        self.app.router.add_routes([route for provider in self.admin for route in provider.admin_routes(self)])
         await self._update_stats()
-        self._stats_task = asyncio.create_task(self._stats_loop())
-        self._ready = True
+        stats = asyncio.create_task(self._stats_loop())
+        stack.push_async_callback(_cancel, stats)
+
+    def _chains(self, timeouts: Timeouts) -> tuple[UpstreamChain, list[tuple[str, UpstreamChain]]]:
+        """The default upstream chain and one per [[route]]; `off` for all when offline."""
+        cfg = self.config
+        assert self._session is not None
+        limits = (cfg.breaker_threshold, cfg.breaker_reset)
+        chain = build_chain(cfg.upstream, self._session, timeouts, self.metrics, *limits, self.direct)
+        routes = [
+            (r.pattern, build_chain(r.upstream, self._session, timeouts, self.metrics, *limits, self.direct,
+                                    route_credentials(r)))
+            for r in cfg.routes
+        ]
+        if cfg.offline:
+            # Configured upstreams stay visible (health, doctor) but are never asked.
+            off = UpstreamChain([Off("offline", "offline mode: not cached on this node")])
+            return off, [(pattern, off) for pattern, _ in routes]
+        return chain, routes
 
     def _checksum_databases(self, timeouts: Timeouts) -> ChecksumDatabases:
         cfg = self.config
@@ -198,6 +205,7 @@ class Node:
         else:
             self._runner = web.AppRunner(self.app, **runner_args)
         await self._runner.setup()
+        self._stack.push_async_callback(self._runner.cleanup)  # first to go: stop accepting
         ssl_context = None
         if self.config.tls_cert_file is not None:
             ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -216,26 +224,9 @@ class Node:
         return self.url
 
     async def aclose(self) -> None:
+        """Stop accepting, let in-flight requests finish, then release every part."""
         self._ready = False
-        if self._runner is not None:
-            await self._runner.cleanup()  # stop accepting, let in-flight requests finish
-            self._runner = None
-        if self._stats_task is not None:
-            self._stats_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._stats_task
-        if hasattr(self, "reverifier"):
-            await self.reverifier.aclose()
-        if hasattr(self, "storage"):
-            await self.storage.aclose()
-        if hasattr(self, "proxy"):
-            await self.proxy.aclose()
-        if hasattr(self, "sumdbs"):
-            await self.sumdbs.aclose()
-        if self._session is not None:
-            await self._session.close()
-        await self.index.aclose()
-        self.store.close()
+        await self._stack.aclose()
 
     async def __aenter__(self) -> Node:
         await self.start()
@@ -269,7 +260,7 @@ class Node:
         return {
             "status": "degraded" if reasons else "ok",
             "reasons": reasons,
-            "version": VERSION,
+            "version": __version__,
             "uptime_s": round(time.time() - self.started_at, 1),
             "upstreams": ups,
             "sumdb": self.sumdbs.health(),
@@ -302,13 +293,21 @@ class Node:
                 full = False
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 @contextlib.asynccontextmanager
-async def running_node(config: Config, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[Node]:
-    node = Node(config)
+async def running_node(
+    config: Config, host: str = "127.0.0.1", port: int = 0, admin: Sequence[AdminRoutes] = ()
+) -> AsyncIterator[Node]:
+    node = Node(config, admin=admin)
     await node.start()
     try:
         await node.listen(host, port)

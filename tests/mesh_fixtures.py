@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from node.service import Node
+from node.tools.registry import ADMIN
 from sync.mesh import Mesh
 from sync.plugin import MeshPlugin
 from tests.node_fixtures import node_config
@@ -118,7 +119,7 @@ async def make_mesh_node(tmp_path: Path, mesh_secret: Path) -> AsyncIterator[Mes
         section = {**FAST, **(mesh or {})}
         cfg = node_config(data or tmp_path / f"mnode{len(made)}", upstream, sections={"mesh": section}, **overrides)
         secret_path = mesh_secret if secret is None or secret is True else (secret or None)
-        node = Node(cfg)
+        node = Node(cfg, admin=ADMIN)
         plugin = MeshPlugin(env={})
         mn = MeshNode(node, plugin)
         made.append(mn)

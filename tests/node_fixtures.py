@@ -11,6 +11,7 @@ import pytest
 
 from node.config import Config
 from node.service import Node
+from node.tools.registry import ADMIN
 
 NodeFactory = Callable[..., Awaitable[Node]]
 
@@ -38,7 +39,7 @@ async def make_node(tmp_path: Path) -> AsyncIterator[NodeFactory]:
 
     async def make(upstream: str, data: Path | None = None, **overrides: Any) -> Node:
         cfg = node_config(data or tmp_path / f"node{len(nodes)}", upstream, **overrides)
-        node = Node(cfg)
+        node = Node(cfg, admin=ADMIN)
         await node.start()
         nodes.append(node)
         await node.listen("127.0.0.1", 0)

@@ -16,7 +16,7 @@ the app's startup to its cleanup (they are the only state), so several nodes in
 one process each get their own. The figures themselves are pure functions, in
 dashboard_view.py.
 
-Registered through ADMIN_MODULES, but not under `/_admin/`: it only reads, so it
+Registered in node/tools/registry.py, but not under `/_admin/`: it only reads, so it
 is as open as the GOPROXY endpoints (node/access.py).
 """
 

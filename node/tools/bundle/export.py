@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from node import __version__
 from node.cache.index import Entry
 from node.golang import semver
 from node.tools.bundle.export_sumdb import plan_databases
@@ -135,18 +136,12 @@ async def plan_export(node: Node, sel: Selection, clock: Callable[[], float] = t
     manifest = Manifest(
         [m for m, _ in members],
         utc_iso(created),
-        origin={"kind": "node", "epoch": node.index.epoch, "serial": max_serial, "node_version": _node_version()},
+        origin={"kind": "node", "epoch": node.index.epoch, "serial": max_serial, "node_version": __version__},
         selection=sel.describe(),
         sumdb=sumdb_info,
         warnings=warnings,
     )
     return ExportPlan(manifest, [s for _, s in members], created)
-
-
-def _node_version() -> str:
-    from node.service import VERSION
-
-    return VERSION
 
 
 def _module_order(e: ManifestEntry) -> tuple[str, bool, tuple[Any, ...], int]:
