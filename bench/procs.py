@@ -115,7 +115,7 @@ class Proc:
         cmd = list(argv)
         if cpus:
             cmd = ["taskset", "-c", ",".join(map(str, cpus)), *cmd]
-        self._log = open(log_path, "ab")
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop(), it outlives this call
         self.popen = subprocess.Popen(
             cmd,
             cwd=ROOT,

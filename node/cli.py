@@ -26,8 +26,6 @@ from node.tools.registry import ADMIN, COMMANDS
 log = logging.getLogger("modmesh")
 
 
-
-
 def build_parser(plugins: Sequence[Plugin] = ()) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="modmesh", description="A Go module proxy for the edge.")
     sub = p.add_subparsers(dest="command", required=True)

@@ -90,7 +90,7 @@ class Config:
     RUF009 cannot see through for non-builtin types, hence the noqa comments.)"""
 
     listen: str = setting("127.0.0.1:3000", "address to listen on", flag="--listen HOST:PORT")
-    data: Path = setting(  # noqa: RUF009
+    data: Path = setting(
         factory=default_data_dir,
         help="data directory: blobs, index, temp files",
         flag="--data DIR",
@@ -170,23 +170,23 @@ class Config:
         300.0, "how long one `direct` fetch (the go command talking to version control) may take"
     )
     direct_jobs: int = setting(4, "at most this many `direct` fetches run at once")
-    client_tokens_file: Path | None = setting(  # noqa: RUF009
+    client_tokens_file: Path | None = setting(
         None,
         "client access: a file of bearer tokens (one per line); with it (or client_basic_file) the "
         "GOPROXY and sumdb endpoints require credentials",
     )
-    client_basic_file: Path | None = setting(  # noqa: RUF009
+    client_basic_file: Path | None = setting(
         None, "client access: a file of `user:password` lines (HTTP basic, what .netrc sends)"
     )
     client_rate: float = setting(0.0, "requests per second per client address (0: unlimited)")
     client_burst: int = setting(50, "the burst client_rate allows")
-    admin_token_file: Path | None = setting(  # noqa: RUF009
+    admin_token_file: Path | None = setting(
         None, "a file holding the admin token; without it admin endpoints answer loopback only"
     )
-    tls_cert_file: Path | None = setting(  # noqa: RUF009
+    tls_cert_file: Path | None = setting(
         None, "serve https with this certificate chain (PEM, with tls_key_file) instead of plain http"
     )
-    tls_key_file: Path | None = setting(None, "the private key (PEM) for tls_cert_file")  # noqa: RUF009
+    tls_key_file: Path | None = setting(None, "the private key (PEM) for tls_cert_file")
     log_level: str = setting(
         "info", "log level", flag=Flag("--log-level", choices=("debug", "info", "warning", "error"))
     )

@@ -149,8 +149,12 @@ class Node:
         limits = (cfg.breaker_threshold, cfg.breaker_reset)
         chain = build_chain(cfg.upstream, self._session, timeouts, self.metrics, *limits, self.direct)
         routes = [
-            (r.pattern, build_chain(r.upstream, self._session, timeouts, self.metrics, *limits, self.direct,
-                                    route_credentials(r)))
+            (
+                r.pattern,
+                build_chain(
+                    r.upstream, self._session, timeouts, self.metrics, *limits, self.direct, route_credentials(r)
+                ),
+            )
             for r in cfg.routes
         ]
         if cfg.offline:
@@ -194,12 +198,12 @@ class Node:
         host = h if host is None else host
         port = p if port is None else port
         recorder = RequestRecorder(self.metrics, logging.getLogger("modmesh.access"))
-        runner_args: dict[str, Any] = dict(
-            access_log_class=access_logger(recorder),
-            access_log=recorder.logger,
-            handler_cancellation=True,
-            shutdown_timeout=5.0,
-        )
+        runner_args: dict[str, Any] = {
+            "access_log_class": access_logger(recorder),
+            "access_log": recorder.logger,
+            "handler_cancellation": True,
+            "shutdown_timeout": 5.0,
+        }
         if self.access.open_to_clients:
             self._runner = FastPathRunner(self.app, self.proxy, recorder, self.config.write_idle_timeout, **runner_args)
         else:

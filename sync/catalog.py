@@ -22,7 +22,7 @@ from .messages import bytes_to_h1
 class Variant:
     """One set of bytes for a file key, and who holds it."""
 
-    __slots__ = ("record", "holders", "next")
+    __slots__ = ("holders", "next", "record")
 
     def __init__(self, record: bytes, holders: int, next_: Variant | None = None) -> None:
         #: size (8 bytes) + sha256 (32) + h1 (32; absent for .info): one object, not three.

@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         status = asyncio.run(fetch_status(args.node, secret))
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, LookupError) as e:
+    except (TimeoutError, aiohttp.ClientError, OSError, LookupError) as e:
         print(f"modmesh peers: cannot get {args.node}{STATUS_PATH}: {e}", file=sys.stderr)
         return 1
     if args.json:

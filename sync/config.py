@@ -37,7 +37,7 @@ class MeshConfig:
     """Every mesh setting: the `[mesh]` table, `MODMESH_MESH_<KEY>` and the flags that
     the plugin adds to `modmesh serve`, all derived from these declarations."""
 
-    secret_file: Path | None = setting(  # noqa: RUF009
+    secret_file: Path | None = setting(
         None,
         "file holding the shared secret, one per line: the first signs, any verifies (so secrets can be "
         "rotated); no secret: the mesh is off",

@@ -101,7 +101,7 @@ class Inventory:
                     m.head = max(page.head, m.synced)
                     if not page.more or (m.epoch, m.synced) == before:
                         break  # done, or a page that made no progress: again after the next gossip
-        except (aiohttp.ClientError, asyncio.TimeoutError, MessageError, OSError) as e:
+        except (TimeoutError, aiohttp.ClientError, MessageError, OSError) as e:
             log.debug("inventory sync with %s failed: %s", m.node_id, e)
             self.membership.failed(m.node_id, self.clock())
         finally:

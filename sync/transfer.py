@@ -203,7 +203,7 @@ class Puller:
                     self.metrics.peer_fetches.labels(src.node_id, "presync", "rejected").inc()
                     self.quarantine(src.node_id, f"{req.key}: {e}")
                     tries.remove(src)
-                except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+                except (TimeoutError, aiohttp.ClientError, OSError) as e:
                     self.metrics.peer_fetches.labels(src.node_id, "presync", "error").inc()
                     log.info(
                         "pre-sync of %s from %s broke at %d/%d bytes: %s",
@@ -271,7 +271,7 @@ class Puller:
 @dataclass
 class _Progress:
     fd: int
-    hash: "hashlib._Hash"
+    hash: hashlib._Hash
     offset: int = 0
     contributors: list[str] = field(default_factory=list)
 

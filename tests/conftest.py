@@ -1,5 +1,3 @@
-pytest_plugins = ["tests.node_fixtures"]
-
 # Suite-wide fixtures: no network beyond loopback, the go command, Go's corpus,
 # fake upstreams.
 #
@@ -21,6 +19,8 @@ import pytest
 from tests.corpus import CorpusVersion, load_corpus
 from tests.goenv import go_binary
 from tests.upstream_fixture import FakeProxy, ModuleSet, modules_from_corpus
+
+pytest_plugins = ["tests.node_fixtures", "tests.mesh_fixtures"]
 
 
 class NetworkDenied(OSError):

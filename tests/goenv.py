@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GoResult", "decode_stream", "go_binary", "go_env", "run_go", "remove_modcache"]
+__all__ = ["GoResult", "decode_stream", "go_binary", "go_env", "remove_modcache", "run_go"]
 
 
 def go_binary() -> str | None:
@@ -148,7 +148,7 @@ async def run_go(
     try:
         try:
             out, err = await asyncio.wait_for(proc.communicate(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             timed_out = True
             _kill_group(proc)
             out, err = await proc.communicate()

@@ -246,7 +246,7 @@ class LossyLink:
             life = self.rng.uniform(0.0, 0.03) if dropped else self.max_life
             try:
                 await asyncio.wait_for(pipes, life)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         except (OSError, asyncio.IncompleteReadError):
             pass

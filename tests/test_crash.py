@@ -72,7 +72,7 @@ async def serve_process(data: Path, upstream: str, port: int) -> AsyncIterator[a
             proc.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(proc.wait(), 10)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 proc.kill()
                 await proc.wait()
 

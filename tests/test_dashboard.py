@@ -21,14 +21,14 @@ import tempfile
 from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import pytest
 
 from node.hooks import MemberStatus, MeshStatus
 from node.server import dashboard, dashboard_view
-from tests.mesh_fixtures import MeshNode, MeshNodeFactory, make_mesh_node, mesh_secret, wait_for  # noqa: F401
+from tests.mesh_fixtures import MeshNode, MeshNodeFactory, wait_for
 from tests.modules import module_files, module_set
 from tests.node_fixtures import NodeFactory
 from tests.sumdb_fixture import FakeSumDB, generate_keys
@@ -112,7 +112,7 @@ async def render(binary: str, url: str, out_dir: Path, screenshot: bool = False)
 class Dom(HTMLParser):
     """Elements with their attributes and text, enough to find the live figures."""
 
-    VOID = {"meta", "link", "br", "hr", "img", "input", "polyline", "polygon"}
+    VOID: ClassVar[frozenset[str]] = frozenset({"meta", "link", "br", "hr", "img", "input", "polyline", "polygon"})
 
     def __init__(self) -> None:
         super().__init__()

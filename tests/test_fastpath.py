@@ -26,7 +26,7 @@ async def raw(port: int, payload: bytes, until_close: bool = False) -> bytes:
             if not chunk:
                 break
             out += chunk
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     writer.close()
     return out
@@ -71,7 +71,7 @@ async def test_pipelined_hits_match_aiohttp(warm, caplog: pytest.LogCaptureFixtu
 
 
 async def test_miss_after_hit_hands_over_on_the_same_connection(warm) -> None:  # type: ignore[no-untyped-def]
-    node, port = warm
+    _node, port = warm
     out = await raw(
         port, get(INFO) + get("/example.com/nope/@v/list") + get(INFO, "Connection: close\r\n"), until_close=True
     )
@@ -130,7 +130,7 @@ async def test_a_client_that_pipelines_but_never_reads_is_bounded_then_cut(fake_
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 10)
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-    reader, writer = await asyncio.open_connection(sock=sock, limit=16 << 10)
+    _reader, writer = await asyncio.open_connection(sock=sock, limit=16 << 10)
     one = get(f"/example.com/%21hello/@v/{V}.zip", f"X-Pad: {'p' * 2000}\r\n")
     sent, cut = 0, False
     try:
@@ -138,7 +138,7 @@ async def test_a_client_that_pipelines_but_never_reads_is_bounded_then_cut(fake_
             writer.write(one * 10)
             await asyncio.wait_for(writer.drain(), 0.5)
             sent += 10
-    except (ConnectionError, asyncio.TimeoutError):
+    except (TimeoutError, ConnectionError):
         cut = True  # the node stopped reading: our requests back up (or it cut us)
     fast = list(node._runner.server._fast)  # type: ignore[union-attr]
     assert fast, "the connection left the fast path"

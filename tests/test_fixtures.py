@@ -73,7 +73,7 @@ def test_txtar_rules() -> None:
 
 def test_corpus_classification(corpus: list[CorpusVersion], corpus_modules: ModuleSet) -> None:
     ok = servable(corpus)
-    bad = dict((cv.key, reason) for cv, reason in broken(corpus))
+    bad = {cv.key: reason for cv, reason in broken(corpus)}
     assert len(ok) + len(bad) == len(corpus) > 250
     assert not {cv.key for cv in ok} & set(bad)
     assert "raw /NAME" in bad["rsc.io/badzip@v1.0.0"]

@@ -103,7 +103,7 @@ async def test_fork_through_replace_builds_as_directly(fake_proxy, make_node, tm
         listed = await run_go(["list", "-m", "all"], env, cwd=src)
         return build, listed
 
-    (d_build, d_list), (n_build, n_list), up, node = await both(fake_proxy, make_node, tmp_path, script)
+    (d_build, d_list), (n_build, n_list), _up, _node = await both(fake_proxy, make_node, tmp_path, script)
     assert d_build.ok, d_build.stderr
     assert n_build.ok, n_build.stderr
     assert "example.com/old v1.0.0 => example.com/fork/old v1.2.3" in n_list.stdout

@@ -11,7 +11,7 @@ import aiohttp
 
 from node.cache.protocol import ModRequest
 from node.hooks import HOP_HEADER
-from tests.mesh_fixtures import MeshNodeFactory, make_mesh_node, mesh_secret, wait_for  # noqa: F401
+from tests.mesh_fixtures import MeshNodeFactory, wait_for
 from tests.modules import big_module, module_files, module_set
 
 M, V = "example.com/popular", "v1.0.0"
@@ -41,7 +41,10 @@ async def test_hop_header_requests_count_for_nothing_on_either_path(fake_proxy, 
     node = await make_node(up.url)
     observer = Counting()
     node.hooks.access.append(observer)
-    paths = {"fast": (f"/{M}/@v/{V}.info", M, "info"), "aiohttp": (f"/example.com/big/@v/{V}.zip", "example.com/big", "zip")}
+    paths = {
+        "fast": (f"/{M}/@v/{V}.info", M, "info"),
+        "aiohttp": (f"/example.com/big/@v/{V}.zip", "example.com/big", "zip"),
+    }
     async with aiohttp.ClientSession() as s:
         for path, module, kind in paths.values():
             for _ in range(2):  # a miss, then a hit

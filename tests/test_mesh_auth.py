@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from sync.auth import NONCE_HEADER, SIG_HEADER, TS_HEADER, AuthError, NonceCache, Signer, Verifier
 from sync.messages import PROTOCOL, Gossip, encode_gossip
-from tests.mesh_fixtures import MeshNode, make_mesh_node, mesh_secret, wait_for  # noqa: F401
+from tests.mesh_fixtures import MeshNode, wait_for
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 
@@ -109,7 +109,7 @@ def test_nonce_cache_expires_and_is_bounded() -> None:
 def test_nonces_only_cached_for_valid_signatures() -> None:
     clock = Clock()
     v = Verifier([SECRET], 30, clock, max_nonces=2)
-    for i in range(10):
+    for _ in range(10):
         h = Signer(b"wrong secret, wrong secret, wrong", "x", clock).headers("GET", "/_mesh/status")
         with pytest.raises(AuthError):
             v.verify("GET", "/_mesh/status", h, b"")
@@ -187,7 +187,7 @@ async def test_signed_but_foreign_or_malformed_gossip(  # type: ignore[no-untype
     assert (await gossip("x4", msgpack.packb({"n": 1})))[0] == 400
     assert mn.mesh.membership.members == {}
     ok = Gossip("x5", "default", PROTOCOL, "http://127.0.0.1:9", 5, "e", 0, 0)
-    status, body = await gossip("x5", ok)
+    status, _body = await gossip("x5", ok)
     assert status == 200 and set(mn.mesh.membership.members) == {"x5"}
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.goenv import go_env, run_go
-from tests.mesh_fixtures import MeshNode, make_mesh_node, mesh_secret, wait_for  # noqa: F401
+from tests.mesh_fixtures import MeshNode, wait_for
 from tests.test_e2e_go import MAIN_GO, decode_stream
 
 pytestmark = pytest.mark.e2e

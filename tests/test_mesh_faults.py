@@ -14,14 +14,7 @@ import pytest
 
 from node.hooks import HOP_HEADER
 from tests.goenv import go_env, run_go
-from tests.mesh_fixtures import (  # noqa: F401
-    MeshNode,
-    make_link,
-    make_mesh_node,
-    mesh_secret,
-    wait_for,
-    write_secret,
-)
+from tests.mesh_fixtures import MeshNode, wait_for, write_secret
 from tests.modules import big_module
 from tests.test_e2e_go import decode_stream
 

@@ -157,7 +157,7 @@ async def test_nodes_find_each_other_by_mdns_and_sync(go_bin: str, tmp_path: Pat
             await netns.poll(lambda: knows(a, b, c), 20, what="A lists B and C as peers")
             discovered_in = time.monotonic() - t0
             for name in ("b", "c"):
-                assert f"mDNS: found node" in logs[name].read_text() and url[a] in logs[name].read_text(), (
+                assert "mDNS: found node" in logs[name].read_text() and url[a] in logs[name].read_text(), (
                     f"{name} did not learn of A from mDNS"
                 )
 

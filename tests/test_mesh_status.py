@@ -14,15 +14,7 @@ from node.service import Node, running_node
 from sync.auth import Signer
 from sync.cli import render, run
 from sync.plugin import MeshPlugin
-from tests.mesh_fixtures import (  # noqa: F401
-    FAST,
-    MeshNode,
-    make_mesh_node,
-    mesh_secret,
-    serve_args,
-    wait_for,
-    write_secret,
-)
+from tests.mesh_fixtures import FAST, MeshNode, serve_args, wait_for, write_secret
 from tests.node_fixtures import node_config
 
 ROOT = Path(__file__).resolve().parent.parent

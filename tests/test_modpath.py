@@ -16,7 +16,7 @@ import random
 import re
 import subprocess
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -493,7 +493,7 @@ def test_unescape_version_rejects(escaped: str, message: str) -> None:
 
 # --- Pseudo-versions ------------------------------------------------------------------
 
-PSEUDO_TIME = datetime(2006, 1, 2, 15, 4, 5, tzinfo=timezone.utc)
+PSEUDO_TIME = datetime(2006, 1, 2, 15, 4, 5, tzinfo=UTC)
 
 # (pseudo-version, base): x/mod's pseudo-version tests ("hash" stands for the revision).
 PSEUDO_TESTS = [
@@ -590,7 +590,7 @@ def test_pseudo_version_time(stamp: str, ok: bool) -> None:
     v = f"v0.0.0-{stamp}-abcdefabcdef"
     if ok:
         t = pseudo.pseudo_version_time(v)
-        assert t.tzinfo is timezone.utc and _stamp(t) == stamp
+        assert t.tzinfo is UTC and _stamp(t) == stamp
         return
     with pytest.raises(InvalidVersionError) as info:
         pseudo.pseudo_version_time(v)
@@ -902,7 +902,7 @@ def _pseudo_version(major: str, older: str, t: datetime, rev: str) -> str:
     st.from_regex(r"[0-9a-f]{12}", fullmatch=True),
 )
 def test_pseudo_version_round_trip(major: str, older: str, t: datetime, rev: str) -> None:
-    t = t.replace(microsecond=0, tzinfo=timezone.utc)
+    t = t.replace(microsecond=0, tzinfo=UTC)
     v = _pseudo_version(major, older, t, rev)
     assert pseudo.is_pseudo_version(v) and semver.is_valid(v)
     assert pseudo.pseudo_version_time(v) == t

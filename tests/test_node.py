@@ -81,7 +81,7 @@ async def test_list_and_latest_ttl_and_stale(fake_proxy, make_node, client) -> N
 
     await asyncio.sleep(0.6)
     up.add_module(M, "v1.2.0", *module_files(M, "v1.2.0"))
-    status, body, h = await get(client, node.url + f"/{M}/@v/list")
+    _, body, h = await get(client, node.url + f"/{M}/@v/list")
     assert h["X-Modmesh-Cache"] == "revalidated" and body.endswith(b"v1.2.0\n")
 
     await asyncio.sleep(0.6)
@@ -99,13 +99,13 @@ async def test_stale_while_revalidate(fake_proxy, make_node, client) -> None:  #
     await get(client, node.url + f"/{M}/@v/list")
     await asyncio.sleep(0.4)
     up.add_module(M, "v1.2.0", *module_files(M, "v1.2.0"))
-    status, body, h = await get(client, node.url + f"/{M}/@v/list")
+    _, body, h = await get(client, node.url + f"/{M}/@v/list")
     # Answered at once from the cache, refreshed behind the client's back...
     assert h["X-Modmesh-Cache"] == "stale" and h["X-Modmesh-Stale"] == "revalidating"
     assert not body.endswith(b"v1.2.0\n")
     for _ in range(50):
         await asyncio.sleep(0.05)
-        status, body, h = await get(client, node.url + f"/{M}/@v/list")
+        _status, body, h = await get(client, node.url + f"/{M}/@v/list")
         if h["X-Modmesh-Cache"] == "hit":
             break
     # ...so the next client sees the new version as a fresh hit.
@@ -189,10 +189,10 @@ async def test_pipe_falls_through_comma_stops(fake_proxy, make_node, client) -> 
     a, b = await fake_proxy(MODS), await fake_proxy(MODS)
     a.inject(ZIP, Fault.status(500))
     node = await make_node(f"{a.url}|{b.url}")
-    status, body, h = await get(client, node.url + ZIP)
+    status, body, _ = await get(client, node.url + ZIP)
     assert status == 200 and body == FILES[2]
     node2 = await make_node(f"{a.url},{b.url}")
-    status, body, h = await get(client, node2.url + ZIP)
+    status, body, _h = await get(client, node2.url + ZIP)
     assert status == 502 and b.count(ZIP) == 1
 
 
@@ -220,7 +220,7 @@ async def test_large_zip_streams_before_download_ends(fake_proxy, make_node, cli
         done_at = time.monotonic() - started
     assert first + rest == data
     assert first_at < done_at  # bytes flowed before the upstream finished
-    status, body, h = await get(client, node.url + f"/{M}/@v/v2.0.0+incompatible.zip")
+    _status, body, h = await get(client, node.url + f"/{M}/@v/v2.0.0+incompatible.zip")
     assert h["X-Modmesh-Cache"] == "hit" and body == data
 
 
@@ -238,7 +238,7 @@ async def test_large_bad_zip_is_cut_before_the_end(fake_proxy, make_node, client
                 got += chunk
     assert len(got) < len(other)  # the client never had the whole (bad) zip
     assert await node.index.get(M, V, "zip") is None
-    status, body, h = await get(client, node.url + ZIP)
+    status, body, _h = await get(client, node.url + ZIP)
     assert status == 200 and body == data
 
 
@@ -251,7 +251,7 @@ async def test_healthz_readyz_metrics(fake_proxy, make_node, client) -> None:  #
     assert status == 200 and b'"status": "ok"' in body
     status, body, _ = await get(client, node.url + "/readyz")
     assert status == 200
-    status, body, h = await get(client, node.url + "/metrics")
+    status, body, _h = await get(client, node.url + "/metrics")
     text = body.decode()
     assert 'modmesh_requests_total{cache="hit",kind="zip",status="200"} 1.0' in text
     assert 'modmesh_requests_total{cache="miss",kind="zip",status="200"} 1.0' in text

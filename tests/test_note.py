@@ -257,7 +257,7 @@ def test_bad_signature_by_known_key(pn: tuple[Signer, Verifier]) -> None:
 
 
 def test_signature_with_right_name_wrong_hash_is_unverified(pn: tuple[Signer, Verifier]) -> None:
-    signer, verifier = pn
+    _signer, verifier = pn
     other = Signer("PeterNeumann", *_hash_and_seed("PeterNeumann", bytes(32)))
     msg = sign_note(PN_TEXT, [other])
     with pytest.raises(UnverifiedNoteError):
@@ -334,7 +334,7 @@ def test_open_rejects_malformed(msg: bytes, pn: tuple[Signer, Verifier]) -> None
 
 
 def test_signature_count_limit(pn: tuple[Signer, Verifier]) -> None:
-    signer, verifier = pn
+    _signer, verifier = pn
     unknown = [_sig_line(f"u{i}", struct.pack(">I", i) + b"x" * 64) for i in range(99)]
     ok = PN_TEXT + "\n" + PN_SIG + "".join(unknown)
     assert len(open_note(ok.encode(), [verifier]).unverified_sigs) == 99

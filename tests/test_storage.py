@@ -168,7 +168,7 @@ async def test_gc(fake_proxy, make_node, client) -> None:  # type: ignore[no-unt
     assert sorted(p.name for p in (data / "tmp").rglob("*") if p.is_file()) == ["inflight.part"]
     assert await node.index.get(m, "v1.0.0", "info") is None
     assert await node.index.get_meta(other, "list") is None and await node.index.get_meta(m, "list") is not None
-    status, body, cache = await get(client, f"{node.url}/{m}/@v/v1.0.0.info")
+    status, _body, cache = await get(client, f"{node.url}/{m}/@v/v1.0.0.info")
     assert status == 200 and cache == "miss"
 
 

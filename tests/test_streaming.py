@@ -35,14 +35,14 @@ M = "example.com/big"
 MB = 1 << 20
 #: The node's shipped timeouts (the test fixture shortens them for failure tests).
 _D = Config()
-AT_DEFAULTS = dict(
-    connect_timeout=_D.connect_timeout,
-    read_timeout=_D.read_timeout,
-    small_timeout=_D.small_timeout,
-    breaker_reset=_D.breaker_reset,
-    stream_threshold=_D.stream_threshold,
-    write_idle_timeout=_D.write_idle_timeout,
-)
+AT_DEFAULTS = {
+    "connect_timeout": _D.connect_timeout,
+    "read_timeout": _D.read_timeout,
+    "small_timeout": _D.small_timeout,
+    "breaker_reset": _D.breaker_reset,
+    "stream_threshold": _D.stream_threshold,
+    "write_idle_timeout": _D.write_idle_timeout,
+}
 #: Longest a transfer in these tests may take before it counts as a hang.
 HANG = 60.0
 

@@ -23,7 +23,7 @@ from node.tools.bundle.export import plan_export
 from node.tools.bundle.selection import Selection
 from node.tools.doctor.report import diagnose
 from tests.goenv import go_env, run_go
-from tests.mesh_fixtures import MeshNodeFactory, make_mesh_node, mesh_secret  # noqa: F401
+from tests.mesh_fixtures import MeshNodeFactory
 from tests.modules import module_files
 from tests.sumdb_fixture import FakeSumDB, generate_keys
 

@@ -147,7 +147,8 @@ def test_lookup_bytes_match_doc_vector() -> None:
         "\n"
         "go.sum database tree\n1\nPxgBmyr4Dpp5jiiLZg8AStvbeyMXPR817hsurHdOImk=\n"
         "\n"
-        "— sum.example.test Q2XEiRSF2Mt7AQoMs9NxUUnoPNy7Lt5ayURZMnNzPDdLXkHv/tOZQncCe89PgITUy7HXHy33Cfka/c6omLjRl5FI1gk=\n"
+        "— sum.example.test Q2XEiRSF2Mt7AQoMs9NxUUnoPNy7Lt5ayURZMnNzPDdLXkHv/"
+        "tOZQncCe89PgITUy7HXHy33Cfka/c6omLjRl5FI1gk=\n"
     )
     assert db.reply_for("/latest").body == reply.body.split(b"\n\n", 1)[1]
 

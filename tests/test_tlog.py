@@ -7,7 +7,7 @@ import hashlib
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from node.golang import dirhash, modzip
-from node.sumdb import tiles
 from node.sumdb.note import Signer, Verifier, generate_key, open_note, parse_signer, parse_verifier, sign_note
 from node.sumdb.records import Tree, format_record, format_tree, parse_record, parse_tree, split_lookup
 from node.sumdb.tiles import (
@@ -85,7 +84,7 @@ def build(records: Sequence[bytes]) -> list[bytes]:
     return hashes
 
 
-@lru_cache(maxsize=None)
+@cache
 def log_of(n: int, salt: str = "") -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
     records = tuple(f"record {salt}{i}\n".encode() for i in range(n))
     return records, tuple(build(records))
@@ -107,7 +106,7 @@ _SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Heal
 
 
 def test_empty_tree_hash() -> None:
-    assert EMPTY_TREE_HASH == hashlib.sha256(b"").digest()
+    assert hashlib.sha256(b"").digest() == EMPTY_TREE_HASH
     assert tree_hash(0, list_hash_reader([])) == EMPTY_TREE_HASH
 
 
@@ -429,7 +428,7 @@ def test_tile_paths(tile: Tile, path: str) -> None:
 
 
 @st.composite
-def tiles(draw: st.DrawFn) -> Tile:
+def tile_params(draw: st.DrawFn) -> Tile:
     h = draw(st.integers(1, 30))
     l = draw(st.integers(-1, 62 // h))  # noqa: E741
     level = max(l, 0) * h
@@ -438,7 +437,7 @@ def tiles(draw: st.DrawFn) -> Tile:
     return Tile(h, l, n, w)
 
 
-@given(tiles())
+@given(tile_params())
 @settings(max_examples=500)
 def test_tile_path_round_trip(tile: Tile) -> None:
     assert parse_tile_path(tile.path()) == tile

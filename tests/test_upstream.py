@@ -114,7 +114,7 @@ async def test_comma_falls_through_on_404_only(fake_proxy, session) -> None:  # 
 async def test_pipe_falls_through_on_any_error(fake_proxy, session) -> None:  # type: ignore[no-untyped-def]
     a, b = await fake_proxy(MOD), await fake_proxy(MOD)
     a.inject("v1.0.0.info", Fault.reset_mid_body())
-    body, up = await _fetch(_chain(f"{a.url}|{b.url}", session))
+    _body, up = await _fetch(_chain(f"{a.url}|{b.url}", session))
     assert up.base == b.url
 
 

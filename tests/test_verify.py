@@ -16,7 +16,7 @@ from node.golang import modpath, pseudo, semver
 
 Q = ModRequest("example.com/m", "master", "query")
 
-_core = st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 3)).map(lambda t: "v%d.%d.%d" % t)
+_core = st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 3)).map(lambda t: f"v{t[0]}.{t[1]}.{t[2]}")
 _pre = st.sampled_from(["", "-pre", "-rc.1", "-0.20240102030405-abcdefabcdef"])
 versions = st.builds(lambda c, p: c + p, _core, _pre).filter(lambda v: modpath.canonical_version(v) == v)
 

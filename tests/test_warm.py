@@ -11,6 +11,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import aiohttp
 import pytest
@@ -212,7 +213,7 @@ def test_load_inputs_dispatch(tmp_path: Path) -> None:
 class SlowFetcher:
     """A Fetcher that records how many modules are in flight at once."""
 
-    databases: list[str] = []
+    databases: ClassVar[list[str]] = []
 
     def __init__(self) -> None:
         self.active = self.peak = 0

@@ -36,7 +36,7 @@ from aiohttp import web
 from node.golang import modpath, pseudo, semver
 from tests.corpus import CorpusVersion, build_zip
 
-__all__ = ["Fault", "FaultKind", "FakeProxy", "ModuleSet", "Reply", "VersionFiles", "modules_from_corpus"]
+__all__ = ["FakeProxy", "Fault", "FaultKind", "ModuleSet", "Reply", "VersionFiles", "modules_from_corpus"]
 
 #: (info, mod, zip); None means that endpoint answers 404.
 VersionFiles = tuple[bytes | None, bytes | None, bytes | None]
@@ -406,9 +406,9 @@ def _resolve_commit(prefix: str, versions: Mapping[str, VersionFiles]) -> str | 
                 rev = str(json.loads(info or b"{}").get("Short", ""))
             except (ValueError, AttributeError):
                 rev = ""
-        if rev and (rev.startswith(prefix) or prefix.startswith(rev)):
-            if best is None or semver.compare(best, v) < 0:
-                best = v
+        matches = rev and (rev.startswith(prefix) or prefix.startswith(rev))
+        if matches and (best is None or semver.compare(best, v) < 0):
+            best = v
     return best
 
 
@@ -428,7 +428,7 @@ async def _wait(event: asyncio.Event, seconds: float) -> bool:
     """Sleep up to `seconds`; True if `event` fired first (the server is stopping)."""
     try:
         await asyncio.wait_for(event.wait(), seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return False
     return True
 

@@ -153,7 +153,7 @@ class Direct:
         )
         try:
             stdout, stderr = await asyncio.wait_for(proc.communicate(), self.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             _kill(proc)
             await proc.wait()
             raise UpstreamTimeout(f"direct: go {args[0]} took longer than {self.timeout:.0f}s") from None

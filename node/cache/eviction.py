@@ -19,6 +19,8 @@ SIZE_SCALE = 64 * 1024
 SIZE_WEIGHT = 8.0
 #: An eviction pass stops at this fraction of the cap.
 LOW_WATER = 0.95
+
+
 def score(hits: int, last_access: float, size: int, pinned: bool, now: float, half_life: float = HALF_LIFE) -> float:
     """How much the site would miss a file; the lowest score is evicted first.
 
@@ -98,7 +100,6 @@ class EvictReport:
     evicted_bytes: int = 0
     #: The pinned modules alone exceed the cap.
     pinned_over_cap: bool = False
-
 
 
 def normalize_pattern(pattern: str) -> str:

@@ -259,7 +259,7 @@ class _MemoryFile(io.RawIOBase):
         self._pos = max(0, base + offset)
         return self._pos
 
-    def readinto(self, b: "bytearray | memoryview") -> int:  # type: ignore[override]
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
         assert self._view is not None
         n = max(0, min(len(b), len(self._view) - self._pos))
         b[:n] = self._view[self._pos : self._pos + n]

@@ -81,7 +81,6 @@ class VerifyReport:
         return d
 
 
-
 class Upkeep:
     """gc and verify for one node's store."""
 

@@ -9,7 +9,6 @@ a timeout, a truncated body, or a body the caller's `consume` refuses.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import os
@@ -213,7 +212,7 @@ class Upstream:
         except UpstreamError as e:
             self._failed(type(e).__name__, e)
             raise
-        except asyncio.TimeoutError:
+        except TimeoutError:
             err: UpstreamError = UpstreamTimeout(f"the upstream did not answer {path} in time")
             self._failed("timeout", err)
             raise err from None
@@ -264,7 +263,7 @@ async def _error_text(resp: aiohttp.ClientResponse) -> str:
         return ""
     try:
         head = await resp.content.read(MAX_ERROR_TEXT)
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         return ""
     return clean_text(head.decode("utf-8", "replace"))
 

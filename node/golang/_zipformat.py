@@ -38,7 +38,6 @@ class ZipError(ValueError):
 _CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
 
 
-
 # --- names ---------------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-__all__ = ["GoModError", "check", "go_version", "legacy_go_mod", "parse_module_path"]
+__all__ = ["GoModError", "check", "go_version", "legacy_go_mod", "parse_module_path", "parse_string", "statements"]
 
 
 class GoModError(ValueError):
@@ -307,6 +307,25 @@ def go_version(data: bytes) -> str | None:
         return _parse(data).go
     except GoModError:
         return None
+
+
+def statements(text: str) -> list[tuple[str, list[str], int]]:
+    """(verb, tokens, line) of every statement of a go.mod or go.work file, with a block's
+    lines under its verb (`require (...)`); tokens are as written (see parse_string).
+    GoModError if the text does not parse."""
+    out: list[tuple[str, list[str], int]] = []
+    for st in _parse_syntax(text):
+        if isinstance(st, _Block):
+            if len(st.tokens) == 1:
+                out.extend((st.tokens[0], ln.tokens, ln.line) for ln in st.lines)
+        else:
+            out.append((st.tokens[0], st.tokens[1:], st.line))
+    return out
+
+
+def parse_string(tok: str) -> str:
+    """A token's value (modfile's parseString); ValueError if it is malformed."""
+    return _parse_string(tok)
 
 
 def _parse_string(tok: str) -> str:

@@ -80,6 +80,7 @@ _log = logging.getLogger(__name__)
 
 # --- reading zips -------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class _Entry:
     name: str  # raw bytes decoded as UTF-8 with surrogate escapes
@@ -146,18 +147,18 @@ def _read_directory(f: IO[bytes], size: int) -> tuple[list[_Entry], int]:
         raise _bad("data after the end of central directory record")
     eocd_at = size - tail_len + p
     dir_end = eocd_at
-    if n == 0xFFFF or cd_size == U32 or cd_off == U32:
-        if eocd_at >= LOC64.size:
-            loc_at = eocd_at - LOC64.size
-            sig, loc_disk, rec_at, disks = LOC64.unpack(_read_exact(f, loc_at, LOC64.size))
-            if sig == SIG_LOC64 and loc_disk == 0 and disks == 1:
-                if rec_at > loc_at - EOCD64.size:
-                    raise _bad("zip64 end record out of place")
-                rec = EOCD64.unpack(_read_exact(f, rec_at, EOCD64.size))
-                sig64, rec_size, _, _, disk, cd_disk, n_disk, n, cd_size, cd_off = rec
-                if sig64 != SIG_EOCD64 or rec_at + 12 + rec_size != loc_at:
-                    raise _bad("malformed zip64 end record")
-                dir_end = rec_at
+    # A zip64 file: the locator just before the end record leads to the zip64 record.
+    if (n == 0xFFFF or cd_size == U32 or cd_off == U32) and eocd_at >= LOC64.size:
+        loc_at = eocd_at - LOC64.size
+        sig, loc_disk, rec_at, disks = LOC64.unpack(_read_exact(f, loc_at, LOC64.size))
+        if sig == SIG_LOC64 and loc_disk == 0 and disks == 1:
+            if rec_at > loc_at - EOCD64.size:
+                raise _bad("zip64 end record out of place")
+            rec = EOCD64.unpack(_read_exact(f, rec_at, EOCD64.size))
+            sig64, rec_size, _, _, disk, cd_disk, n_disk, n, cd_size, cd_off = rec
+            if sig64 != SIG_EOCD64 or rec_at + 12 + rec_size != loc_at:
+                raise _bad("malformed zip64 end record")
+            dir_end = rec_at
     if disk != 0 or cd_disk != 0 or n_disk != n:
         raise _bad("multi-disk archives are not supported")
     if cd_off + cd_size != dir_end:
@@ -182,7 +183,7 @@ def _read_directory(f: IO[bytes], size: int) -> tuple[list[_Entry], int]:
             name_len,
             extra_len,
             comment_len,
-            disk_start,
+            _disk_start,
             _,
             _,
             offset,

@@ -21,6 +21,7 @@ UPSTREAM = web.RequestKey("upstream", str)
 KIND = web.RequestKey("kind", str)  # for requests that are not a ModRequest (sumdb)
 SENT = web.RequestKey("sent", int)  # body bytes of a streamed answer
 
+
 def access_logger(recorder: RequestRecorder) -> type[AbstractAccessLogger]:
     """aiohttp builds the access logger itself, so bind the node's recorder here."""
 

@@ -28,11 +28,15 @@ import logging
 import time
 from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import aiosqlite
 from aiohttp import web
 
+from node.cache.index import Index
+from node.config import Config
+from node.hooks import Hooks
+from node.metrics import Metrics
 from node.server.dashboard_view import (
     MeshView,
     Sample,
@@ -43,9 +47,6 @@ from node.server.dashboard_view import (
     requests_by_cache,
     series,
 )
-
-if TYPE_CHECKING:
-    from node.service import Node
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,21 @@ ASSETS = {
 CSP = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'"
 
 
-def admin_routes(node: Node) -> list[web.RouteDef]:
+class DashboardSource(Protocol):
+    """What the page reads of a running node (node.service.Node is one): the server
+    layer does not import the composition root."""
+
+    config: Config
+    app: web.Application
+    hooks: Hooks
+    index: Index
+    metrics: Metrics
+    url: str
+
+    def health(self) -> dict[str, Any]: ...
+
+
+def admin_routes(node: DashboardSource) -> list[web.RouteDef]:
     dash = Dashboard(node)
     # App signals, not Node, own the lifetime: they run at listen() and aclose().
     node.app.on_startup.append(dash.on_startup)
@@ -120,7 +135,7 @@ class Dashboard:
     The files are read once here, so a missing static file fails the node's start,
     not a viewer's request."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: DashboardSource) -> None:
         self.node = node
         self.samples: deque[Sample] = deque(maxlen=SAMPLES)
         self.errors = ErrorLog()

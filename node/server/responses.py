@@ -30,6 +30,7 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 CACHE_HEADER = "X-Modmesh-Cache"
 STALE_HEADER = "X-Modmesh-Stale"
 
+
 @functools.lru_cache(maxsize=8192)
 def blob_headers(sha256: str, h1: str | None, kind: str, cache: str, in_memory: bool) -> Mapping[str, str]:
     """Response headers of a versioned file; hot hits reuse them (they never change)."""
@@ -75,14 +76,12 @@ def meta_response(req: ModRequest, a: MetaAnswer, ttl: float, request: web.Reque
     return resp
 
 
-
 @functools.lru_cache(maxsize=8192)
 def raw_blob_head(sha256: str, h1: str | None, kind: str, size: int) -> bytes:
     """Status line and headers of an in-memory hit, as aiohttp would send them."""
     lines = ["HTTP/1.1 200 OK", f"Content-Length: {size}"]
     lines += [f"{k}: {v}" for k, v in blob_headers(sha256, h1, kind, "hit", True).items()]
     return ("\r\n".join(lines) + "\r\n").encode()
-
 
 
 def fast_answer(

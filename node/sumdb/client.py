@@ -41,6 +41,8 @@ T = TypeVar("T")
 
 HEIGHT = 8  # the tile height every go command uses
 MAX_REPLY = 1 << 20
+
+
 class SumDBError(UpstreamError):
     """The database is unreachable or sent something that does not verify."""
 

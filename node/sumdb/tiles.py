@@ -72,7 +72,7 @@ class Tile:
             raise TlogError(f"invalid tile {self!r}")
         level = max(self.l, 0) * self.h
         if (
-            not -1 <= self.l
+            not self.l >= -1
             or level > MAX_LEVEL
             or not 1 <= self.w <= 1 << self.h
             or self.n < 0

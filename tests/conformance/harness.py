@@ -229,7 +229,7 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
         os.killpg(proc.pid, signal.SIGTERM)
     try:
         await asyncio.wait_for(proc.wait(), 10)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
@@ -257,8 +257,9 @@ async def test_proxy(tc: Toolchain) -> AsyncIterator[str]:
                 raise RuntimeError(f"Go's test proxy exited {await proc.wait()}")
             m = re.search(r"GOPROXY=(\S+)", line)
             url = m.group(1) if m else ""
-        asyncio.ensure_future(_drain(proc.stderr))
+        drain = asyncio.ensure_future(_drain(proc.stderr))
         yield url
+        drain.cancel()
     finally:
         await _stop(proc)
 

@@ -186,26 +186,14 @@ def is_directory_path(p: str) -> bool:
     )
 
 
-def _statements(text: str) -> list[tuple[str, list[str], int]]:
-    """(verb, args, line) for every line and block line; raises GoModError."""
-    out: list[tuple[str, list[str], int]] = []
-    for st in gomod._parse_syntax(text):
-        if isinstance(st, gomod._Block):
-            if len(st.tokens) == 1:
-                out.extend((st.tokens[0], ln.tokens, ln.line) for ln in st.lines)
-        else:
-            out.append((st.tokens[0], st.tokens[1:], st.line))
-    return out
-
-
 def parse_modfile(text: str, name: str = "go.mod") -> ModFile:
     """The directives warm needs from a go.mod or go.work (same syntax)."""
     mf = ModFile()
     try:
-        stmts = _statements(text)
+        stmts = gomod.statements(text)
         for verb, args, line in stmts:
             origin = f"{name}:{line}"
-            args = [gomod._parse_string(a) for a in args]
+            args = [gomod.parse_string(a) for a in args]
             if verb == "module" and len(args) == 1:
                 mf.module = args[0]
             elif verb == "require":
