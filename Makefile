@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k upstream -x"`.
 PYTEST_ARGS ?=
 
-.PHONY: serve test bench conformance clean system-test-deps
+.PHONY: serve test lint bench conformance clean system-test-deps
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ system-test-deps:
 
 test: $(VENV)/.installed-test system-test-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The same checks the suite runs (tests/test_lint.py), on their own and quicker.
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/run_all.py
