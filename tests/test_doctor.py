@@ -28,6 +28,7 @@ from node.tools.doctor.probe import Probe
 from node.tools.doctor.report import diagnose, render
 from node.tools.doctor.upstreams import direct_check
 from tests.goenv import go_env
+from tests.mesh_fixtures import MeshNode, wait_for
 from tests.modules import module_files
 from tests.node_fixtures import node_config
 from tests.sumdb_fixture import FakeSumDB, generate_keys
@@ -369,3 +370,31 @@ async def test_tokens_and_routes(fake_proxy, make_node, tmp_path: Path) -> None:
     assert by["module corp.example.com/lib"].detail.startswith("1 upstreams agree")  # the route only
     assert rep.facts is not None and rep.facts["clients_need_auth"] is True
     assert "private-node-sumdb" not in codes(rep.checks)  # the node treats corp.example.com as private
+
+
+async def test_node_report_reads_the_real_mesh(fake_proxy, make_mesh_node) -> None:  # type: ignore[no-untyped-def]
+    """Doctor's mesh line comes from the mesh's own status record: /_mesh/status takes
+    signed requests only, and its members are under "members" (not "peers")."""
+    up = await fake_proxy()
+    a = await make_mesh_node(up.url, mesh={"presync": False})
+    b = await make_mesh_node(up.url, peers=[a.url], mesh={"presync": False})
+
+    def alive(mn: MeshNode, other: str) -> bool:
+        m = mn.mesh.membership.get(other)
+        return m is not None and m.state == "alive"
+
+    await wait_for(lambda: alive(b, a.mesh.node_id), 10, "B sees A alive")
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{b.url}/_mesh/status") as r:
+            assert r.status == 401  # what an HTTP probe of the endpoint gets
+        async with s.get(f"{b.url}/_admin/doctor", params={"timeout": "1"}) as r:
+            assert r.status == 200
+            report: dict[str, Any] = await r.json()
+    (mesh,) = [c for c in report["checks"] if c["name"] == "mesh"]
+    assert mesh["status"] == "ok" and mesh["detail"].startswith("1 peers (1 alive)"), mesh
+
+    b.node.hooks.mesh_status = lambda: {**b.mesh.status(), "members": []}
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{b.url}/_admin/doctor", params={"timeout": "1"}) as r:
+            (mesh,) = [c for c in (await r.json())["checks"] if c["name"] == "mesh"]
+    assert mesh["status"] == "info" and "no peers yet" in mesh["detail"], mesh

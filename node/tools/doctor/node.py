@@ -11,14 +11,13 @@ all concurrently and returns them with the facts the client-side checks need.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
+from collections import Counter
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from aiohttp import web
 
 from node.cache.store import Refusal
@@ -26,7 +25,7 @@ from node.errors import InvalidRequest
 from node.golang import modpath
 from node.tools.doctor.check import Check, Status
 from node.tools.doctor.consistency import consistency
-from node.tools.doctor.probe import DEFAULT_TIMEOUT, probe
+from node.tools.doctor.probe import DEFAULT_TIMEOUT
 from node.tools.doctor.upstreams import sumdb_checks, upstream_checks
 
 if TYPE_CHECKING:
@@ -126,21 +125,27 @@ def store_check(refusal: Refusal | None) -> Check:
     )
 
 
-async def mesh_check(node: Node, timeout: float) -> Check:
-    if not node.url:
-        return Check("node", "mesh", "info", "not checked: no node listening in this process (--data)")
-    if not any(r.canonical == "/_mesh/status" for r in node.app.router.resources()):
+def mesh_check(node: Node) -> Check:
+    """The mesh as this node sees it, from the record `/_mesh/status` answers peers
+    (`hooks.mesh_status`), read in-process: that endpoint takes signed requests only."""
+    status_of = node.hooks.mesh_status
+    if status_of is None:
         return Check("node", "mesh", "info", "mesh not enabled")
-    async with aiohttp.ClientSession() as s:
-        p = await probe(s, f"{node.url}/_mesh/status", timeout)
-    if p.status != 200:
-        return Check("node", "mesh", "warn", f"/_mesh/status: {p.what()}", "mesh-status")
     try:
-        st = json.loads(p.body)
-        peers = st.get("peers", []) if isinstance(st, dict) else []
-    except ValueError:
-        return Check("node", "mesh", "warn", "/_mesh/status is not JSON", "mesh-status")
-    return Check("node", "mesh", "ok" if peers else "info", f"{len(peers)} peers")
+        st = status_of()
+    except Exception as e:
+        return Check("node", "mesh", "warn", f"mesh status failed: {type(e).__name__}", "mesh-status")
+    states = Counter(m["state"] for m in st["members"])
+    alive = states.get("alive", 0)
+    detail = ", ".join(f"{states[s]} {s}" for s in ("alive", "suspect", "dead") if states.get(s))
+    detail = f"{len(st['members'])} peers" + (f" ({detail})" if detail else "")
+    if st["sync_backlog"]:
+        detail += f", {st['sync_backlog']} inventory entries not synced yet"
+    if not st["members"]:
+        return Check("node", "mesh", "info", f"no peers yet in mesh {st['mesh']!r}")
+    if not alive:
+        return Check("node", "mesh", "warn", detail + ": no peer answers", "mesh-no-peers")
+    return Check("node", "mesh", "ok", detail)
 
 
 # ---- the report ----------------------------------------------------------------------------
@@ -176,7 +181,7 @@ async def node_report(node: Node, modules: Sequence[str] = (), timeout: float = 
     """Every node-side check, run concurrently; JSON-ready."""
 
     async def mesh() -> list[Check]:
-        return [await mesh_check(node, timeout)]
+        return [mesh_check(node)]
 
     groups = await asyncio.gather(
         _guard("local", local_checks(node)),
