@@ -31,6 +31,7 @@ system-test-deps:
 	    echo "could not install chromium: the dashboard browser test will be skipped"; \
 	  else echo "no chromium (needs root and apt-get): the dashboard browser test will be skipped"; fi; }
 
+# The suite includes the linters (tests/test_lint.py: what `make lint` runs).
 test: $(VENV)/.installed-test system-test-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
