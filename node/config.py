@@ -127,6 +127,22 @@ class Config:
         "to clients, holding at most this many bytes in memory at once",
         parse=parse_size,
     )
+    check_on_serve: bool = setting(
+        True,
+        "hash each blob against its sha256 before its first serve after the node starts; a damaged one is "
+        "quarantined and fetched again, never served",
+    )
+    scrub_period: float = setting(
+        7 * 86400.0,
+        "the background scrub re-hashes every blob once per this period (0: no scrub)",
+        shown="7d",
+    )
+    scrub_rate: int = setting(
+        8 << 20,
+        "bytes per second the scrub reads at most, so that client traffic keeps the disk",
+        parse=parse_size,
+        shown="8MiB",
+    )
     max_size: int | None = setting(
         None,
         "cap on cached blob bytes, e.g. 50GB; over it the least used unpinned files are evicted",

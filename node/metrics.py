@@ -82,6 +82,25 @@ class Metrics:
             "Client connections cut because they stopped reading",
             registry=r,
         )
+        self.blobs_checked = Counter(
+            "modmesh_blobs_checked",
+            "Blobs re-hashed against their sha256 (serve: before the first serve of a run; scrub; verify)",
+            ["by"],
+            registry=r,
+        )
+        self.blobs_quarantined = Counter(
+            "modmesh_blobs_quarantined", "Blobs found damaged and moved to quarantine", ["by"], registry=r
+        )
+        self.blobs_repaired = Counter(
+            "modmesh_blobs_repaired", "Files fetched again after their blob was quarantined", registry=r
+        )
+        self.scrub_bytes = Counter("modmesh_scrub_bytes", "Bytes the background scrub has read", registry=r)
+        self.index_rebuilds = Counter(
+            "modmesh_index_rebuilds", "Times the index was rebuilt from the journal and the blobs", registry=r
+        )
+        self.blobs_unchecked = Gauge(
+            "modmesh_blobs_unchecked", "Index rows rebuilt from the journal whose blob is not re-hashed yet", registry=r
+        )
         self.store_bytes = Gauge("modmesh_store_bytes", "Bytes of blobs in the store", registry=r)
         self.store_blobs = Gauge("modmesh_store_blobs", "Index entries for versioned files", registry=r)
 

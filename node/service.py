@@ -17,7 +17,7 @@ import shutil
 import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import aiohttp
 from aiohttp import web
@@ -26,8 +26,12 @@ from node import __version__
 from node.cache.credentials import route_credentials
 from node.cache.direct import Direct
 from node.cache.index import Index
+from node.cache.journal import Journal
 from node.cache.model import ProxySettings
+from node.cache.protocol import Kind, ModRequest
 from node.cache.proxy import ModuleProxy
+from node.cache.recovery import Recovery, open_index
+from node.cache.scrub import Scrubber
 from node.cache.spool import storage_error_cause
 from node.cache.storage import StorageManager
 from node.cache.store import BlobStore
@@ -63,7 +67,10 @@ class Node:
         self.admin = list(admin)
         self.metrics = Metrics()
         self.store = BlobStore(config.data)
-        self.index = Index(config.data / "index.sqlite")
+        self.journal = Journal(config.data / "index.journal")
+        self.index = Index(config.data / "index.sqlite", self.journal)
+        #: What opening the index took (a rebuild, a catch-up with the journal).
+        self.recovery = Recovery()
         self.started_at = time.time()
         self._stack = contextlib.AsyncExitStack()
         self._session: aiohttp.ClientSession | None = None
@@ -75,6 +82,8 @@ class Node:
         self.url = ""
         #: Bytes the index references, as of the last stats tick (every STATS_INTERVAL).
         self.store_bytes = 0
+        #: Rows rebuilt from the journal whose blob is not re-hashed yet (stats tick).
+        self._unchecked = -1
 
     async def start(self) -> None:
         try:
@@ -89,8 +98,11 @@ class Node:
         cfg.data.mkdir(parents=True, exist_ok=True)
         self.store.open()
         stack.callback(self.store.close)
-        await self.index.open()
+        stack.push_async_callback(self.journal.aclose)
+        self.recovery = await open_index(self.index, self.journal, self.store)
         stack.push_async_callback(self.index.aclose)
+        if self.recovery.rebuilt:
+            self.metrics.index_rebuilds.inc()
         self._session = await stack.enter_async_context(
             aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=300),
@@ -112,6 +124,7 @@ class Node:
             stream_threshold=cfg.stream_threshold,
             offline=cfg.offline,
             passthrough_memory=cfg.passthrough_memory,
+            check_on_serve=cfg.check_on_serve,
         )
         self.proxy = ModuleProxy(
             self.store, self.index, self.chain, self.metrics, settings, self.hooks, self.sumdbs, routes=routes
@@ -122,6 +135,17 @@ class Node:
         stack.push_async_callback(self.storage.aclose)
         self.hooks.observers.append(self.storage)
         self.proxy.refuse_store = self.storage.refusal
+        self.scrubber = Scrubber(
+            self.index,
+            self.store,
+            self.proxy.integrity,
+            self.metrics,
+            cfg.scrub_period,
+            cfg.scrub_rate,
+            lambda e: self.proxy.fetch(ModRequest(e.module, e.version, cast(Kind, e.kind))),
+        )
+        self.scrubber.start()
+        stack.push_async_callback(self.scrubber.aclose)
         self.reverifier = Reverifier(self.index, self.sumdbs, self.proxy, self.store, self.hooks, self.metrics.registry)
         self.hooks.observers.append(self.reverifier)
         await self.reverifier.start()
@@ -254,6 +278,7 @@ class Node:
                 f"{self.reverifier.pending} cached files are not confirmed by the checksum database "
                 "yet (it did not answer); they are checked again in the background"
             )
+        reasons += self._integrity_reasons()
         refusal = self.store.status.refusal
         if refusal is not None:
             reasons.append(
@@ -269,10 +294,38 @@ class Node:
             "upstreams": ups,
             "sumdb": self.sumdbs.health(),
             "unverified": self.reverifier.pending,
-            "store": {"epoch": self.index.epoch, "disk_free_bytes": disk.free, **self.store.status.health()},
+            "store": {
+                "epoch": self.index.epoch,
+                "disk_free_bytes": disk.free,
+                **self.store.status.health(),
+                "integrity": {**self.proxy.integrity.health(), "unchecked": max(self._unchecked, 0)},
+                "scrub": self.scrubber.health(),
+                "index": self.recovery.to_json(),
+            },
         }
 
+    def _integrity_reasons(self) -> list[str]:
+        out = []
+        integrity = self.proxy.integrity
+        if integrity.repairing:
+            keys = sorted(integrity.repairing)
+            out.append(
+                f"{len(keys)} files were damaged on disk (quarantined) and are not repaired yet: "
+                + ", ".join(keys[:3])
+                + (", ..." if len(keys) > 3 else "")
+            )
+        if self.recovery.rebuilt and self._unchecked > 0:
+            out.append(
+                f"the index was rebuilt at start-up ({self.recovery.recovered} files recovered, "
+                f"{self.recovery.missing} lost); {self._unchecked} files are not re-hashed yet "
+                "(each is hashed before it is served)"
+            )
+        return out
+
     async def _update_stats(self) -> None:
+        if self.recovery.rebuilt and self._unchecked != 0:
+            self._unchecked = await self.index.count_never_checked()
+            self.metrics.blobs_unchecked.set(self._unchecked)
         count, size = await self.index.totals()
         self.metrics.store_blobs.set(count)
         self.metrics.store_bytes.set(size)

@@ -43,7 +43,7 @@ class ConfigError(ValueError):
 
 # ---- value parsers: TOML values (typed) and environment/flag values (strings) ----
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.I)
 _SIZE_UNITS = {
     "b": 1,
@@ -63,9 +63,9 @@ def parse_duration(value: object) -> float:
         return float(value)
     m = _DURATION.match(str(value))
     if not m:
-        raise ConfigError(f"{value!r} is not a duration (e.g. 30, 1.5s, 250ms, 5m)")
+        raise ConfigError(f"{value!r} is not a duration (e.g. 30, 1.5s, 250ms, 5m, 7d)")
     n = float(m.group(1))
-    return n * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2) or "s"]
+    return n * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
 
 
 def parse_size(value: object) -> int:

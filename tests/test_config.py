@@ -78,6 +78,9 @@ CONTRACT: dict[str, object] = {
     "stream_threshold": 4 << 20,
     "write_idle_timeout": 60.0,
     "passthrough_memory": 512 << 20,
+    "check_on_serve": True,
+    "scrub_period": 7 * 86400.0,
+    "scrub_rate": 8 << 20,
     "max_size": None,
     "sumdb": ("sum.golang.org+033de0ae+Ac4zctda0e5eza+HJyk9SxEdh+s3Ux18htTTAD8OuAn8",),
     "sumdb_verify": "sumdb",
@@ -157,7 +160,11 @@ def _sample(name: str) -> tuple[str, object]:
         parse_sumdb: ("a, b", ("a", "b")),
         parse_path: ("/x/y", Path("/x/y")),
     }
-    special = {"listen": ("10.0.0.1:4000", "10.0.0.1:4000"), "log_level": ("debug", "debug")}
+    special = {
+        "listen": ("10.0.0.1:4000", "10.0.0.1:4000"),
+        "log_level": ("debug", "debug"),
+        "check_on_serve": ("no", False),  # on by default
+    }
     return special.get(name) or samples.get(s.parse) or ("x", "x")
 
 

@@ -3,78 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 import signal
-import socket
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from tests.modules import big_module, module_set
+from tests.node_process import free_port, serve_process, temp_files
 from tests.upstream_fixture import Fault
 
 N = 20
-
-
-def temp_files(data: Path) -> list[Path]:
-    return [p for p in (data / "tmp").rglob("*") if p.is_file()]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.asynccontextmanager
-async def serve_process(data: Path, upstream: str, port: int) -> AsyncIterator[asyncio.subprocess.Process]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "node.cli",
-        "serve",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--data",
-        str(data),
-        "--upstream",
-        upstream,
-        "--sumdb",
-        "off",
-        "--log-format",
-        "text",
-        "--log-level",
-        "warning",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with aiohttp.ClientSession() as s:
-            for _ in range(200):
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
-                        if r.status == 200:
-                            break
-                if proc.returncode is not None:
-                    err = await proc.stderr.read() if proc.stderr else b""
-                    pytest.fail(f"modmesh serve exited {proc.returncode}: {err.decode()[-2000:]}")
-                await asyncio.sleep(0.05)
-            else:
-                pytest.fail("modmesh serve did not become ready")
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
 
 
 async def test_kill_9_mid_download_then_restart(fake_proxy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -62,7 +63,10 @@ async def test_lying_peer_is_rejected_and_quarantined(  # type: ignore[no-untype
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0xFF
     blob.write_bytes(bytes(data))
-    liar = await make_mesh_node(up.url, data=liar_data, mesh={"presync": False})
+    # Its own serve check is off (a user may turn it off): with it, the liar would find
+    # the damage itself and never offer the bytes (tests/test_heal.py). The mesh must
+    # hold the line anyway.
+    liar = await make_mesh_node(up.url, data=liar_data, mesh={"presync": False}, check_on_serve=False)
 
     # A client miss at V asks the liar first (peer-first), refuses its bytes, and the
     # go command still gets the right ones, from the upstream.
@@ -268,10 +272,10 @@ async def test_dead_peer_rejoins_and_a_reset_store_resyncs(  # type: ignore[no-u
 
     await b.close()
     await wait_for(lambda: _member(a, b_id, "dead"), 10, "A marks B dead")
-    # B comes back on the same address with the same id but an empty store (new epoch).
-    (b_data / "index.sqlite").unlink()
-    for p in b_data.glob("index.sqlite-*"):
-        p.unlink()
+    # B comes back on the same address with the same id but an empty store (new epoch):
+    # index, journal and blobs gone (without the journal's loss the index would be rebuilt).
+    for p in [*b_data.glob("index.*"), b_data / "blobs"]:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
     b2 = await make_mesh_node(up.url, peers=[a.url], data=b_data, port=port, mesh={"presync": False})
     assert b2.mesh.node_id == b_id and b2.node.index.epoch != old_epoch
     await wait_for(lambda: _member(a, b_id, "alive"), 10, "B rejoins")

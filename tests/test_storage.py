@@ -370,7 +370,7 @@ async def test_commands_on_node_and_data(fake_proxy, make_node, client, tmp_path
     up.inject(r"/v1\.1\.0\.zip$", Fault.status(404))
     rc, out, err = await modmesh("verify", "--data", str(data), "--upstream", up.url, "--sumdb", "off")
     assert rc == 1, err
-    assert "1 repaired, 1 not repaired" in " ".join(out.split()), out
+    assert "1 repaired, 1 not repaired" in " ".join(out.split()), out + err
     assert "unrepairable" in out and "v1.1.0" in out
     rc, out, err = await modmesh("verify", "--data", str(data), "--upstream", "off", "--sumdb", "off", "--json")
     assert rc == 0 and json.loads(out)["problems"] == [] and json.loads(out)["files"] == 1, out + err

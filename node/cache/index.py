@@ -10,6 +10,12 @@ store, so a peer notices when it was reset.
 
 Access statistics (hits, last access) are buffered in memory and flushed in
 batches: the hit path never waits on a write.
+
+Every change to `entries` and `pins` is written to the journal (node/cache/journal.py)
+before the index, so the index can be rebuilt from the journal and the blobs
+(node/cache/recovery.py). `checked_at` / `checked_boot` record when a blob's bytes were
+last re-hashed and in which run of the node (`boot`, counted up at each open): a blob is
+served only once it was checked in this run (node/cache/integrity.py).
 """
 
 from __future__ import annotations
@@ -17,112 +23,31 @@ from __future__ import annotations
 import contextlib
 import secrets
 import sqlite3
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiosqlite
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS entries (
-    serial      INTEGER PRIMARY KEY AUTOINCREMENT,
-    module      TEXT NOT NULL,
-    version     TEXT NOT NULL,
-    kind        TEXT NOT NULL CHECK (kind IN ('info', 'mod', 'zip')),
-    sha256      TEXT NOT NULL,
-    size        INTEGER NOT NULL,
-    h1          TEXT,
-    source      TEXT NOT NULL,
-    fetched_at  REAL NOT NULL,
-    last_access REAL,
-    hits        INTEGER NOT NULL DEFAULT 0,
-    unverified  INTEGER NOT NULL DEFAULT 0,
-    UNIQUE (module, version, kind)
-);
-CREATE INDEX IF NOT EXISTS entries_sha256 ON entries (sha256);
-CREATE TABLE IF NOT EXISTS meta (
-    module     TEXT NOT NULL,
-    kind       TEXT NOT NULL CHECK (kind IN ('list', 'latest')),
-    body       BLOB NOT NULL,
-    source     TEXT NOT NULL,
-    fetched_at REAL NOT NULL,
-    PRIMARY KEY (module, kind)
-);
-CREATE TABLE IF NOT EXISTS node_state (
-    key   TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
--- version queries (`.info` of a branch, tag name or commit prefix) and what they resolved to
-CREATE TABLE IF NOT EXISTS queries (
-    module     TEXT NOT NULL,
-    query      TEXT NOT NULL,
-    body       BLOB NOT NULL,
-    source     TEXT NOT NULL,
-    fetched_at REAL NOT NULL,
-    PRIMARY KEY (module, query)
-);
--- storage limits (node/storage.py): GOPRIVATE-style patterns eviction never touches
-CREATE TABLE IF NOT EXISTS pins (
-    pattern    TEXT PRIMARY KEY,
-    created_at REAL NOT NULL
-);
-"""
+from node.cache import journal
+from node.cache.journal import Journal
+from node.cache.rows import ENTRY_COLUMNS, SCHEMA, Entry, IndexDamaged, MetaEntry, Usage, entry_from_row
 
+__all__ = ["Entry", "Index", "IndexDamaged", "MetaEntry", "Usage"]
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    module: str
-    version: str
-    kind: str
-    sha256: str
-    size: int
-    h1: str | None
-    source: str
-    fetched_at: float
-    serial: int = 0
-    #: The checksum database could not confirm its h1 yet (sumdb_verify = "sumdb" while
-    #: the database did not answer): served to clients, never offered to peers or exported.
-    unverified: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class MetaEntry:
-    module: str
-    kind: str
-    body: bytes
-    source: str
-    fetched_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """What eviction weighs for one row (node/storage.py)."""
-
-    module: str
-    version: str
-    kind: str
-    sha256: str
-    size: int
-    hits: int
-    last_access: float | None
-    fetched_at: float
-
-
-_ENTRY_COLS = "module, version, kind, sha256, size, h1, source, fetched_at, serial, unverified"
-
-
-def _entry(row: Sequence[Any]) -> Entry:
-    m, v, k, sha, size, h1, source, fetched_at, serial, unverified = row
-    return Entry(m, v, k, sha, size, h1, source, fetched_at, serial, bool(unverified))
+#: A sqlite3 error that means the file itself is bad, not the statement.
+_DAMAGE = (sqlite3.DatabaseError,)
 
 
 class Index:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, journal: Journal | None = None) -> None:
         self.path = path
+        self.journal = journal
         self._db: aiosqlite.Connection | None = None
         self._access: dict[tuple[str, str, str], tuple[int, float]] = {}
         self.epoch = ""
+        #: This run of the node: counted up at each open.
+        self.boot = 0
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -130,37 +55,83 @@ class Index:
         return self._db
 
     async def open(self) -> None:
-        self._db = await aiosqlite.connect(self.path)
-        await self.db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL is durable against process crashes (kill -9) in WAL mode.
-        await self.db.execute("PRAGMA synchronous=NORMAL")
+        """Open (creating if needed) and check the index; IndexDamaged if SQLite finds
+        it damaged (node/cache/recovery.py then rebuilds it)."""
+        try:
+            self._db = await aiosqlite.connect(self.path)
+            await self.db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: durable against process crashes (kill -9); a power cut
+            # may lose the last transactions, which the fsynced journal restores
+            # (docs/durability.md).
+            await self.db.execute("PRAGMA synchronous=NORMAL")
+            async with self.db.execute("PRAGMA quick_check") as cur:
+                problems = [str(r[0]) for r in await cur.fetchall()]
+            if problems != ["ok"]:
+                raise IndexDamaged("; ".join(problems[:3]))
+            await self._schema()
+        except _DAMAGE as e:
+            await self.close_quietly()
+            raise IndexDamaged(str(e)) from e
+        except IndexDamaged:
+            await self.close_quietly()
+            raise
+
+    async def _schema(self) -> None:
         await self.db.executescript(SCHEMA)
         async with self.db.execute("PRAGMA table_info(entries)") as cur:
             columns = {row[1] for row in await cur.fetchall()}
         if "unverified" not in columns:  # an index from before sumdb_verify's unverified state
             await self.db.execute("ALTER TABLE entries ADD COLUMN unverified INTEGER NOT NULL DEFAULT 0")
-        async with self.db.execute("SELECT value FROM node_state WHERE key='epoch'") as cur:
-            row = await cur.fetchone()
-        if row is None:
+        if "checked_at" not in columns:  # an index from before the scrub: due by age
+            await self.db.execute("ALTER TABLE entries ADD COLUMN checked_at REAL NOT NULL DEFAULT 0")
+            await self.db.execute("ALTER TABLE entries ADD COLUMN checked_boot INTEGER NOT NULL DEFAULT 0")
+            await self.db.execute("UPDATE entries SET checked_at = fetched_at")
+        await self.db.execute("CREATE INDEX IF NOT EXISTS entries_checked ON entries (checked_at)")
+        self.epoch = await self.state("epoch") or ""
+        if not self.epoch:
             self.epoch = secrets.token_hex(8)
-            await self.db.execute("INSERT INTO node_state VALUES ('epoch', ?)", (self.epoch,))
-        else:
-            self.epoch = row[0]
+            await self.set_state("epoch", self.epoch)
+        self.boot = int(await self.state("boot") or 0) + 1
+        await self.set_state("boot", str(self.boot))
         await self.db.commit()
+
+    async def state(self, key: str) -> str | None:
+        async with self.db.execute("SELECT value FROM node_state WHERE key=?", (key,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
+    async def set_state(self, key: str, value: str) -> None:
+        await self.db.execute("INSERT OR REPLACE INTO node_state VALUES (?, ?)", (key, value))
+
+    async def close_quietly(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(Exception):
+                await self._db.close()
+            self._db = None
+
+    async def _journal(self, *records: journal.Record) -> None:
+        if self.journal is not None and records:
+            await self.journal.append(*records)
 
     async def aclose(self) -> None:
         if self._db is not None:
             await self.flush_access()
+            if self.journal is not None:
+                # Everything up to here is in the index: the next start replays from here.
+                await self.set_state("journal_pos", str(self.journal.size))
+                await self.db.commit()
+            with contextlib.suppress(sqlite3.Error):
+                await self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             await self._db.close()
             self._db = None
 
     async def get(self, module: str, version: str, kind: str) -> Entry | None:
         async with self.db.execute(
-            f"SELECT {_ENTRY_COLS} FROM entries WHERE module=? AND version=? AND kind=?",
+            f"SELECT {ENTRY_COLUMNS} FROM entries WHERE module=? AND version=? AND kind=?",
             (module, version, kind),
         ) as cur:
             row = await cur.fetchone()
-        return _entry(row) if row else None
+        return entry_from_row(row) if row else None
 
     async def _write(self, sql: str, params: Sequence[object]) -> aiosqlite.Cursor:
         """One statement in its own transaction; rolled back if it fails (a full disk)."""
@@ -174,35 +145,139 @@ class Index:
         return cur
 
     async def put(self, e: Entry) -> Entry:
-        """Record a verified blob. Versioned files are immutable: an existing row wins."""
-        await self._write(
-            "INSERT INTO entries (module, version, kind, sha256, size, h1, source, fetched_at, unverified)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (module, version, kind) DO NOTHING",
-            (e.module, e.version, e.kind, e.sha256, e.size, e.h1, e.source, e.fetched_at, int(e.unverified)),
+        """Record a verified blob whose bytes were hashed as they were written (so it
+        counts as checked now, in this run). Versioned files are immutable: an existing
+        row wins."""
+        await self._journal(
+            journal.Put(e.module, e.version, e.kind, e.sha256, e.size, e.h1, e.source, e.fetched_at, e.unverified)
         )
+        await self.insert(e, time.time())
         got = await self.get(e.module, e.version, e.kind)
         assert got is not None
         return got
 
+    async def insert(self, e: Entry, checked_at: float | None) -> bool:
+        """The row alone, without the journal (a rebuild, or a replay of the journal:
+        `checked_at` None, its blob is hashed before it is served). True if inserted."""
+        boot = 0 if checked_at is None else self.boot
+        cur = await self._write(
+            "INSERT INTO entries (module, version, kind, sha256, size, h1, source, fetched_at, unverified,"
+            " checked_at, checked_boot) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (module, version, kind) DO NOTHING",
+            (
+                e.module,
+                e.version,
+                e.kind,
+                e.sha256,
+                e.size,
+                e.h1,
+                e.source,
+                e.fetched_at,
+                int(e.unverified),
+                checked_at or 0.0,
+                boot,
+            ),
+        )
+        return bool(cur.rowcount)
+
+    async def insert_many(self, rows: Sequence[Entry]) -> None:
+        """Rows rebuilt from the journal, in one transaction; never checked yet."""
+        await self.db.executemany(
+            "INSERT INTO entries (module, version, kind, sha256, size, h1, source, fetched_at, unverified)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (module, version, kind) DO NOTHING",
+            [(e.module, e.version, e.kind, e.sha256, e.size, e.h1, e.source, e.fetched_at, e.unverified) for e in rows],
+        )
+        await self.db.commit()
+
     async def delete(self, module: str, version: str, kind: str) -> None:
+        await self._journal(journal.Delete(module, version, kind))
         await self.db.execute("DELETE FROM entries WHERE module=? AND version=? AND kind=?", (module, version, kind))
         await self.db.commit()
+
+    async def apply(self, r: journal.Record) -> bool:
+        """Apply one journal record to the tables (a replay: not journalled again); True
+        if it changed them. A Put whose row exists changes nothing (the first admission wins)."""
+        if isinstance(r, journal.Put):
+            e = Entry(r.module, r.version, r.kind, r.sha256, r.size, r.h1, r.source, r.fetched_at, 0, r.unverified)
+            return await self.insert(e, None)
+        args: tuple[object, ...]
+        if isinstance(r, journal.Delete):
+            sql, args = "DELETE FROM entries WHERE module=? AND version=? AND kind=?", (r.module, r.version, r.kind)
+        elif isinstance(r, journal.Confirmed):
+            sql = "UPDATE entries SET unverified=0 WHERE module=? AND version=? AND kind=? AND sha256=?"
+            args = (r.module, r.version, r.kind, r.sha256)
+        elif isinstance(r, journal.Pin):
+            sql, args = "INSERT INTO pins VALUES (?, ?) ON CONFLICT (pattern) DO NOTHING", (r.pattern, r.created_at)
+        else:
+            sql, args = "DELETE FROM pins WHERE pattern=?", (r.pattern,)
+        return bool((await self._write(sql, args)).rowcount)
+
+    async def journal_records(self, batch: int = 5000) -> list[journal.Record]:
+        """The index's state as journal records (to start or compact the journal)."""
+        out: list[journal.Record] = []
+        serial = 0
+        while rows := await self.changes_since(serial, batch):
+            out += [
+                journal.Put(e.module, e.version, e.kind, e.sha256, e.size, e.h1, e.source, e.fetched_at, e.unverified)
+                for e in rows
+            ]
+            serial = rows[-1].serial
+        out += [journal.Pin(p, t) for p, t in await self.pins()]
+        return out
+
+    # ---- the blobs' checks (node/cache/integrity.py, scrub.py) ------------------------
+
+    async def rows_of(self, sha256: str) -> list[Entry]:
+        async with self.db.execute(f"SELECT {ENTRY_COLUMNS} FROM entries WHERE sha256=?", (sha256,)) as cur:
+            return [entry_from_row(r) for r in await cur.fetchall()]
+
+    async def mark_checked(self, sha256: str, now: float) -> None:
+        """The blob's bytes hashed right, now, in this run."""
+        await self._write("UPDATE entries SET checked_at=?, checked_boot=? WHERE sha256=?", (now, self.boot, sha256))
+
+    async def mark_unchecked(self, sha256: str) -> None:
+        """Hash the blob again before it is next served (it was found bad)."""
+        await self._write("UPDATE entries SET checked_boot=0 WHERE sha256=?", (sha256,))
+
+    async def remove_blob(self, sha256: str) -> list[Entry]:
+        """Take every row of a blob out of the index (its bytes are bad); returns them."""
+        rows = await self.rows_of(sha256)
+        await self.delete_entries([(e.module, e.version, e.kind) for e in rows])
+        return rows
+
+    async def due_for_check(self, checked_before: float, limit: int) -> list[str]:
+        """Blobs last hashed before `checked_before`, longest ago first."""
+        async with self.db.execute(
+            "SELECT sha256 FROM entries WHERE checked_at < ? ORDER BY checked_at LIMIT ?", (checked_before, limit)
+        ) as cur:
+            return list(dict.fromkeys(str(r[0]) for r in await cur.fetchall()))
+
+    async def oldest_check(self) -> float | None:
+        async with self.db.execute("SELECT MIN(checked_at) FROM entries") as cur:
+            row = await cur.fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def count_never_checked(self) -> int:
+        """Rows whose blob was never hashed since the index was rebuilt."""
+        async with self.db.execute("SELECT COUNT(*) FROM entries WHERE checked_at = 0") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
 
     async def changes_since(self, serial: int, limit: int = 1000, verified_only: bool = False) -> list[Entry]:
         """Rows after `serial`, oldest first. A row that becomes verified gets a new serial
         (mark_verified), so a reader of verified rows sees it then."""
         where = "serial > ? AND unverified = 0" if verified_only else "serial > ?"
         async with self.db.execute(
-            f"SELECT {_ENTRY_COLS} FROM entries WHERE {where} ORDER BY serial LIMIT ?",
+            f"SELECT {ENTRY_COLUMNS} FROM entries WHERE {where} ORDER BY serial LIMIT ?",
             (serial, limit),
         ) as cur:
-            return [_entry(r) for r in await cur.fetchall()]
+            return [entry_from_row(r) for r in await cur.fetchall()]
 
     async def unverified(self, limit: int = 500) -> list[Entry]:
         async with self.db.execute(
-            f"SELECT {_ENTRY_COLS} FROM entries WHERE unverified = 1 ORDER BY serial LIMIT ?", (limit,)
+            f"SELECT {ENTRY_COLUMNS} FROM entries WHERE unverified = 1 ORDER BY serial LIMIT ?", (limit,)
         ) as cur:
-            return [_entry(r) for r in await cur.fetchall()]
+            return [entry_from_row(r) for r in await cur.fetchall()]
 
     async def count_unverified(self) -> int:
         async with self.db.execute("SELECT COUNT(*) FROM entries WHERE unverified = 1") as cur:
@@ -212,10 +287,11 @@ class Index:
     async def mark_verified(self, e: Entry) -> Entry | None:
         """The database confirmed the row's h1: clear the mark and give the row a new
         serial (it enters the change log now). None if the row changed meanwhile."""
+        await self._journal(journal.Confirmed(e.module, e.version, e.kind, e.sha256))
         try:
             cur = await self.db.execute(
                 "DELETE FROM entries WHERE module=? AND version=? AND kind=? AND sha256=? AND unverified=1"
-                " RETURNING hits, last_access",
+                " RETURNING hits, last_access, checked_at, checked_boot",
                 (e.module, e.version, e.kind, e.sha256),
             )
             row = await cur.fetchone()
@@ -223,9 +299,22 @@ class Index:
                 await self.db.rollback()
                 return None
             await self.db.execute(
-                "INSERT INTO entries (module, version, kind, sha256, size, h1, source, fetched_at, hits, last_access)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (e.module, e.version, e.kind, e.sha256, e.size, e.h1, e.source, e.fetched_at, row[0], row[1]),
+                "INSERT INTO entries (module, version, kind, sha256, size, h1, source, fetched_at, hits, last_access,"
+                " checked_at, checked_boot) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    e.module,
+                    e.version,
+                    e.kind,
+                    e.sha256,
+                    e.size,
+                    e.h1,
+                    e.source,
+                    e.fetched_at,
+                    row[0],
+                    row[1],
+                    row[2],
+                    row[3],
+                ),
             )
             await self.db.commit()
         except sqlite3.Error:
@@ -322,6 +411,7 @@ class Index:
         """Delete (module, version, kind) rows in one transaction."""
         if not keys:
             return
+        await self._journal(*(journal.Delete(*k) for k in keys))
         await self.db.executemany("DELETE FROM entries WHERE module=? AND version=? AND kind=?", keys)
         await self.db.commit()
 
@@ -343,11 +433,13 @@ class Index:
             return [(str(p), float(t)) for p, t in await cur.fetchall()]
 
     async def add_pin(self, pattern: str, now: float) -> bool:
+        await self._journal(journal.Pin(pattern, now))
         cur = await self.db.execute("INSERT INTO pins VALUES (?, ?) ON CONFLICT (pattern) DO NOTHING", (pattern, now))
         await self.db.commit()
         return bool(cur.rowcount)
 
     async def remove_pin(self, pattern: str) -> bool:
+        await self._journal(journal.Unpin(pattern))
         cur = await self.db.execute("DELETE FROM pins WHERE pattern=?", (pattern,))
         await self.db.commit()
         return bool(cur.rowcount)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -30,6 +31,7 @@ import aiohttp
 from node.cache import door, verify
 from node.cache.index import Entry, Index, MetaEntry
 from node.cache.inflight import CHUNK, Download, Transfer
+from node.cache.integrity import Integrity
 from node.cache.memory import LRU, NegativeCache
 from node.cache.meta import MetaAnswers
 from node.cache.model import BlobVerifier, MetaAnswer, ProxySettings, Served
@@ -81,6 +83,9 @@ class ModuleProxy:
             index, store, metrics, settings, self.hooks, self.chain_for, self.negative, self, clock
         )
         self.passthrough_budget = MemoryBudget(settings.passthrough_memory)
+        #: Blobs hashed before their first serve of a run; damaged ones quarantined.
+        self.integrity = Integrity(store, index, metrics, clock, settings.check_on_serve)
+        self.integrity.forget = self.forget
         #: (module, size) -> why the store must not keep such a file, or None (storage limits).
         self.refuse_store: Callable[[str, int], str | None] = lambda module, size: None
 
@@ -104,6 +109,12 @@ class ModuleProxy:
             return served
         if local_only:  # a peer gets only what the checksum database confirmed
             raise NotFound(f"{req.key} is not cached on this node")
+        try:
+            return await self._miss(req)
+        except ModmeshError as e:
+            raise self.integrity.explain(req.key, e) from None
+
+    async def _miss(self, req: ModRequest) -> Served | Transfer:
         self.negative.check(req.key)
         dl = self._flights.get(req.key)
         if dl is None:
@@ -139,27 +150,32 @@ class ModuleProxy:
             return entry, res.dl.stored
 
     async def lookup(self, req: ModRequest) -> Served | None:
+        """A hit from memory or the store; None if the store does not hold the file, or
+        held it damaged (then it is in quarantine, and the caller fetches it again)."""
         entry = self._entries.get(req.key)
         if entry is None:
             entry = await self.index.get(req.module, req.version, req.kind)
             if entry is None:
                 return None
-            self._entries.put(req.key, entry)
-        body = self._small.get(entry.sha256)
+        body = self._small.get(entry.sha256)  # bytes in memory were checked on their way in
         path = None
         if body is None:
             path = self.store.path_for(entry.sha256)
-            try:
-                if entry.size <= SMALL_BLOB:
+            if entry.size <= SMALL_BLOB:
+                with contextlib.suppress(OSError):
                     body = path.read_bytes()
-                    self._small.put(entry.sha256, body)
-                elif not path.is_file():
-                    raise FileNotFoundError(path)
-            except FileNotFoundError:
+            if self.integrity.needs_check(entry):
+                if not await self.integrity.check(entry, body):
+                    return None
+                entry = dataclasses.replace(entry, checked_boot=self.index.boot)
+            elif (body is None) if entry.size <= SMALL_BLOB else not path.is_file():
                 log.warning("blob for %s missing from the store; refetching", req.key)
                 self._entries.pop(req.key)
                 await self.index.delete(req.module, req.version, req.kind)
                 return None
+            if body is not None:
+                self._small.put(entry.sha256, body)
+        self._entries.put(req.key, entry)
         return Served(entry, path, body, "hit")
 
     def count_hit(self, req: ModRequest, from_peer: bool) -> None:
@@ -227,6 +243,7 @@ class ModuleProxy:
             dl.source = up.name
             dl.result.set_result(entry)
             if dl.stored:
+                self.integrity.stored(entry)
                 self.hooks.stored(entry)
             else:
                 self.metrics.passthrough_files.labels(dl.spool.passthrough or "unknown").inc()

@@ -17,6 +17,7 @@ whole one. The sha256 is computed while the bytes are written, never after.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -28,6 +29,10 @@ from pathlib import Path
 from node.errors import StorageFull
 
 log = logging.getLogger(__name__)
+
+
+class DataDirBusy(Exception):
+    """Another process holds the data directory in a way this one cannot share."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +85,29 @@ class BlobStore:
         self.tmp_root = root / "tmp"
         self.tmp_dir = self.tmp_root / f"{os.getpid()}-{secrets.token_hex(4)}"
         self.status = StoreStatus()
+        self._lock_fd: int | None = None
+
+    def lock(self, exclusive: bool = False) -> None:
+        """Hold `<data>/.lock` while this store is open: shared for nodes and commands,
+        exclusive for a rebuild of the index. DataDirBusy if another holds it the other way."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            what = (
+                "in use by a node or a modmesh command"
+                if exclusive
+                else "being rebuilt (modmesh verify --rebuild-index)"
+            )
+            raise DataDirBusy(f"{self.root} is {what}") from None
+        self._lock_fd = fd
 
     def open(self) -> int:
         """Create the directories and delete dead processes' temp files; returns how many."""
+        if self._lock_fd is None:
+            self.lock()
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_root.mkdir(parents=True, exist_ok=True)
         removed = 0
@@ -98,6 +123,9 @@ class BlobStore:
     def close(self) -> None:
         """Remove this instance's temp directory (its writers have all finished)."""
         _remove_tree(self.tmp_dir)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def path_for(self, sha256: str) -> Path:
         return self.blob_dir / sha256[:2] / sha256

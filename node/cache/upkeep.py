@@ -174,9 +174,11 @@ class Upkeep:
             reason, size = await _check_blob(path, sha)
             report.blobs += 1
             report.bytes += size
+            self.proxy.metrics.blobs_checked.labels("verify").inc()
             if reason is not None:  # the bytes are wrong, so wrong for every row
                 found += [(_problem(e, reason), e, True) for e in rows]
                 continue
+            await self.index.mark_checked(sha, self.clock())
             for e in rows:  # the bytes are whole; does the row describe them?
                 why = await _check_row(path, e, size)
                 if why is not None:
@@ -194,17 +196,24 @@ class Upkeep:
             report.problems = [p for p, _, _ in found]
             for p in report.problems:
                 self.corrupt.labels(p.reason.split(":")[0]).inc()
+            bad_blobs = {e.sha256: p.reason for p, e, bad in found if bad}
             if not repair:
+                # Report only, but never serve them: each is checked (and quarantined,
+                # and fetched again) before its next serve.
+                for _, e, bad in found:
+                    if bad:
+                        self.proxy.forget(ModRequest(e.module, e.version, cast(Kind, e.kind)).key, e.sha256)
+                for sha in bad_blobs:
+                    await self.index.mark_unchecked(sha)
                 return report
+            for sha, reason in bad_blobs.items():
+                await self.proxy.integrity.quarantine(sha, reason, "verify")
             # Out of the index and out of memory first, so nothing serves the bad bytes.
-            await self.index.delete_entries([(e.module, e.version, e.kind) for _, e, _ in found])
-            for _, e, _ in found:
+            rows = [e for _, e, bad in found if not bad]
+            await self.index.delete_entries([(e.module, e.version, e.kind) for e in rows])
+            for e in rows:
                 self.proxy.forget(ModRequest(e.module, e.version, cast(Kind, e.kind)).key, e.sha256)
-            for _, e, bad_bytes in found:
-                if bad_bytes:
-                    self.store.remove(e.sha256)
-                else:
-                    await self.unlink_unreferenced(e.sha256, math.inf)
+                await self.unlink_unreferenced(e.sha256, math.inf)
         for p, e, _ in found:
             await self._refetch(p, e)
         return report

@@ -32,6 +32,7 @@ from aiohttp import web
 from node.config import Config, ConfigError, parse_size
 from node.errors import InvalidRequest
 from node.tools._http import admin_session
+from node.tools.rebuild import run_rebuild
 from node.tools.target import (
     UsageError,
     add_node_arguments,
@@ -148,6 +149,11 @@ def register(subparsers: Any) -> None:
     )
     _common(v)
     v.add_argument("--no-repair", action="store_true", help="only report")
+    v.add_argument(
+        "--rebuild-index",
+        action="store_true",
+        help="with --data, the node stopped: build the index again from the journal and the blobs",
+    )
     v.set_defaults(func=run_verify)
 
 
@@ -249,6 +255,8 @@ def run_gc(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    if args.rebuild_index:
+        return run_rebuild(args)
     repair = not args.no_repair
 
     async def local(sm: StorageManager) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from node.errors import InvalidRequest
 from node.golang import modpath
 from node.tools.doctor.check import Check, Status
 from node.tools.doctor.consistency import consistency
+from node.tools.doctor.integrity import damage_check, index_check, quarantine_check, scrub_check
 from node.tools.doctor.probe import DEFAULT_TIMEOUT
 from node.tools.doctor.upstreams import sumdb_checks, upstream_checks
 
@@ -88,9 +89,15 @@ async def local_checks(node: Node) -> list[Check]:
     st = os.statvfs(node.config.data)
     out = disk_checks(node.config.data, st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize, st.f_favail, st.f_files)
     count, size = await node.index.totals()
+    store = node.health()["store"]
+    quarantine = quarantine_check(node.proxy.integrity.quarantine_dir)
     return [
         *out,
         store_check(node.store.status.refusal),
+        damage_check(store["integrity"], node.config.check_on_serve),
+        index_check(node.recovery, store["integrity"]["unchecked"], node.journal.size),
+        scrub_check(store["scrub"]),
+        *([quarantine] if quarantine else []),
         unverified_check(node.reverifier.pending),
         cache_check(count, size, *request_counts(node)),
     ]
