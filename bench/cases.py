@@ -24,7 +24,7 @@ from bench.report import Row
 from bench.servers import Server, start_node
 from tests.goenv import decode_stream
 
-NAMES = ("info", "list", "zip", "corpus", "cold", "rss")
+NAMES = ("info", "list", "zip", "corpus", "heal", "cold", "rss")
 UPSTREAM_RATE = 800e6 / 8  # 800 Mbit/s in bytes per second
 
 
@@ -76,7 +76,7 @@ class Ctx:
 Measure = Callable[[Server, float], dict[str, Any]]
 
 
-def _pair(ctx: Ctx, servers: dict[str, Server], measure: Measure) -> dict[str, dict[str, Any]]:
+def pair(ctx: Ctx, servers: dict[str, Server], measure: Measure) -> dict[str, dict[str, Any]]:
     """Servers (node, nginx, ...) under the same load: a warm-up each, then `rounds` rounds,
     the order rotating from round to round.
 
@@ -116,7 +116,7 @@ def _pair(ctx: Ctx, servers: dict[str, Server], measure: Measure) -> dict[str, d
     return out
 
 
-def _notes(d: dict[str, dict[str, Any]]) -> str:
+def notes(d: dict[str, dict[str, Any]]) -> str:
     notes = []
     busy = [n for n in d if d[n]["client_cpu_util"] > 0.9]
     if busy:
@@ -157,7 +157,7 @@ def bench_hits(ctx: Ctx, kind: str) -> list[Row]:
     servers = {"node": ctx.node, "nginx": ctx.nginx}
     if kind == "info" and ctx.ceiling is not None:
         servers["aiohttp"] = ctx.ceiling
-    d = _pair(ctx, servers, measure)
+    d = pair(ctx, servers, measure)
     detail = {"paths": len(paths), "connections": conns, **d}
     rows = [
         Row(
@@ -169,7 +169,7 @@ def bench_hits(ctx: Ctx, kind: str) -> list[Row]:
             "nginx",
             "min_ratio" if kind == "info" else "",
             0.25,
-            _notes(d),
+            notes(d),
             detail,
         ),
         Row(kind, f"{label} p99 latency", "ms", d["node"]["p99_ms"], d["nginx"]["p99_ms"], "nginx"),
@@ -214,7 +214,7 @@ def bench_zip(ctx: Ctx) -> list[Row]:
         }
 
     assert ctx.node and ctx.nginx
-    d = _pair(ctx, {"node": ctx.node, "nginx": ctx.nginx}, measure)
+    d = pair(ctx, {"node": ctx.node, "nginx": ctx.nginx}, measure)
     for side in d.values():
         for r in side["rounds"]:
             r["cpu_s_per_gb"] = r["server_cpu_s"] / (r["bytes"] / 1e9)
@@ -231,7 +231,7 @@ def bench_zip(ctx: Ctx) -> list[Row]:
             "nginx",
             "min_ratio",
             0.80,
-            _notes(d),
+            notes(d),
             detail,
         ),
         Row(

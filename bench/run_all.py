@@ -2,7 +2,7 @@
 
     make bench                       # or: .venv/bin/python bench/run_all.py
     .venv/bin/python bench/run_all.py --quick           # smaller and shorter: a smoke run
-    .venv/bin/python bench/run_all.py --only info,zip   # some of: info list zip corpus cold rss
+    .venv/bin/python bench/run_all.py --only info,zip   # some of: info list zip corpus heal cold rss
 
 Prints the machine, how processes were pinned, and one line per figure with its
 target and PASS/MISS; writes the same to bench/out/results.json. Installs nginx
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import cases  # noqa: E402
+from bench import cases, heal  # noqa: E402
 from bench.cases import NAMES, Ctx, Settings  # noqa: E402
 from bench.mirror import verify_static, warm_and_mirror  # noqa: E402
 from bench.procs import NOISE_CORES, Procs, QuietGate, ensure_packages, find_tool, isolate_network  # noqa: E402
@@ -43,7 +43,7 @@ from bench.servers import (  # noqa: E402
 )
 
 OUT = ROOT / "bench" / "out"
-WARM = {"info", "list", "zip", "corpus"}
+WARM = {"info", "list", "zip", "corpus", "heal"}
 
 
 def log(msg: str) -> None:
@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any], bool]:
         log(f"  ({name}: {time.monotonic() - t0:.0f} s)")
 
     try:
-        if sel & {"zip", "cold"}:
+        if sel & {"zip", "cold", "heal"}:
             ctx.zip_module = cases.big_module(ctx, settings.zip_mb)
         if "rss" in sel:
             ctx.rss_module = cases.big_module(ctx, settings.rss_mb)
@@ -222,6 +222,8 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any], bool]:
                     attempt(name, cases.bench_hits, ctx, name)
             if "zip" in sel:
                 attempt("zip", cases.bench_zip, ctx)
+            if "heal" in sel:
+                attempt("heal", heal.bench_heal, ctx)
             if "corpus" in sel:
                 attempt("corpus", cases.bench_corpus, ctx)
             for srv in (ctx.ceiling, ctx.nginx, ctx.node, corpus_up):

@@ -42,11 +42,20 @@ class Server:
         return status_kib(self.pid, "VmRSS")
 
 
-def start_node(procs: Procs, workdir: Path, name: str, upstream: str, cpus: Sequence[int] | None) -> Server:
-    """`python -m node.cli serve` with a fresh (or reused) data dir under `workdir`."""
+def start_node(
+    procs: Procs,
+    workdir: Path,
+    name: str,
+    upstream: str,
+    cpus: Sequence[int] | None,
+    data: Path | None = None,
+    env_extra: dict[str, str] | None = None,
+) -> Server:
+    """`python -m node.cli serve` with a fresh (or reused) data dir under `workdir`,
+    or `data` (another node's: nodes may share one)."""
     port = free_port()
-    data = workdir / f"{name}-data"
-    env = dict(os.environ, **NODE_ENV)
+    data = data or workdir / f"{name}-data"
+    env = dict(os.environ, **NODE_ENV, **(env_extra or {}))
     argv = [
         sys.executable,
         "-m",

@@ -356,3 +356,26 @@ async def test_rebuild_index_command_refuses_a_running_node(fake_proxy, make_nod
     assert '"recovered": 1' in out, out
     node = await make_node("off", data=data)
     assert (await fetch(f"{node.url}/{M}/@v/v1.0.0.zip"))[0] == 200
+
+
+async def test_an_index_from_before_the_journal_gets_one(fake_proxy, make_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Upgrading: an index that never had a journal writes everything it holds to a new
+    one at its first start, so it can be rebuilt from then on."""
+    mods = [(f"example.com/old{i}", "v1.0.0", module_files(f"example.com/old{i}", "v1.0.0")) for i in range(5)]
+    up = await fake_proxy(module_set(*mods))
+    data = tmp_path / "data"
+    node = await make_node(up.url, data=data)
+    for m, v, _ in mods:
+        assert (await fetch(f"{node.url}/{m}/@v/{v}.zip"))[0] == 200
+    await node.aclose()
+    (data / "index.journal").unlink()  # as an index written before the journal existed
+    with sqlite3.connect(data / "index.sqlite") as db:
+        db.execute("DELETE FROM node_state WHERE key IN ('journal_complete', 'journal_pos')")
+    node = await make_node(up.url, data=data)
+    await node.aclose()
+    (data / "index.sqlite").write_bytes(b"not a database" * 100)
+    await up.stop()
+    node = await make_node(up.url, data=data)
+    assert node.recovery.rebuilt and node.recovery.recovered == len(mods)
+    for m, v, files in mods:
+        assert await fetch(f"{node.url}/{m}/@v/{v}.zip") == (200, files[2])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,28 @@ def test_the_pacer_never_lets_reads_outrun_the_rate(reads: list[int], rate: int)
             await pacer.spend(n)
 
     asyncio.run(run())
+
+
+def test_two_processes_append_to_one_journal(tmp_path: Path) -> None:
+    """A node and `modmesh warm --data` on one data directory both append: every record
+    of both lands whole (each write holds the file's flock)."""
+    path = tmp_path / "index.journal"
+
+    def writer(tag: str) -> None:
+        async def run() -> None:
+            j = Journal(path)
+            j.open()
+            for i in range(100):
+                await asyncio.gather(*(j.append(Pin(f"{tag}{i}-{k}", float(i))) for k in range(3)))
+            await j.aclose()
+
+        asyncio.run(run())
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stats = journal.ReadStats()
+    got = {r.pattern for r in Journal(path).read(0, stats)}  # type: ignore[union-attr]
+    assert stats.damaged_lines == 0 and len(got) == 600

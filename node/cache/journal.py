@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -181,20 +182,26 @@ class Journal:
         return self._size
 
     def open(self) -> None:
-        """Open for appending; a torn last line (no newline) is cut off first, so the
-        next record starts on a line of its own."""
+        """Open for appending; a torn last line (no newline: a writer died mid-line) is
+        cut off first, so the next record starts on a line of its own. Several
+        processes may append (a node, `modmesh warm --data`): each write holds an
+        exclusive flock on the file."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            size = os.fstat(fd).st_size
-            if size:
-                tail = os.pread(fd, min(size, 1 << 16), max(0, size - (1 << 16)))
-                if not tail.endswith(b"\n"):
-                    cut = tail.rfind(b"\n")
-                    keep = size - len(tail) + cut + 1 if cut >= 0 else max(0, size - len(tail))
-                    log.warning("journal %s: dropping a torn last line (%d bytes)", self.path, size - keep)
-                    os.ftruncate(fd, keep)
-                    os.fsync(fd)
-                    size = keep
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                size = os.fstat(fd).st_size
+                if size:
+                    tail = os.pread(fd, min(size, 1 << 16), max(0, size - (1 << 16)))
+                    if not tail.endswith(b"\n"):
+                        cut = tail.rfind(b"\n")
+                        keep = size - len(tail) + cut + 1 if cut >= 0 else max(0, size - len(tail))
+                        log.warning("journal %s: dropping a torn last line (%d bytes)", self.path, size - keep)
+                        os.ftruncate(fd, keep)
+                        os.fsync(fd)
+                        size = keep
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
         except BaseException:
             os.close(fd)
             raise
@@ -242,22 +249,32 @@ class Journal:
             self._flushing = None
 
     def _write(self, data: bytes) -> None:
-        assert self._fd is not None
-        start = self._size
-        view = memoryview(data)
+        fd = self._fd
+        assert fd is not None
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
-            os.fsync(self._fd)
-        except OSError:
-            # Leave no partial record behind: the next append must start a fresh line.
+            start = os.fstat(fd).st_size
+            view = memoryview(data)
             try:
-                os.ftruncate(self._fd, start)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                os.fsync(fd)
             except OSError:
-                pass
-            raise
-        self._size = start + len(data)
+                # Leave no partial record behind: the next append must start a fresh line.
+                try:
+                    os.ftruncate(fd, start)
+                except OSError:
+                    pass
+                raise
+            self._size = start + len(data)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    @property
+    def end(self) -> int:
+        """The journal's size on disk now (other processes may have appended)."""
+        return os.fstat(self._fd).st_size if self._fd is not None else self._size
 
     def read(self, start: int = 0, stats: ReadStats | None = None) -> Iterator[Record]:
         """Every sound record from byte `start` on, in order; damaged lines are skipped

@@ -3,10 +3,11 @@ journal, and rebuild it from the journal and the blobs when SQLite finds it dama
 
     open_index
     ├── the index opens and `PRAGMA quick_check` says ok
-    │   ├── no journal yet (an index from before the journal): write one from the index
-    │   ├── else replay the journal from where the index last caught up (a crash or a
-    │   │   power cut may have lost the index's last transactions, never the journal's)
-    │   └── compact the journal when it has grown well past the index
+    │   ├── replay the journal from where the index last caught up (a crash or a power
+    │   │   cut may have lost the index's last transactions, never the journal's)
+    │   └── if no other process uses the data directory (the journal is rewritten
+    │       only then): an index from before the journal writes everything it holds
+    │       to it; a journal grown well past the index is compacted
     └── SQLite reports damage (or the file is no database)
         └── move the index files aside to <data>/damaged/, open a new index, and insert
             every versioned file and pin the journal holds whose blob is in the store
@@ -68,7 +69,6 @@ async def open_index(index: Index, jrnl: Journal, store: BlobStore) -> Recovery:
     """Open `index` (with `jrnl` attached), repairing what can be repaired; raises only
     when the disk itself fails."""
     started = time.monotonic()
-    had_journal = jrnl.exists
     jrnl.open()
     index.journal = jrnl
     try:
@@ -78,11 +78,17 @@ async def open_index(index: Index, jrnl: Journal, store: BlobStore) -> Recovery:
         rec = await rebuild(index, jrnl, store, str(e))
     else:
         rec = Recovery()
-        if not had_journal or (jrnl.size == 0 and await index.oldest_check() is not None):
-            await _write_journal(index, jrnl)
-        else:
-            await _catch_up(index, jrnl, store, rec)
-        await _maybe_compact(index, jrnl)
+        await _catch_up(index, jrnl, store, rec)
+        # Rewriting the journal must not race another process's appends: only alone.
+        with store.alone() as alone:
+            if not alone:
+                pass
+            elif await index.state("journal_complete") != "1":
+                # An index from before the journal: write everything it holds.
+                await _write_journal(index, jrnl)
+                await index.set_state("journal_complete", "1")
+            else:
+                await _maybe_compact(index, jrnl)
     await index.set_state("journal_pos", str(jrnl.size))
     await index.db.commit()
     rec.at = time.time()
@@ -114,8 +120,10 @@ async def rebuild(index: Index, jrnl: Journal, store: BlobStore, why: str) -> Re
     for pattern, created in state.pins.items():
         await index.apply(journal.Pin(pattern, created))
     rec.recovered, rec.pins = len(rows), len(state.pins)
-    # The journal now says exactly what the index holds.
-    jrnl.rewrite(await index.journal_records())
+    await index.set_state("journal_complete", "1")
+    with store.alone() as alone:
+        if alone:  # the journal now says exactly what the index holds
+            jrnl.rewrite(await index.journal_records())
     log.warning(
         "index rebuilt: %d files recovered, %d pins, %d files lost (blob missing or wrong size), "
         "%d damaged journal lines; the damaged index is in %s; every recovered blob is hashed "

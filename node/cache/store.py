@@ -16,6 +16,7 @@ whole one. The sha256 is computed while the bytes are written, never after.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -23,6 +24,8 @@ import logging
 import os
 import secrets
 import shutil
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,22 +90,43 @@ class BlobStore:
         self.status = StoreStatus()
         self._lock_fd: int | None = None
 
-    def lock(self, exclusive: bool = False) -> None:
+    def lock(self, exclusive: bool = False, wait: float = 10.0) -> None:
         """Hold `<data>/.lock` while this store is open: shared for nodes and commands,
-        exclusive for a rebuild of the index. DataDirBusy if another holds it the other way."""
+        exclusive for a rebuild of the index. A shared lock waits up to `wait` seconds
+        for a short exclusive holder (a journal compaction at another node's start);
+        DataDirBusy if the lock cannot be had."""
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            what = (
-                "in use by a node or a modmesh command"
-                if exclusive
-                else "being rebuilt (modmesh verify --rebuild-index)"
-            )
-            raise DataDirBusy(f"{self.root} is {what}") from None
+        deadline = time.monotonic() + (0 if exclusive else wait)
+        while True:
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    what = "in use by a node or a modmesh command" if exclusive else "being rebuilt"
+                    raise DataDirBusy(f"{self.root} is {what}") from None
+                time.sleep(0.05)
         self._lock_fd = fd
+
+    @contextlib.contextmanager
+    def alone(self) -> Iterator[bool]:
+        """True (holding the data directory exclusively meanwhile) when no other process
+        uses it; False otherwise. For work that must not race another process's writes."""
+        fd = self._lock_fd
+        if fd is None:
+            yield False
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_SH)
 
     def open(self) -> int:
         """Create the directories and delete dead processes' temp files; returns how many."""
