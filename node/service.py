@@ -163,6 +163,7 @@ class Node:
             self.sumdbs,
             [self.access.middleware()],
             cfg.write_idle_timeout,
+            admin=self.access.admin_ok,
         )
         self.app.router.add_routes([route for provider in self.admin for route in provider.admin_routes(self)])
         await self._update_stats()
