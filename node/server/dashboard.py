@@ -17,7 +17,9 @@ one process each get their own. The figures themselves are pure functions, in
 dashboard_view.py.
 
 Registered in node/tools/registry.py, but not under `/_admin/`: it only reads, so it
-is as open as the GOPROXY endpoints (node/access.py).
+is as open as the GOPROXY endpoints (node/access.py). What it shows depends on who asks:
+everything to admins, no upstream address, private module or log line to anyone else
+(exposure.py), the mesh panel to admins and signed peers only.
 """
 
 from __future__ import annotations

@@ -15,9 +15,10 @@ else sees
   (`peer:<node id>`), `direct` and `off` as they are; any other name as
   `upstream-<8 hex digits>` (keyed with a secret of this run: stable until restart);
 * no private module (`hooks.PrivateModules`: the node's patterns and the mesh's) in
-  the dashboard's top modules;
-* no log lines and no mesh summary on the dashboard: log lines are free text, and
-  the mesh's record is what `/_mesh/status` gives signed peers only.
+  the dashboard's top modules, nor its file keys in health texts (`<private module>`);
+* no log lines and no mesh details on the dashboard: log lines are free text, and the
+  mesh's record is what `/_mesh/status` gives signed peers only (the dashboard shows it
+  to admins and signed peers: dashboard.py).
 
 Error bodies are the same for everyone: the addresses of every upstream the node
 knows are masked in them (`mask_text`), whoever's text it was.
@@ -174,13 +175,3 @@ class _Aliased(Collector):
 
 
 EXPOSURE: web.AppKey[Exposure] = web.AppKey("modmesh_exposure", Exposure)
-
-
-def exposure_of(request: web.Request) -> Exposure | None:
-    return request.app.get(EXPOSURE)
-
-
-def is_admin(request: web.Request) -> bool:
-    """The `/_admin/` rule for this request; False when the app has no Exposure."""
-    exposure = exposure_of(request)
-    return exposure is not None and exposure.admin(request)
