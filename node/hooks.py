@@ -13,9 +13,13 @@ tests/test_mesh_seam.py checks that sync imports nothing from node beyond this l
 - `node.hooks`: `HOP_HEADER` (a request with it is answered from the cache only, and
   is no local use); `Hooks` -- `observers` (StoreObserver), `access` (AccessObserver),
   `peers` (PeerSource, with `PeerCandidate`), `authenticators`, `listeners` (told
-  the base URL by `Node.listen`), `mesh_status` (the dashboard's view of the mesh)
-  -- and the status record `MeshStatus`, `MemberStatus`, `SeedStatus`,
-  `CatalogStatus`, `PresyncStatus`.
+  the base URL by `Node.listen`), `mesh_status` (the dashboard's view of the mesh),
+  `private` (the node's `PrivateModules`: the mesh reads `own_patterns()` to declare
+  them, asks whether a module is private by calling it, and adds each member's
+  patterns with `add()` / `discard()` / `sources()` under "mesh:<node id>"; every
+  check of the node -- checksum databases, upstream choice -- honours them) -- and
+  the status record `MeshStatus`, `MemberStatus`, `SeedStatus`, `CatalogStatus`,
+  `PresyncStatus`.
 - `node.service`: `Node`, between `start()` and `aclose()`, for these only:
   `config` (`data`, `host_port`, `sections`, `max_size`), `app` (routes and a
   middleware, added before `listen()`; `frozen`), `hooks`, `index`, `store.tmp_dir`,
@@ -45,7 +49,7 @@ importing it): it is started after `Node.start()` and before `Node.listen()`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol, TypedDict
 
@@ -54,6 +58,7 @@ from aiohttp import web
 from node.cache.index import Entry
 from node.cache.protocol import ModRequest
 from node.cache.upstream import Upstream
+from node.golang.patterns import match_prefix_patterns
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +96,95 @@ class PeerSource(Protocol):
         """How asking `peer` went: None, or the error (IntegrityError: it lied)."""
 
 
+def split_patterns(globs: str) -> tuple[str, ...]:
+    """GOPRIVATE-style `a,b,c` as its non-empty patterns, each once, in order."""
+    return tuple(dict.fromkeys(p for p in globs.split(",") if p))
+
+
+class PrivateModules:
+    """Which module paths are private (GOPRIVATE syntax): never sent to a checksum
+    database, and fetched only through what a node is configured with for them.
+
+    `own` holds this node's patterns (`private`, `nosumdb` and every route's pattern),
+    set by the node as it starts. Other parts add patterns by source: the mesh adds
+    what each member declares as its own, so that no node of a mesh sends a module
+    another member treats as private to a checksum database. A module that only
+    another source's patterns match is *foreign*: this node has no route for it, so
+    it fetches it from no upstream at all (`ModuleProxy.chain_for`).
+
+    Answers are memoised (bounded, forgotten when a pattern changes): they sit on the
+    request path."""
+
+    MEMO = 1 << 16
+
+    def __init__(self, own: str = "") -> None:
+        self._own = own
+        self._others: dict[str, tuple[str, ...]] = {}
+        self._other_globs = ""
+        self._memo: dict[str, tuple[bool, bool]] = {}
+
+    @property
+    def own(self) -> str:
+        return self._own
+
+    @own.setter
+    def own(self, globs: str) -> None:
+        self._own = globs
+        self._memo.clear()
+
+    def own_patterns(self) -> tuple[str, ...]:
+        """This node's own patterns, one each (what the mesh tells other members)."""
+        return split_patterns(self._own)
+
+    def add(self, source: str, patterns: Iterable[str]) -> bool:
+        """Set the patterns `source` declares, replacing its earlier ones (none: drop
+        the source); True if they changed."""
+        new = split_patterns(",".join(patterns))
+        if self._others.get(source, ()) == new:
+            return False
+        if new:
+            self._others[source] = new
+        else:
+            self._others.pop(source, None)
+        self._other_globs = ",".join(dict.fromkeys(p for ps in self._others.values() for p in ps))
+        self._memo.clear()
+        return True
+
+    def discard(self, source: str) -> None:
+        self.add(source, ())
+
+    def sources(self) -> dict[str, tuple[str, ...]]:
+        """The patterns other parts added, by source."""
+        return dict(self._others)
+
+    @property
+    def joined(self) -> str:
+        """Every pattern this node honours, own first, as one GOPRIVATE-style string."""
+        return ",".join(dict.fromkeys((*self.own_patterns(), *split_patterns(self._other_globs))))
+
+    def _match(self, module: str) -> tuple[bool, bool]:
+        hit = self._memo.get(module)
+        if hit is None:
+            hit = (
+                bool(self._own) and match_prefix_patterns(self._own, module),
+                bool(self._other_globs) and match_prefix_patterns(self._other_globs, module),
+            )
+            if len(self._memo) >= self.MEMO:
+                self._memo.clear()
+            self._memo[module] = hit
+        return hit
+
+    def __call__(self, module: str) -> bool:
+        """Private by this node's patterns or any other source's."""
+        own, other = self._match(module)
+        return own or other
+
+    def foreign(self, module: str) -> bool:
+        """Private only by another source's patterns: not this node's to fetch."""
+        own, other = self._match(module)
+        return other and not own
+
+
 # ---- the mesh's status record --------------------------------------------------------
 #
 # What `GET /_mesh/status` answers as JSON and `modmesh peers` prints; the dashboard
@@ -113,6 +207,7 @@ class MemberStatus(TypedDict):
     failures: int
     quarantined_s: float  # seconds of quarantine left; 0 when not quarantined
     quarantine_reason: str
+    private: list[str]  # the module patterns it declares private (honoured by this node)
 
 
 class SeedStatus(TypedDict):
@@ -151,6 +246,7 @@ class MeshStatus(TypedDict):
     catalog: CatalogStatus
     presync: PresyncStatus
     sync_backlog: int
+    private: list[str]  # this node's own private patterns, as it declares them to members
 
 
 @dataclass
@@ -165,6 +261,8 @@ class Hooks:
     listeners: list[Callable[[str], None]] = field(default_factory=list)
     #: The mesh's status record, for the dashboard; None when no mesh runs.
     mesh_status: Callable[[], MeshStatus] | None = None
+    #: Private module patterns: the node's own, and those the mesh adds (its members').
+    private: PrivateModules = field(default_factory=PrivateModules)
 
     def listening(self, url: str) -> None:
         for cb in self.listeners:

@@ -113,6 +113,9 @@ class Node:
         timeouts = Timeouts(cfg.connect_timeout, cfg.read_timeout, cfg.small_timeout)
         self.direct = Direct(cfg.data / "direct", cfg.direct_timeout, cfg.direct_jobs)
         self.chain, routes = self._chains(timeouts)
+        # Routed modules are private too: never sent to a checksum database. The mesh adds
+        # its members' patterns to the same object (hooks.PrivateModules).
+        self.hooks.private.own = ",".join(p for p in (cfg.private, cfg.nosumdb, *(r.pattern for r in cfg.routes)) if p)
         self.sumdbs = self._checksum_databases(timeouts)
         self.sumdbs.open()
         stack.push_async_callback(self.sumdbs.aclose)
@@ -160,6 +163,7 @@ class Node:
             self.sumdbs,
             [self.access.middleware()],
             cfg.write_idle_timeout,
+            admin=self.access.admin_ok,
         )
         self.app.router.add_routes([route for provider in self.admin for route in provider.admin_routes(self)])
         await self._update_stats()
@@ -208,9 +212,7 @@ class Node:
             )
             for spec in map(parse_sumdb_spec, cfg.sumdb)
         ]
-        # Routed modules are private: never sent to a checksum database.
-        private = ",".join(p for p in (cfg.private, cfg.nosumdb, *(r.pattern for r in cfg.routes)) if p)
-        return ChecksumDatabases(dbs, cfg.sumdb_verify, private, self.metrics)
+        return ChecksumDatabases(dbs, cfg.sumdb_verify, self.hooks.private, self.metrics)
 
     async def listen(self, host: str | None = None, port: int | None = None) -> str:
         """Start serving HTTP; returns the base URL (port 0 picks a free one).

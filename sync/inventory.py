@@ -6,6 +6,9 @@ Pulling: for each member, the epoch and last serial we applied; a gossip that
 shows a newer head (or another epoch) makes us page through what is new, into the
 catalog. A new epoch means the peer's store was reset: forget what it held and
 resync in full, page by page.
+
+Private modules (sync/privacy.py) are left out both ways: never served in a page,
+never taken into the catalog from one.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class Inventory:
         client: PeerClient,
         page_size: int,
         clock: Callable[[], float],
+        private: Callable[[str], bool] = lambda module: False,
         concurrency: int = 4,
     ) -> None:
         self.index = index
@@ -47,6 +51,7 @@ class Inventory:
         self.client = client
         self.page_size = page_size
         self.clock = clock
+        self.private = private
         #: Our own change log: newest serial and number of entries.
         self.head = 0
         self.count = 0
@@ -67,7 +72,7 @@ class Inventory:
         if reset:
             after = 0
         rows = await self.index.changes_since(after, limit, verified_only=True)
-        entries = tuple(e for e in map(inv_entry, rows) if fits(e))
+        entries = tuple(e for e in map(inv_entry, rows) if fits(e) and not self.private(e.module))
         last = rows[-1].serial if rows else after
         return InventoryPage(mine, max(self.head, last), reset, len(rows) == limit, entries, last)
 
@@ -95,6 +100,8 @@ class Inventory:
                             await self.catalog.drop_slot(m.slot)
                         m.epoch, m.synced, m.count = page.epoch, 0, 0
                     for e in page.entries:
+                        if self.private(e.module):
+                            continue  # a peer without our patterns offered it: not ours to take
                         if self.catalog.add(m.slot, e.module, e.version, e.kind, e.sha256, e.h1, e.size):
                             m.count += 1
                     m.synced = max(m.synced, page.last)

@@ -46,6 +46,7 @@ from .membership import Member, Membership, Seed, Timing
 from .messages import MAX_MEMBERS, PROTOCOL, Gossip, InventoryPage, MessageError, encode_gossip
 from .metrics import MeshMetrics
 from .presync import PreSync
+from .privacy import MeshPrivacy
 from .status import mesh_status
 from .tasks import TaskSet
 from .transfer import MeshPeers, Puller, RateLimiter
@@ -92,6 +93,8 @@ class Mesh:
         )
         for url in cfg.peers:
             self.membership.add_seed(url)
+        #: Private modules: never offered to peers; every member's patterns honoured.
+        self.privacy = MeshPrivacy(node.hooks.private, node.config.data)
         self.catalog = Catalog(cfg.max_catalog)
         self.popularity = Popularity(cfg.half_life)
         self.tasks = TaskSet()
@@ -119,8 +122,9 @@ class Mesh:
             raise RuntimeError("the mesh must start before the node listens (its routes go first)")
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
         self.client = PeerClient(self.session, self.signer, self.cfg.request_timeout)
+        self.privacy.load(until=self.clock() + self.cfg.forget_after)
         self.inventory = Inventory(
-            node.index, self.catalog, self.membership, self.client, self.cfg.inventory_page, self.clock
+            node.index, self.catalog, self.membership, self.client, self.cfg.inventory_page, self.clock, self.privacy
         )
         await self.inventory.open()
         node.app.middlewares.append(
@@ -128,7 +132,13 @@ class Mesh:
         )
         peerapi.add_routes(node.app, self)
         self.peers = MeshPeers(
-            self.membership, self.catalog, self.upstream_for, self.metrics, self.quarantine, clock=self.clock
+            self.membership,
+            self.catalog,
+            self.upstream_for,
+            self.metrics,
+            self.quarantine,
+            clock=self.clock,
+            private=self.privacy,
         )
         puller = Puller(
             self.session,
@@ -142,7 +152,9 @@ class Mesh:
             self._missing,
             lambda node_id: self.membership.failed(node_id, self.clock()),
         )
-        self.presync = PreSync(self.cfg, self.popularity, self.catalog, self.membership, puller, node.index, self.clock)
+        self.presync = PreSync(
+            self.cfg, self.popularity, self.catalog, self.membership, puller, node.index, self.clock, self.privacy
+        )
         self.presync.store_bytes = node.store_bytes
         max_size = getattr(node.config, "max_size", None)  # storage limits, where the node has them
         if max_size:
@@ -175,6 +187,7 @@ class Mesh:
         hooks.listeners[:] = [f for f in hooks.listeners if f != self.listening]
         if hooks.mesh_status == self.status:
             hooks.mesh_status = None
+        self.privacy.close()
         await self.tasks.aclose()
         await self.mdns.aclose()
         if self._session is not None:
@@ -223,7 +236,8 @@ class Mesh:
             self.metrics.synced_bytes.labels(entry.source[5:]).inc(entry.size)
 
     def accessed(self, req: ModRequest, cache: str) -> None:
-        self.popularity.hit(req.module, req.version, self.clock())
+        if not self.privacy(req.module):  # a private module's name is never gossiped
+            self.popularity.hit(req.module, req.version, self.clock())
 
     # ---- peers -------------------------------------------------------------------
 
@@ -284,12 +298,15 @@ class Mesh:
             self.inventory.head,
             self.inventory.count,
             tuple(self.membership.sample(MAX_MEMBERS, now)),
-            self.popularity.top(self.cfg.popular_top_n, now),
+            tuple(p for p in self.popularity.top(self.cfg.popular_top_n, now) if not self.privacy(p.module)),
+            self.privacy.own,
         )
 
     async def _round(self) -> None:
         now = self.clock()
+        self.privacy.expire(now)
         for gone in self.membership.tick(now):
+            self.privacy.forget(gone.node_id)
             self.popularity.forget(gone.node_id)
             self._upstreams.pop(gone.node_id, None)
             await self.catalog.drop_slot(gone.slot)
@@ -351,8 +368,9 @@ class Mesh:
                 msg.node_id, url, msg.heartbeat, now, self.membership.seed_source(msg.node_id, url)
             )
             if m is not None:
+                self.privacy.heard(msg.node_id, msg.private)  # before anything it names is taken in
                 self.membership.merge(msg.members, now)
-                self.popularity.report(msg.node_id, msg.popular, now)
+                self.popularity.report(msg.node_id, [p for p in msg.popular if not self.privacy(p.module)], now)
                 if self.inventory.behind(m, msg.epoch, msg.head) and not m.syncing:
                     m.syncing = True
                     self.tasks.spawn(self.inventory.pull(m), f"inventory:{m.node_id}")
@@ -390,4 +408,5 @@ class Mesh:
             presync_enabled=self.cfg.presync,
             sync_backlog=self.backlog(),
             now=self.clock(),
+            private=self.privacy,
         )

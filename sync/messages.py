@@ -3,14 +3,22 @@
 Two messages, both bounded whatever the mesh or store size:
 
 * `Gossip` (POST /_mesh/gossip, answered with the receiver's own): who the sender
-  is, its inventory head (epoch + serial), a bounded sample of the member view
-  and its most popular module versions. Never the inventory itself.
+  is, its inventory head (epoch + serial), a bounded sample of the member view,
+  its most popular module versions (never a private one) and its own private
+  module patterns (sync/privacy.py). Never the inventory itself.
 * `InventoryPage` (GET /_mesh/inventory?epoch=&after=&limit=): up to 1000 of the
   sender's index entries after a serial (Syncthing's delta index, devpi's
   changelog); `reset` says the asker's epoch was stale and the page starts over.
 
 Encoders trim lists until the message fits, decoders refuse anything oversized or
 ill-typed with MessageError, so no peer can make another allocate without bound.
+The private patterns are never trimmed (a node whose patterns exceed the bounds
+does not start its mesh): dropping one would let members leak what it names.
+
+Protocol 2 added the private patterns. Nodes of protocol 1 do not honour them, so
+they and protocol-2 nodes ignore each other (409 to gossip, skipped in mDNS): a
+mesh is upgraded as a whole. Decoding stays lenient (a message without patterns
+declares none) so that the refusal is the protocol check's, with a clear log line.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from typing import Any
 
 import msgpack
 
-PROTOCOL = 1
+PROTOCOL = 2
 MAX_GOSSIP_BYTES = 256 << 10
 MAX_PAGE_BYTES = 1 << 20
 MAX_MEMBERS = 64
@@ -34,6 +42,9 @@ MAX_URL = 512
 MAX_MODULE = 1024
 MAX_VERSION = 1024
 MAX_EPOCH = 64
+#: A node's own private patterns in a gossip message: at most this many, this long.
+MAX_PRIVATE = 128
+MAX_PATTERN = 512
 STATES = ("alive", "suspect", "dead")
 KINDS = ("info", "mod", "zip")
 MAX_SCORE = 1e12
@@ -70,6 +81,8 @@ class Gossip:
     count: int
     members: tuple[MemberInfo, ...] = ()
     popular: tuple[Popular, ...] = ()
+    #: The sender's own private module patterns (GOPRIVATE syntax, one each).
+    private: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +134,10 @@ def _pack(obj: object) -> bytes:
 
 
 def encode_gossip(g: Gossip, limit: int = MAX_GOSSIP_BYTES) -> bytes:
-    """Pack `g`, dropping members and popular entries from the end until it fits."""
+    """Pack `g`, dropping members and popular entries from the end until it fits.
+    The private patterns always go whole (MessageError if they are out of bounds)."""
+    if not patterns_fit(g.private):
+        raise MessageError(f"at most {MAX_PRIVATE} private patterns of at most {MAX_PATTERN} characters")
     g = replace(g, members=g.members[:MAX_MEMBERS], popular=g.popular[:MAX_POPULAR])
     while True:
         data = _pack(
@@ -136,6 +152,7 @@ def encode_gossip(g: Gossip, limit: int = MAX_GOSSIP_BYTES) -> bytes:
                 "c": g.count,
                 "mb": [[m.node_id, m.url, m.heartbeat, m.state] for m in g.members],
                 "pop": [[p.module, p.version, p.score] for p in g.popular],
+                "pv": list(g.private),
             }
         )
         if len(data) <= limit:
@@ -170,6 +187,11 @@ def encode_page(page: InventoryPage, limit: int = MAX_PAGE_BYTES) -> bytes:
         if len(data) <= limit or not entries:
             return data
         entries = entries[: len(entries) // 2]
+
+
+def patterns_fit(patterns: Sequence[str]) -> bool:
+    """Whether a node's private patterns can travel in gossip (decoders refuse more)."""
+    return len(patterns) <= MAX_PRIVATE and all(0 < len(p) <= MAX_PATTERN and "," not in p for p in patterns)
 
 
 def fits(e: InvEntry) -> bool:
@@ -253,6 +275,12 @@ def decode_gossip(data: bytes) -> Gossip:
                 min(max(float(score), 0.0), MAX_SCORE),
             )
         )
+    private = []
+    for raw in _list(o.get("pv", []), "private patterns", MAX_PRIVATE):
+        pattern = _str(raw, "private pattern", MAX_PATTERN)
+        if "," in pattern:
+            raise MessageError("a private pattern is one pattern, without ','")
+        private.append(pattern)
     protocol = o.get("p")
     return Gossip(
         node_id=_str(o.get("n"), "node id", MAX_ID),
@@ -265,6 +293,7 @@ def decode_gossip(data: bytes) -> Gossip:
         count=_int(o.get("c", 0), "count"),
         members=tuple(members),
         popular=tuple(popular),
+        private=tuple(private),
     )
 
 

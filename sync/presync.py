@@ -5,7 +5,7 @@ minimum decayed score), and for every .mod/.info/.zip some live peer holds and
 this node lacks, pulls it through `Puller` (resumable, verified, admitted like any
 other blob), within a disk budget and a cap on concurrent transfers; the byte
 rate is capped by the Puller's shared limiter. A file that failed is not tried
-again for a while.
+again for a while. Private modules (sync/privacy.py) are never pulled.
 """
 
 from __future__ import annotations
@@ -51,8 +51,10 @@ class PreSync:
         puller: Puller,
         index: Index,
         clock: Callable[[], float] = time.monotonic,
+        private: Callable[[str], bool] = lambda module: False,
     ) -> None:
         self.cfg = cfg
+        self.private = private
         self.popularity = popularity
         self.catalog = catalog
         self.membership = membership
@@ -83,6 +85,8 @@ class PreSync:
         backlog = 0
         self._retry_at = {k: t for k, t in self._retry_at.items() if t > now}
         for (module, version), _score in self.popularity.mesh_top(cfg.presync_top_k, cfg.presync_min_score, now):
+            if self.private(module):
+                continue
             for kind in KINDS:
                 key = key_of(module, version, kind)
                 if key in self.have:

@@ -15,9 +15,10 @@ from node.hooks import MemberStatus, MeshStatus, SeedStatus
 from .catalog import Catalog
 from .membership import Member, Seed
 from .presync import PreSync
+from .privacy import MeshPrivacy
 
 
-def member_status(m: Member, now: float) -> MemberStatus:
+def member_status(m: Member, now: float, private: list[str] | None = None) -> MemberStatus:
     return {
         "node_id": m.node_id,
         "url": m.url,
@@ -31,7 +32,12 @@ def member_status(m: Member, now: float) -> MemberStatus:
         "failures": m.failures,
         "quarantined_s": round(max(0.0, m.quarantined_until - now), 1),
         "quarantine_reason": m.quarantine_reason if m.quarantined(now) else "",
+        "private": private or [],
     }
+
+
+def _by_id(m: Member) -> str:
+    return m.node_id
 
 
 def seed_status(s: Seed) -> SeedStatus:
@@ -53,6 +59,7 @@ def mesh_status(
     presync_enabled: bool,
     sync_backlog: int,
     now: float,
+    private: MeshPrivacy,
 ) -> MeshStatus:
     """This node in its mesh as of `now` (the mesh's clock): members sorted by node id."""
     return {
@@ -62,7 +69,7 @@ def mesh_status(
         "epoch": epoch,
         "head_serial": head_serial,
         "inventory": inventory,
-        "members": [member_status(m, now) for m in sorted(members, key=lambda m: m.node_id)],
+        "members": [member_status(m, now, private.declared(m.node_id)) for m in sorted(members, key=_by_id)],
         "seeds": [seed_status(s) for s in seeds],
         "catalog": {"entries": len(catalog), "skipped": catalog.skipped},
         "presync": {
@@ -73,4 +80,5 @@ def mesh_status(
             "budget_bytes": presync.budget,
         },
         "sync_backlog": sync_backlog,
+        "private": list(private.own),
     }

@@ -5,7 +5,8 @@ from each candidate through an ordinary `Upstream` (signed, with the hop header
 so the peer answers from its cache only, and timeouts equal to the mesh's time
 budget), verifying exactly as for an upstream; `report` hears how it went. A
 peer that sent bad bytes is quarantined; one that lacks the file loses it from
-the catalog; one that failed is suspect.
+the catalog; one that failed is suspect. No peer is asked for a private module
+(sync/privacy.py): the question alone would name it.
 
 Pre-sync (`Puller`): a whole file into a temp file under the store's tmp dir, with
 HTTP Range resumption from the same or another peer advertising the same sha256,
@@ -66,8 +67,10 @@ class MeshPeers:
         max_candidates: int = 2,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        private: Callable[[str], bool] = lambda module: False,
     ) -> None:
         self.membership = membership
+        self.private = private
         self.catalog = catalog
         self.upstream_for = upstream_for
         self.metrics = metrics
@@ -77,6 +80,8 @@ class MeshPeers:
         self.rng = rng or random.Random()
 
     def peers_for(self, req: ModRequest) -> list[PeerCandidate]:
+        if self.private(req.module):
+            return []
         now = self.clock()
         if req.versioned:
             found = []

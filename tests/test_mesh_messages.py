@@ -17,7 +17,9 @@ from sync.messages import (
     MAX_MODULE,
     MAX_PAGE_BYTES,
     MAX_PAGE_ENTRIES,
+    MAX_PATTERN,
     MAX_POPULAR,
+    MAX_PRIVATE,
     MAX_URL,
     PROTOCOL,
     Gossip,
@@ -41,6 +43,7 @@ members = st.builds(MemberInfo, ids, urls, u63, st.sampled_from(["alive", "suspe
 popular = st.builds(
     Popular, st.text(min_size=1, max_size=100), st.text(min_size=1, max_size=40), st.floats(0, 1e12, allow_nan=False)
 )
+patterns = st.text(min_size=1, max_size=60).filter(lambda p: "," not in p)
 gossips = st.builds(
     Gossip,
     ids,
@@ -53,6 +56,7 @@ gossips = st.builds(
     u63,
     st.lists(members, max_size=MAX_MEMBERS).map(tuple),
     st.lists(popular, max_size=MAX_POPULAR).map(tuple),
+    st.lists(patterns, max_size=MAX_PRIVATE).map(tuple),
 )
 
 
@@ -74,6 +78,7 @@ def _huge_gossip(n: int) -> Gossip:
         10**9,
         tuple(MemberInfo(f"{i:064d}", long_url, i, "alive") for i in range(n)),
         tuple(Popular("m" * MAX_MODULE, "v1.0.0-" + "x" * 900, float(i)) for i in range(n)),
+        tuple(f"{i:03d}" + "p" * (MAX_PATTERN - 3) for i in range(MAX_PRIVATE)),
     )
 
 
@@ -83,6 +88,23 @@ def test_gossip_of_a_thousand_peer_mesh_stays_bounded() -> None:
     g = decode_gossip(data)
     assert 0 < len(g.members) <= MAX_MEMBERS and len(g.popular) <= MAX_POPULAR
     assert g.members == _huge_gossip(1000).members[: len(g.members)]
+    # Members and popular versions are trimmed to fit; the private patterns never are.
+    assert g.private == _huge_gossip(1000).private
+
+
+def test_private_patterns_are_bounded_both_ways() -> None:
+    g = Gossip("n1", "mesh", PROTOCOL, "http://h", 1, "e", 0, 0, private=("corp.example.com", "*.internal.test"))
+    assert decode_gossip(encode_gossip(g)).private == g.private
+    for bad in (("a,b",), ("",), ("p" * (MAX_PATTERN + 1),), tuple(f"p{i}" for i in range(MAX_PRIVATE + 1))):
+        with pytest.raises(MessageError):
+            encode_gossip(Gossip("n1", "mesh", PROTOCOL, "http://h", 1, "e", 0, 0, private=bad))
+        raw = msgpack.packb({"n": "n1", "m": "mesh", "p": PROTOCOL, "hb": 1, "h": 0, "pv": list(bad)})
+        with pytest.raises(MessageError):
+            decode_gossip(raw)
+    # A protocol-1 message carries no patterns: it decodes as declaring none (the mesh
+    # then refuses it for its protocol, tests/test_mesh_auth.py).
+    old = msgpack.packb({"n": "n1", "m": "mesh", "p": 1, "u": "", "hb": 1, "e": "", "h": 0, "c": 0})
+    assert decode_gossip(old).private == () and decode_gossip(old).protocol == 1 != PROTOCOL
 
 
 def _entry(serial: int, module_len: int = 20, version_len: int = 6) -> InvEntry:
@@ -157,9 +179,9 @@ msgpackable = st.recursive(
 
 @given(
     st.dictionaries(
-        st.sampled_from(["n", "m", "p", "u", "hb", "e", "h", "c", "mb", "pop", "r", "more", "l", "es"]),
+        st.sampled_from(["n", "m", "p", "u", "hb", "e", "h", "c", "mb", "pop", "pv", "r", "more", "l", "es"]),
         msgpackable,
-        max_size=14,
+        max_size=15,
     )
 )
 @settings(max_examples=50)

@@ -155,3 +155,19 @@ async def test_direct_without_go_is_a_clear_error(make_node, tmp_path: Path) -> 
         async with s.get(node.url + "/git.example.test/x.git/@v/v1.0.0.info") as r:
             assert r.status == 502 and "needs the go command and git" in await r.text()
     await asyncio.sleep(0)
+
+
+def test_direct_errors_name_no_address_or_directory(tmp_path: Path) -> None:
+    """git's words name the URL it was sent to (after the node's insteadOf rewrites: an
+    internal host, maybe with credentials) and the node's directories: clients get neither."""
+    from node.cache.direct import Direct
+
+    direct = Direct(tmp_path / "direct")
+    line = (
+        f"go: git.example.test/x.git@v1.0.0: git ls-remote -q origin in {tmp_path}/direct/gopath/pkg: exit status 128:"
+        " fatal: repository 'https://ci:s3cret@git.corp.internal:8443/x/' not found; tried git@git.corp.internal:x.git"
+    )
+    assert direct.masked(line) == (
+        "go: git.example.test/x.git@v1.0.0: git ls-remote -q origin in <direct>/gopath/pkg: exit status 128:"
+        " fatal: repository '<upstream>' not found; tried <upstream>"
+    )

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -26,6 +27,8 @@ from node.errors import NotFound, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+#: A URL, or an scp-like git address (`git@host:path`), in the go command's messages.
+_ADDRESS = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"]+|(?<![\w./-])[\w.-]+@(?!v\d)[\w-]+(?:\.[\w-]+)+:[^\s'\"]*")
 
 CHUNK = 256 * 1024
 #: Phrases in go's errors that mean "no such module or version" rather than a failure.
@@ -166,11 +169,16 @@ class Direct:
             out = {}
         err = str(out.get("Error") or stderr.decode("utf-8", "replace")).strip()
         if proc.returncode != 0 or out.get("Error"):
-            line = err.splitlines()[-1] if err else f"go exited {proc.returncode}"
+            line = self.masked(err.splitlines()[-1]) if err else f"go exited {proc.returncode}"
             if any(p in err for p in _NOT_FOUND):
                 raise NotFound(f"direct: {line}")
             raise UpstreamError(f"direct: {line}")
         return out
+
+    def masked(self, text: str) -> str:
+        """go's message without the node's directories or the addresses git was sent to
+        (the node's URL rewrites may point at internal hosts): clients read it."""
+        return _ADDRESS.sub("<upstream>", text.replace(str(self.workdir), "<direct>"))
 
 
 def find_go() -> str | None:

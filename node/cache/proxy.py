@@ -38,7 +38,7 @@ from node.cache.model import BlobVerifier, MetaAnswer, ProxySettings, Served
 from node.cache.protocol import ModRequest
 from node.cache.spool import MemoryBudget, Spool, storage_error_cause
 from node.cache.store import BlobStore
-from node.cache.upstream import Source, Upstream, UpstreamChain
+from node.cache.upstream import Off, Source, Upstream, UpstreamChain
 from node.errors import IntegrityError, ModmeshError, NotFound, StorageFull, UpstreamError
 from node.golang.patterns import match_prefix_patterns
 from node.hooks import Hooks
@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 
 #: Small blobs kept in memory so hot .info/.mod hits skip the file system.
 SMALL_BLOB = 64 * 1024
+FOREIGN = (
+    "module private to another node of the mesh (its private patterns): not fetched by this node;"
+    " add a [[route]] or `private` pattern for it here to fetch it"
+)
 
 
 class ModuleProxy:
@@ -88,11 +92,15 @@ class ModuleProxy:
         self.integrity.forget = self.forget
         #: (module, size) -> why the store must not keep such a file, or None (storage limits).
         self.refuse_store: Callable[[str, int], str | None] = lambda module, size: None
+        #: For modules private only by another mesh member's patterns (hooks.PrivateModules).
+        self._foreign = UpstreamChain([Off("private", FOREIGN)])
 
     def chain_for(self, module: str) -> UpstreamChain:
         for pattern, chain in self.routes:
             if match_prefix_patterns(pattern, module):
                 return chain
+        if self.hooks.private.foreign(module):
+            return self._foreign  # its name goes to no upstream from here
         return self.chain
 
     # ---- versioned files -------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -241,7 +242,8 @@ class Upstream:
             log.warning("upstream %s failing (%s); circuit open for %.0fs", self.name, err, self.breaker.reset_after)
 
     async def _status_error(self, resp: aiohttp.ClientResponse, path: str) -> ModmeshError:
-        text = mask_address(await _error_text(resp), self.base)
+        # Redirects included: where a private upstream keeps its files is its own business.
+        text = mask_address(await _error_text(resp), self.base, str(resp.url), *(str(r.url) for r in resp.history))
         first = text.split("\n", 1)[0].strip()[:200]
         what = f"the upstream answered {resp.status} for {path}" + (f": {first}" if first else "")
         if resp.status in (404, 410):
@@ -268,14 +270,17 @@ async def _error_text(resp: aiohttp.ClientResponse) -> str:
     return clean_text(head.decode("utf-8", "replace"))
 
 
-def mask_address(text: str, base: str) -> str:
-    """`text` without the upstream's URL or host name (they may be internal, or carry
-    credentials): clients never learn where the node fetches from."""
-    parts = urlsplit(base)
-    for secret in (base, redact(base), parts.netloc, parts.hostname or ""):
-        if secret:
-            text = text.replace(secret, "<upstream>")
-    return text
+def mask_address(text: str, *bases: str) -> str:
+    """`text` without the upstreams' URLs or host names, in any letter case (they may be
+    internal, or carry credentials): clients never learn where the node fetches from."""
+    secrets: set[str] = set()
+    for base in bases:
+        parts = urlsplit(base)
+        secrets.update(s for s in (base, redact(base), parts.netloc, parts.hostname or "") if s)
+    if not secrets or not text:
+        return text
+    pattern = "|".join(re.escape(s) for s in sorted(secrets, key=len, reverse=True))
+    return re.sub(pattern, "<upstream>", text, flags=re.IGNORECASE)
 
 
 def clean_text(text: str) -> str:

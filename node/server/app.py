@@ -22,6 +22,7 @@ from node.hooks import HOP_HEADER
 from node.metrics import CONTENT_TYPE_LATEST, Metrics
 from node.server.accesslog import CACHE, REQ
 from node.server.aiohttp_adapter import response_started
+from node.server.exposure import EXPOSURE, Exposure
 from node.server.responses import meta_response, served_response
 from node.server.streaming import abort_connection, stream_transfer
 from node.server.sumdb_routes import sumdb_response
@@ -42,11 +43,16 @@ def build_app(
     sumdbs: ChecksumDatabases | None = None,
     middlewares: Sequence[Middleware] = (),
     write_idle_timeout: float = 60.0,
+    *,
+    admin: Callable[[web.Request], bool],
 ) -> web.Application:
+    """`admin`: whether a request has admin rights (it sees upstream addresses and
+    private module names: exposure.py)."""
     app = web.Application(middlewares=[errors_middleware, *middlewares])
+    exposure = app[EXPOSURE] = Exposure(admin, proxy, sumdbs)
 
     async def healthz(request: web.Request) -> web.Response:
-        return web.json_response(health(), headers={"Cache-Control": "no-store"})
+        return web.json_response(exposure.health(health(), request), headers={"Cache-Control": "no-store"})
 
     async def readyz(request: web.Request) -> web.Response:
         ok = ready()
@@ -57,7 +63,7 @@ def build_app(
         )
 
     async def metrics_handler(request: web.Request) -> web.Response:
-        resp = web.Response(body=metrics.render(), headers={"Cache-Control": "no-store"})
+        resp = web.Response(body=exposure.metrics(metrics.registry, request), headers={"Cache-Control": "no-store"})
         resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
         return resp
 
@@ -109,9 +115,13 @@ def error_response(request: web.Request, e: Exception) -> web.Response:
     """The one-line text/plain answer the go command prints, for any error."""
     if isinstance(e, ModmeshError):
         request[CACHE] = "error"
+        exposure = request.app.get(EXPOSURE)
+        body = error_body(e)
+        if exposure is not None:  # whoever's text it was (an upstream's 404 may name another)
+            body = exposure.mask_text(body.decode()).encode()
         return web.Response(
             status=e.status,
-            body=error_body(e),
+            body=body,
             content_type="text/plain",
             charset="utf-8",
             headers={"Cache-Control": e.cache_control},

@@ -17,7 +17,9 @@ one process each get their own. The figures themselves are pure functions, in
 dashboard_view.py.
 
 Registered in node/tools/registry.py, but not under `/_admin/`: it only reads, so it
-is as open as the GOPROXY endpoints (node/access.py).
+is as open as the GOPROXY endpoints (node/access.py). What it shows depends on who asks:
+everything to admins, no upstream address, private module or log line to anyone else
+(exposure.py), the mesh panel to admins and signed peers only.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from node.server.dashboard_view import (
     requests_by_cache,
     series,
 )
+from node.server.exposure import EXPOSURE
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,8 @@ SAMPLE_INTERVAL = 5.0
 SAMPLES = 720
 ERRORS = 50
 TOP_MODULES = 10
+#: Rows the query takes, so that a public view without private modules still has ten.
+TOP_FETCH = 5 * TOP_MODULES
 #: The top-modules query scans the index; viewers polling share one answer this long.
 TOP_TTL = 5.0
 ASSETS = {
@@ -200,10 +205,19 @@ class Dashboard:
         )
 
     async def data_json(self, request: web.Request) -> web.Response:
-        return web.json_response(await self.data(), headers={"Cache-Control": "no-store"})
+        exposure = request.app[EXPOSURE]
+        admin = exposure.admin(request)
+        peer = any(auth(request) for auth in self.node.hooks.authenticators)
+        data = await self.data(self._mesh(admin or peer))
+        if admin:
+            data = {"view": "admin", **data, "errors_hidden": 0}
+        else:
+            data = {"view": "public", **exposure.public_data(data)}
+        data["top_modules"] = data["top_modules"][:TOP_MODULES]  # fetched with room for private ones
+        return web.json_response(data, headers={"Cache-Control": "no-store"})
 
-    async def data(self) -> dict[str, Any]:
-        """Everything the page shows, as of now."""
+    async def data(self, mesh: MeshView) -> dict[str, Any]:
+        """Everything the page shows an admin, as of now (exposure.py: what others see)."""
         node = self.node
         health = node.health()
         now = await self._sample()
@@ -236,7 +250,7 @@ class Dashboard:
             "upstreams": self._upstreams(health["upstreams"]),
             "sumdb": self._sumdbs(health["sumdb"]),
             "top_modules": await self._top_modules(),
-            "mesh": self._mesh(),
+            "mesh": mesh,
             "errors": list(reversed(self.errors.records)),
         }
 
@@ -286,17 +300,21 @@ class Dashboard:
             return self._top[1]
         # Hits are buffered in memory; flush so the page shows the ones just served.
         await self.node.index.flush_access()
-        rows = await top_modules(self.node.index.db)
+        rows = await top_modules(self.node.index.db, TOP_FETCH)
         self._top = (time.monotonic(), rows)
         return rows
 
-    def _mesh(self) -> MeshView:
-        """The mesh's status record, when a mesh runs on this node (it set the hook).
+    def _mesh(self, allowed: bool) -> MeshView:
+        """The mesh's status record, when a mesh runs on this node (it set the hook), for
+        whom `/_mesh/status` answers (signed peers) and admins; others learn only that
+        there is a mesh.
 
         Taken in-process, not over HTTP: the mesh signs and checks every request under
         /_mesh/ (sync/auth.py) and this node has no business forging a peer's
         signature to ask itself."""
         status = self.node.hooks.mesh_status
+        if not allowed:
+            return {"enabled": status is not None, "restricted": True}
         if status is None:
             return {"enabled": False}
         try:

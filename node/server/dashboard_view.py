@@ -93,9 +93,11 @@ class PeerRow(TypedDict):
 
 
 class MeshView(TypedDict):
-    """The `mesh` section of data.json: off, unavailable (`error`), or peers and figures."""
+    """The `mesh` section of data.json: off, unavailable (`error`), withheld from a
+    client without admin rights (`restricted`), or peers and figures."""
 
     enabled: bool
+    restricted: NotRequired[bool]
     error: NotRequired[str]
     peers: NotRequired[list[PeerRow]]
     backlog: NotRequired[int]

@@ -37,7 +37,7 @@ async def sumdb_response(
         module, version = _lookup_target(endpoint[len("lookup/") :])
         assert sumdbs is not None
         if sumdbs.is_private(module):
-            raise NotFound(f"{module} matches this node's private patterns; it is not sent to a checksum database")
+            raise NotFound(f"{module} is private (patterns of this node or its mesh): not sent to a checksum database")
         body, cache = await db.lookup(module, version)
         headers = {"Cache-Control": "public, max-age=86400", CACHE_HEADER: cache}
     elif endpoint.startswith("tile/"):

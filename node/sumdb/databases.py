@@ -1,5 +1,9 @@
 """Every checksum database a node uses, the private patterns, and the verification
-mode: the proxy's BlobVerifier (the first database decides what enters the store)."""
+mode: the proxy's BlobVerifier (the first database decides what enters the store).
+
+The private patterns are the node's `hooks.PrivateModules`: its own, and those the
+mesh adds (every member's), so no module a member treats as private is ever sent to
+a database from here."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from typing import Any
 
 from node.cache.index import Entry
 from node.errors import IntegrityError, NotFound
-from node.golang.patterns import match_prefix_patterns
+from node.hooks import PrivateModules
 from node.metrics import Metrics
 from node.sumdb.client import SumDB, Unverifiable
 from node.sumdb.spec import SumDBConfigError
@@ -26,13 +30,13 @@ class ChecksumDatabases:
     exactly one GOSUMDB); all of them are proxied for clients.
     """
 
-    def __init__(self, dbs: list[SumDB], mode: str, private: str, metrics: Metrics) -> None:
+    def __init__(self, dbs: list[SumDB], mode: str, private: PrivateModules, metrics: Metrics) -> None:
         if mode not in VERIFY_MODES:
             raise SumDBConfigError(f"sumdb_verify must be one of {', '.join(VERIFY_MODES)}, not {mode!r}")
         self.dbs = dbs
         self.mode = mode
         self.verify_enabled = mode != "off" and bool(dbs)
-        self.private = private
+        self.patterns = private
         self.metrics = metrics
         #: Called when the database answered again after failing (the re-verifier's cue).
         self.answered: list[Callable[[], None]] = []
@@ -53,8 +57,13 @@ class ChecksumDatabases:
                 best = (db, rest[len(db.name) + 1 :])
         return best
 
+    @property
+    def private(self) -> str:
+        """Every private pattern honoured here (own and the mesh's), GOPRIVATE-style."""
+        return self.patterns.joined
+
     def is_private(self, module: str) -> bool:
-        return bool(self.private) and match_prefix_patterns(self.private, module)
+        return self.patterns(module)
 
     def checks(self, module: str) -> bool:
         return self.verify_enabled and not self.is_private(module)

@@ -5,6 +5,18 @@
 
 const POLL_MS = 5000;
 const SVG = "http://www.w3.org/2000/svg";
+const TOKEN_KEY = "modmesh-admin-token";
+
+// The admin token, given once as /#admin-token=<token> (a fragment never reaches the
+// server or its logs): kept for this tab only, and taken out of the address bar.
+function adminToken() {
+  const m = /(?:^#|&)admin-token=([^&]*)/.exec(location.hash);
+  if (m) {
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return sessionStorage.getItem(TOKEN_KEY);
+}
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -115,6 +127,7 @@ function renderNode(d) {
   status.className = "pill " + (STATE_CLASS[n.status] || "");
   const bits = [`v${n.version}`, `up ${fmtDuration(n.uptime_s)}`, n.url, `store ${n.epoch}`];
   if (n.offline) bits.push("OFFLINE mode");
+  if (d.view === "public") bits.push("public view");
   document.getElementById("node-meta").textContent = bits.filter(Boolean).join(" · ");
   const reasons = document.getElementById("reasons");
   reasons.textContent = (n.reasons || []).join(" · ");
@@ -167,7 +180,7 @@ function renderSumdb(d) {
 }
 
 function renderTop(d) {
-  if (!d.top_modules.length) {
+  if (!(d.top_modules || []).length) {
     replace("top-table", empty("nothing cached yet"));
     return;
   }
@@ -176,14 +189,20 @@ function renderTop(d) {
     ["Hits", (m) => fmtNum(m.hits), true],
     ["Versions", (m) => fmtNum(m.versions), true],
     ["Size", (m) => fmtBytes(m.bytes), true],
-  ], d.top_modules, (m) => ({ "data-module": m.module, "data-hits": String(m.hits) })));
+  ], d.top_modules || [], (m) => ({ "data-module": m.module, "data-hits": String(m.hits) })));
 }
 
 // Peers are the mesh's members (node/hooks.py MeshStatus, via dashboard_view.mesh_view).
 const PEER_STATE_CLASS = { alive: "ok", suspect: "warn", dead: "bad" };
 
 function renderMesh(d) {
-  const m = d.mesh;
+  const m = d.mesh || { enabled: false };
+  if (m.restricted) {
+    // Without admin rights the node says only whether a mesh runs (as /_mesh/status would).
+    replace("mesh-body", el("p", { class: "empty", "data-figure": "mesh", "data-value": "restricted" },
+      m.enabled ? "a mesh runs on this node; " : "", "its details are for admins: open /#admin-token=<token>"));
+    return;
+  }
   if (!m.enabled) {
     replace("mesh-body", el("p", { class: "empty", "data-figure": "mesh", "data-value": "disabled" }, "mesh not enabled on this node"));
     return;
@@ -192,11 +211,12 @@ function renderMesh(d) {
     replace("mesh-body", el("p", { "data-figure": "mesh", "data-value": "error" }, pill("unavailable", "bad"), " ", m.error));
     return;
   }
+  const peers = m.peers || [];
   const kv = el("div", { class: "kv" },
-    el("span", {}, "Peers ", el("strong", { "data-figure": "mesh_peers", "data-value": String(m.peers.length) }, String(m.peers.length))),
+    el("span", {}, "Peers ", el("strong", { "data-figure": "mesh_peers", "data-value": String(peers.length) }, String(peers.length))),
     el("span", {}, "Sync backlog ", el("strong", { "data-figure": "mesh_backlog", "data-value": String(m.backlog) }, fmtNum(m.backlog))),
-    ...Object.entries(m.summary).map(([k, v]) => el("span", { class: "muted" }, `${k} ${v}`)));
-  if (!m.peers.length) {
+    ...Object.entries(m.summary || {}).map(([k, v]) => el("span", { class: "muted" }, `${k} ${v}`)));
+  if (!peers.length) {
     replace("mesh-body", kv, empty("no peers seen"));
     return;
   }
@@ -208,15 +228,23 @@ function renderMesh(d) {
     ["Seen", (p) => fmtDuration(p.last_seen_s) + " ago"],
     ["Files", (p) => fmtNum(p.inventory), true],
     ["Backlog", (p) => fmtNum(p.backlog), true],
-  ], m.peers, (p) => ({ "data-peer": p.id, "data-state": p.state })));
+  ], peers, (p) => ({ "data-peer": p.id, "data-state": p.state })));
 }
 
 function renderErrors(d) {
-  if (!d.errors.length) {
+  const errors = d.errors || [];
+  if (d.errors_hidden) {
+    // Log lines are free text (addresses, module names): admins only.
+    replace("errors-list", el("p", { class: "empty" },
+      el("strong", { "data-figure": "errors_hidden", "data-value": String(d.errors_hidden) }, String(d.errors_hidden)),
+      " warnings and errors withheld: they are for admins (open /#admin-token=<token>)"));
+    return;
+  }
+  if (!errors.length) {
     replace("errors-list", empty("no warnings or errors since the node started"));
     return;
   }
-  replace("errors-list", el("ul", { class: "errors" }, ...d.errors.map((e) => el("li", {},
+  replace("errors-list", el("ul", { class: "errors" }, ...errors.map((e) => el("li", {},
     el("time", { title: new Date(e.t * 1000).toISOString() }, fmtAgo(e.t, d.generated_at)),
     pill(e.level, e.level === "warning" ? "warn" : "bad"),
     el("span", { class: "logger" }, e.logger),
@@ -235,7 +263,9 @@ function render(d) {
 
 async function refresh() {
   try {
-    const resp = await fetch("_dashboard/data.json", { cache: "no-store" });
+    const token = adminToken();
+    const headers = token ? { Authorization: "Bearer " + token } : {};
+    const resp = await fetch("_dashboard/data.json", { cache: "no-store", headers });
     if (!resp.ok) throw new Error(`data.json answered ${resp.status}`);
     render(await resp.json());
   } catch (err) {
