@@ -121,6 +121,11 @@ class Config:
         "a client that takes no bytes of a response for this long is cut off (it never holds a download, "
         "its memory or other clients; the download goes on)",
     )
+    head_timeout: float = setting(
+        60.0,
+        "a client must send a whole request head within this long of its first byte (a total deadline, "
+        "not extended by bytes that trickle in; nginx's client_header_timeout), else 408 and closed",
+    )
     passthrough_memory: int = setting(
         512 << 20,
         "when the store cannot take a file (disk full, quota, max_size), the node still passes it through "
@@ -258,6 +263,8 @@ def load_config(
         raise ConfigError("tls_cert_file and tls_key_file go together")
     if cfg.write_idle_timeout <= 0:
         raise ConfigError(f"write_idle_timeout must be a positive duration, not {cfg.write_idle_timeout}")
+    if cfg.head_timeout <= 0:
+        raise ConfigError(f"head_timeout must be a positive duration, not {cfg.head_timeout}")
     if cfg.max_size is not None and cfg.max_size <= 0:
         raise ConfigError(f"max_size must be a positive size, not {cfg.max_size}")
     SETTINGS.check_choices(cfg)

@@ -82,6 +82,11 @@ class Metrics:
             "Client connections cut because they stopped reading",
             registry=r,
         )
+        self.head_timeouts = Counter(
+            "modmesh_head_timeouts",
+            "Client connections closed (408) because a request head took longer than head_timeout",
+            registry=r,
+        )
         self.blobs_checked = Counter(
             "modmesh_blobs_checked",
             "Blobs re-hashed against their sha256 (serve: before the first serve of a run; scrub; verify)",

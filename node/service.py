@@ -43,6 +43,7 @@ from node.server.access import load_policy
 from node.server.accesslog import RequestRecorder, access_logger
 from node.server.aiohttp_adapter import FastPathRunner
 from node.server.app import add_goproxy_route, build_app
+from node.server.fastpath import KEEPALIVE
 from node.sumdb.cache import SumDBStore
 from node.sumdb.client import SumDB
 from node.sumdb.databases import ChecksumDatabases
@@ -229,9 +230,18 @@ class Node:
             "access_log": recorder.logger,
             "handler_cancellation": True,
             "shutdown_timeout": 5.0,
+            "keepalive_timeout": KEEPALIVE,  # aiohttp's default is an hour
         }
         if self.access.open_to_clients:
-            self._runner = FastPathRunner(self.app, self.proxy, recorder, self.config.write_idle_timeout, **runner_args)
+            self._runner = FastPathRunner(
+                self.app,
+                self.proxy,
+                recorder,
+                self.config.write_idle_timeout,
+                self.config.head_timeout,
+                self.metrics.head_timeouts.inc,
+                **runner_args,
+            )
         else:
             self._runner = web.AppRunner(self.app, **runner_args)
         await self._runner.setup()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import time
 from collections import OrderedDict
@@ -34,6 +35,13 @@ SIG_HEADER = "X-Modmesh-Signature"
 HOP_HEADER = NODE_HOP_HEADER  # a GOPROXY request with it is answered from the cache only
 
 PEER_ID = web.RequestKey("mesh_peer", str)
+# What each signed header may hold (ASCII only, so every comparison is of bytes): a
+# node id of printable ASCII, the nonce a token, the time in decimal seconds, the
+# signature lower-case hex (hexdigest). Anything else is "malformed", never a 500.
+_NODE = re.compile(r"[\x20-\x7e]{1,64}")
+_NONCE = re.compile(r"[\x21-\x7e]{8,64}")
+_STAMP = re.compile(r"[0-9]{1,16}")
+_SIG = re.compile(r"[0-9a-f]{64}")
 _EMPTY_SHA = hashlib.sha256(b"").hexdigest()
 
 
@@ -46,8 +54,9 @@ class AuthError(Exception):
 
 
 def canonical(method: str, path_qs: str, ts: str, nonce: str, node: str, body_sha: str) -> bytes:
-    """What is signed: one field per line, so no field can bleed into the next."""
-    return "\n".join((method.upper(), path_qs, ts, nonce, node, body_sha)).encode()
+    """What is signed: one field per line, so no field can bleed into the next. The
+    bytes as they were on the wire (aiohttp decodes them with surrogateescape)."""
+    return "\n".join((method.upper(), path_qs, ts, nonce, node, body_sha)).encode("utf-8", "surrogateescape")
 
 
 def _mac(secret: bytes, msg: bytes) -> str:
@@ -119,18 +128,31 @@ class Verifier:
         node, ts, nonce, sig = (headers.get(h) for h in (NODE_HEADER, TS_HEADER, NONCE_HEADER, SIG_HEADER))
         if not (node or ts or nonce or sig):
             raise AuthError("unsigned")
-        if not (node and ts and nonce and sig) or len(node) > 64 or not 8 <= len(nonce) <= 64:
+        if not (
+            node
+            and ts
+            and nonce
+            and sig
+            and _NODE.fullmatch(node)
+            and _NONCE.fullmatch(nonce)
+            and _STAMP.fullmatch(ts)
+            and _SIG.fullmatch(sig)
+        ):
             raise AuthError("malformed")
-        try:
-            stamp = int(ts)
-        except ValueError:
-            raise AuthError("malformed") from None
+        stamp = int(ts)
         now = self.clock()
         if abs(now - stamp) > self.window:
             raise AuthError("expired")
         body_sha = hashlib.sha256(body).hexdigest() if body else _EMPTY_SHA
-        msg = canonical(method, path_qs, ts, nonce, node, body_sha)
-        if not any(hmac.compare_digest(_mac(s, msg), sig) for s in self.secrets):
+        try:
+            msg = canonical(method, path_qs, ts, nonce, node, body_sha)
+        except UnicodeEncodeError:  # not from the wire: no client could have sent it
+            raise AuthError("malformed") from None
+        given = sig.encode()
+        ok = False
+        for secret in self.secrets:  # every one, bytes against bytes, constant time
+            ok |= hmac.compare_digest(_mac(secret, msg).encode(), given)
+        if not ok:
             raise AuthError("bad-signature")
         # Only a correctly signed nonce enters the cache: strangers cannot fill it.
         self.nonces.add(f"{node}\n{nonce}", now)

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from node.metrics import Metrics
 from node.server.accesslog import RequestRecorder, access_logger
-from node.server.aiohttp_adapter import FastPathRunner, FastServer, response_started
+from node.server.aiohttp_adapter import FastPathRunner, FastServer, ReturningHandler, response_started
 from node.server.app import errors_middleware
 from tests.modules import module_files, module_set
 
@@ -100,3 +100,30 @@ def test_the_recorder_is_what_the_access_log_class_is_built_with() -> None:
     recorder = RequestRecorder(Metrics(), logging.getLogger("test"))
     cls = access_logger(recorder)
     assert issubclass(cls, aiohttp.abc.AbstractAccessLogger) and cls.recorder is recorder
+
+
+async def test_a_handler_lets_go_of_the_connection_after_its_answer(fake_proxy, make_node) -> None:  # type: ignore[no-untyped-def]
+    """ReturningHandler: aiohttp's `log_access` runs once an answer's last byte is out
+    (a streamed zip here), and `detach` (transport None, then connection_lost) ends
+    aiohttp's request loop and forgets the handler without closing the transport: the
+    next request on the connection is the fast path's."""
+    up = await fake_proxy(module_set((M, V, module_files(M, V))))
+    node = await make_node(up.url)
+    server = node._runner.server
+    assert isinstance(server, FastServer)
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(node.url.rsplit(":", 1)[1]))
+    for path in (f"/{M}/@v/{V}.zip", f"/{M}/@v/v9.9.9.info", f"/{M}/@v/{V}.zip"):  # miss, miss, hit
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = int(re.search(rb"Content-Length: (\d+)", head)[1])  # type: ignore[index]
+        await asyncio.wait_for(reader.readexactly(length), 10)
+        deadline = asyncio.get_running_loop().time() + 5
+        while server.connections or not server.front.live:  # handed back just after the answer
+            assert asyncio.get_running_loop().time() < deadline, "aiohttp kept the connection"
+            await asyncio.sleep(0.01)
+    writer.write(f"GET /{M}/@v/{V}.zip HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    again = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert again.startswith(b"HTTP/1.1 200 OK") and b"Server:" not in again  # the fast path's answer
+    frames = [getattr(t.get_coro(), "cr_frame", None) for t in asyncio.all_tasks()]
+    assert not [f for f in frames if f is not None and isinstance(f.f_locals.get("self"), ReturningHandler)]

@@ -77,6 +77,7 @@ CONTRACT: dict[str, object] = {
     "negative_ttl": 60.0,
     "stream_threshold": 4 << 20,
     "write_idle_timeout": 60.0,
+    "head_timeout": 60.0,
     "passthrough_memory": 512 << 20,
     "check_on_serve": True,
     "scrub_period": 7 * 86400.0,

@@ -151,3 +151,216 @@ async def test_a_client_that_pipelines_but_never_reads_is_bounded_then_cut(fake_
         assert asyncio.get_running_loop().time() < deadline, "a client that reads nothing was never cut"
         await asyncio.sleep(0.1)
     writer.close()
+
+
+# ---- issue 18: line endings, head size and time, coming back after a miss -------------
+
+
+async def read_response(reader: asyncio.StreamReader, head: bool = False) -> tuple[int, dict[str, str], bytes]:
+    """One response off a keep-alive connection: (status, headers, body; none for HEAD)."""
+    raw_head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    lines = raw_head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v for k, _, v in (ln.partition(": ") for ln in lines[1:] if ln)}
+    body = b"" if head else await asyncio.wait_for(reader.readexactly(int(headers.get("content-length", "0"))), 5)
+    return int(lines[0].split(" ")[1]), headers, body
+
+
+def fast(headers: dict[str, str]) -> bool:
+    """Answered by the fast path: aiohttp always sends its Server header, the fast path never."""
+    return "server" not in headers
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        f"GET {INFO} HTTP/1.1\nHost: x\n\n".encode(),
+        f"GET {INFO} HTTP/1.1\r\nHost: x\n\n".encode(),
+        f"GET {INFO} HTTP/1.1\r\nHost: x\r\n\n".encode(),
+        f"GET {INFO} HTTP/1.1\nHost: x\n".encode(),  # not even a whole head yet
+        f"GET {INFO} HTTP/1.1\r\nHost: x\rX: y\r\n".encode(),  # a bare CR
+    ],
+)
+async def test_bare_line_endings_are_answered_at_once(warm, payload: bytes) -> None:  # type: ignore[no-untyped-def]
+    """aiohttp refuses a bare LF (or CR) in a request head with 400; the fast path hands
+    such a head over at once instead of waiting for a CRLF CRLF that never comes."""
+    _, port = warm
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(payload)
+    answer = await asyncio.wait_for(reader.read(), 5)  # a hang check, not a speed test
+    writer.close()
+    assert answer.startswith(b"HTTP/1.") and answer.split(b" ")[1] == b"400", answer[:300]
+
+
+async def test_heads_over_aiohttps_limits_get_aiohttps_answer_at_once(warm) -> None:  # type: ignore[no-untyped-def]
+    _, port = warm
+    long_line = f"GET {INFO}?{'x' * 9000} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    out = await asyncio.wait_for(raw(port, long_line, until_close=True), 10)
+    assert out.split(b" ")[1] == b"400", out[:200]  # aiohttp's line limit (8190)
+    many = "".join(f"X-Pad-{i}: {'p' * 100}\r\n" for i in range(90))  # 9 KiB of short fields: aiohttp takes it
+    out = await asyncio.wait_for(raw(port, get(INFO, many + "Connection: close\r\n"), until_close=True), 10)
+    assert out.startswith(b"HTTP/1.1 200 OK") and b"Server: Python" in out, out[:200]
+
+
+async def trickle(port: int, payload: bytes, every: float, prefix: bytes = b"") -> tuple[float, bytes]:
+    """Send `prefix`, then `payload` one byte every `every` seconds until the node closes
+    the connection: (seconds from the first trickled byte to the close, what came back)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    got = b""
+    if prefix:
+        writer.write(prefix)
+        status, _, _ = await read_response(reader)
+        got = b"HTTP/1.1 %d\r\n" % status
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    closed = asyncio.ensure_future(reader.read())
+    try:
+        for i in range(len(payload)):
+            if closed.done() or loop.time() - started > 15:
+                break
+            try:
+                writer.write(payload[i : i + 1])
+                await writer.drain()
+            except ConnectionError:
+                break
+            await asyncio.wait([closed], timeout=every)
+        got += await asyncio.wait_for(closed, 10)
+    finally:
+        writer.close()
+    return loop.time() - started, got
+
+
+async def test_a_trickled_head_is_cut_after_head_timeout(fake_proxy, make_node) -> None:  # type: ignore[no-untyped-def]
+    """One byte every 0.2 s keeps coming, yet the head's deadline (1 s here) runs from its
+    first byte: 408 and closed, not before (the upper bound only says it ends; per byte
+    it never would). The same on a connection that came back from aiohttp,
+    and for a head so large that aiohttp was already reading it."""
+    up = await fake_proxy(module_set((M, V, FILES)))
+    node = await make_node(up.url, head_timeout=1.0)
+    port = int(node.url.rsplit(":", 1)[1])
+    slow = get(INFO) * 20  # far longer than 1 s at 5 bytes a second
+    took, got = await trickle(port, slow, 0.2)
+    assert 0.9 < took < 10 and got.startswith(b"HTTP/1.1 408 Request Timeout"), (took, got[:200])
+    # After a miss that aiohttp answered (the connection is back on the fast path).
+    took, got = await trickle(port, slow, 0.2, prefix=get("/example.com/nope/@v/list"))
+    assert got.startswith(b"HTTP/1.1 404\r\nHTTP/1.1 408 Request Timeout"), got[:300]
+    assert 0.9 < took < 10, took
+    # Over MAX_HEAD: aiohttp reads the head, the deadline still holds.
+    big = f"GET {INFO} HTTP/1.1\r\n".encode() + b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 100) for i in range(90))
+    took, got = await _trickle_after(port, big)
+    assert 0.9 < took < 10 and got.startswith(b"HTTP/1.1 408"), (took, got[:200])
+    metric = node.metrics.registry.get_sample_value("modmesh_head_timeouts_total")
+    assert metric == 3
+
+
+async def _trickle_after(port: int, burst: bytes) -> tuple[float, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    writer.write(burst)
+    closed = asyncio.ensure_future(reader.read())
+    try:
+        for _ in range(40):
+            if closed.done():
+                break
+            try:
+                writer.write(b"p")
+                await writer.drain()
+            except ConnectionError:
+                break
+            await asyncio.wait([closed], timeout=0.2)
+        got = await asyncio.wait_for(closed, 10)
+    finally:
+        writer.close()
+    return loop.time() - started, got
+
+
+async def test_a_connection_comes_back_to_the_fast_path_after_aiohttp_answered(warm) -> None:  # type: ignore[no-untyped-def]
+    """Keep-alive traffic alternating hits with requests aiohttp answers (a miss, HEAD,
+    /healthz, a body) keeps getting its hits from the fast path."""
+    _node, port = warm
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    others = [
+        get("/example.com/nope/@v/list"),
+        f"HEAD {INFO} HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+        get("/healthz"),
+        b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+        get(f"/example.com/%21hello/@v/{V}.zip"),  # not in memory (only .info, .mod, list were asked)
+    ]
+    answers = []
+    for other in others:
+        for payload in (get(INFO), other):
+            writer.write(payload)
+            answers.append(await read_response(reader, head=payload.startswith(b"HEAD")))
+    writer.close()
+    hits = answers[0::2]
+    assert all(s == 200 and fast(h) and b == FILES[0] for s, h, b in hits), [(s, h) for s, h, _ in hits]
+    assert [s for s, _, _ in answers[1::2]] == [404, 200, 200, 405, 200]
+    assert not any(fast(h) for _, h, _ in answers[1::2])
+
+
+async def test_pipelined_requests_after_a_miss_keep_their_order(warm) -> None:  # type: ignore[no-untyped-def]
+    _, port = warm
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    mod = f"/example.com/%21hello/@v/{V}.mod"
+    writer.write(get(INFO) + get("/example.com/nope/@v/list") + get(mod) + get(INFO) + get("/healthz") + get(mod))
+    answers = [await read_response(reader) for _ in range(6)]
+    writer.close()
+    assert [s for s, _, _ in answers] == [200, 404, 200, 200, 200, 200]
+    assert [fast(h) for _, h, _ in answers] == [True, False, True, True, False, True]
+    assert answers[2][2] == answers[5][2] == FILES[1]
+
+
+async def test_a_body_aiohttp_answers_early_stays_with_aiohttp(warm) -> None:  # type: ignore[no-untyped-def]
+    """aiohttp answers before the whole body arrived: it reads the rest itself, and the
+    bytes after it are the next request, not a body's tail taken for a head."""
+    _, port = warm
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello")
+    status, headers, _ = await read_response(reader)
+    assert status == 405 and not fast(headers)
+    writer.write(b"world" + get(INFO))
+    status, headers, body = await read_response(reader)
+    writer.close()
+    assert status == 200 and body == FILES[0] and not fast(headers)
+
+
+async def test_over_tls_hits_come_back_to_the_fast_path(fake_proxy, make_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With tls_cert_file and open access, the fast path sits under TLS: the same keep-alive
+    connection gets hits from it around a Range request, a HEAD and a miss that aiohttp
+    answers; a bare-LF head is refused at once."""
+    import ssl
+
+    from tests.test_access import self_signed
+
+    cert, key = self_signed(tmp_path)
+    up = await fake_proxy(module_set((M, V, FILES)))
+    node = await make_node(up.url, tls_cert_file=cert, tls_key_file=key)
+    port = int(node.url.rsplit(":", 1)[1])
+    ctx = ssl.create_default_context(cafile=str(cert))
+    zip_path = f"/example.com/%21hello/@v/{V}.zip"
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+    sent = [
+        get(INFO),  # a miss the first time
+        get(INFO),
+        get(zip_path, "Range: bytes=0-9\r\n"),
+        get(zip_path, "Range: bytes=0-9\r\n"),
+        get(INFO),
+        f"HEAD {INFO} HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+        get(f"/example.com/%21hello/@v/{V}.mod"),
+        get("/example.com/nope/@v/list"),
+        get(INFO),
+    ]
+    answers = []
+    for payload in sent:
+        writer.write(payload)
+        answers.append(await read_response(reader, head=payload.startswith(b"HEAD")))
+    writer.close()
+    assert [s for s, _, _ in answers] == [200, 200, 200, 200, 200, 200, 200, 404, 200]
+    assert [fast(h) for _, h, _ in answers] == [False, True, False, True, True, False, False, False, True]
+    assert answers[1][2] == answers[8][2] == FILES[0]
+    assert answers[2][2] == answers[3][2]  # an in-memory blob ignores Range through either path
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+    writer.write(f"GET {INFO} HTTP/1.1\nHost: x\n\n".encode())
+    refused = await asyncio.wait_for(reader.read(), 5)  # a hang check, not a speed test
+    writer.close()
+    assert refused.split(b" ")[1] == b"400", refused[:200]

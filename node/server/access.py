@@ -5,6 +5,9 @@
   HTTP basic with a configured user:password or with a token as the password —
   which is what the go command sends from `.netrc` (over https only: Go never
   sends credentials over plain http, so put the node behind TLS: `tls_cert_file`).
+  Credentials are compared as the bytes the client sent, in constant time against
+  every candidate; a malformed one (not UTF-8, bad base64, no colon, oversized) is
+  refused like a wrong one: 401, nothing logged.
 - `/_admin/` needs the admin token when one is configured, else a loopback client.
 - `/healthz`, `/readyz`, `/metrics` stay open (probes and scrapers); `/_mesh/`
   authenticates peers itself (HMAC), and a request a peer authenticator accepts
@@ -15,11 +18,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hmac
 import ipaddress
+import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +38,9 @@ from node.server.app import Handler
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 ADMIN_PREFIX = "/_admin/"
 MESH_PREFIX = "/_mesh/"
+#: Longest credential (bytes after the scheme) looked at; longer ones are refused unread.
+MAX_CREDENTIAL = 4096
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]*")
 
 
 class Unauthorized(ModmeshError):
@@ -91,27 +99,52 @@ class AccessPolicy:
         """No credentials and no rate limit: GOPROXY hits need no checks at all."""
         return not self.clients_need_auth and self.limiter is None
 
-    def client_ok(self, request: web.Request) -> bool:
-        kind, _, cred = request.headers.get("Authorization", "").partition(" ")
-        if kind.lower() == "bearer" and _any_equal(cred.strip(), self.tokens):
-            return True
-        if kind.lower() == "basic":
-            try:
-                user, _, password = base64.b64decode(cred.strip(), validate=True).decode().partition(":")
-            except (binascii.Error, UnicodeDecodeError):
+    @functools.cached_property
+    def _token_bytes(self) -> tuple[bytes, ...]:
+        return tuple(t.encode() for t in self.tokens)
+
+    @functools.cached_property
+    def _user_bytes(self) -> dict[bytes, bytes]:
+        return {u.encode(): p.encode() for u, p in self.users.items()}
+
+    def token_ok(self, token: bytes | str) -> bool:
+        """Whether `token` is one of the client tokens, compared as bytes in constant
+        time against every one (a str is taken as the UTF-8 a client sent)."""
+        if isinstance(token, str):
+            found = wire_bytes(token)
+            if found is None:
                 return False
-            want = self.users.get(user)
-            if want is not None and hmac.compare_digest(want, password):
-                return True
-            if _any_equal(password, self.tokens):
-                return True
-        return False
+            token = found
+        ok = False
+        for want in self._token_bytes:
+            ok |= hmac.compare_digest(token, want)
+        return ok
+
+    def client_ok(self, request: web.Request) -> bool:
+        found = credential(request)
+        if found is None:
+            return False
+        scheme, cred = found
+        if scheme == "bearer":
+            return self.token_ok(cred)
+        if scheme != "basic":
+            return False
+        try:
+            pair = base64.b64decode(cred, validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        user, sep, password = pair.partition(b":")
+        if not sep:
+            return False
+        want = self._user_bytes.get(user)
+        ok = want is not None and hmac.compare_digest(password, want)
+        return self.token_ok(password) or ok  # a token also works as the password
 
     def admin_ok(self, request: web.Request) -> bool:
         if self.admin_token is None:
             return _is_loopback(request.remote)
-        kind, _, cred = request.headers.get("Authorization", "").partition(" ")
-        return kind.lower() == "bearer" and hmac.compare_digest(cred.strip(), self.admin_token)
+        found = credential(request)
+        return found is not None and found[0] == "bearer" and hmac.compare_digest(found[1], self.admin_token.encode())
 
     def middleware(self) -> Middleware:
         @web.middleware
@@ -148,12 +181,26 @@ class AccessPolicy:
         return access
 
 
-def _any_equal(value: str, candidates: Iterable[str]) -> bool:
-    # Compare against every candidate (constant time per candidate, no early exit).
-    ok = False
-    for c in candidates:
-        ok |= hmac.compare_digest(value, c)
-    return ok
+def wire_bytes(value: str) -> bytes | None:
+    """A header value as the client sent it: aiohttp decodes header bytes as UTF-8 with
+    surrogateescape, which this undoes. None for what no client could have sent."""
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return None
+
+
+def credential(request: web.Request) -> tuple[str, bytes] | None:
+    """(lower-case scheme, credential bytes) of the Authorization header; None when there
+    is none or it is malformed (a scheme that is not a token, an oversized credential)."""
+    value = request.headers.get("Authorization")
+    if value is None:
+        return None
+    scheme, _, cred = value.strip(" \t").partition(" ")
+    raw = wire_bytes(cred.strip(" \t"))
+    if raw is None or len(raw) > MAX_CREDENTIAL or not _SCHEME.fullmatch(scheme):
+        return None
+    return scheme.lower(), raw
 
 
 def _is_loopback(remote: str | None) -> bool:

@@ -1,10 +1,14 @@
 """Everything of aiohttp's that is not its public API, in one place.
 
-The fast path (fastpath.py) answers in-memory hits below aiohttp and hands every
-other request, with the bytes already read, to aiohttp's own protocol. That needs
-aiohttp's connection factory (`web.Server`), the application's request factory and
-handler, and the runner's server construction. tests/test_aiohttp_adapter.py pins
-the behaviour relied on; pyproject.toml caps aiohttp to the versions tested.
+The fast path (fastpath.py) reads every request head itself, answers in-memory hits,
+and hands other requests, with the bytes already read, to aiohttp's own protocol on
+the same transport; after aiohttp's answer the connection comes back. That needs
+aiohttp's connection factory (`web.Server`, its loop and handler arguments), the
+application's request factory and handler, the runner's server construction, and two
+things of aiohttp's `RequestHandler`: `log_access` runs once a response's last byte
+is written, and a handler whose `transport` is None when it is told the connection
+is lost neither closes nor writes to the transport. tests/test_aiohttp_adapter.py
+pins the behaviour relied on; pyproject.toml caps aiohttp to the versions tested.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from node.cache.proxy import ModuleProxy
 from node.server.accesslog import RequestRecorder
-from node.server.fastpath import Answer, FastConnection, HttpDate
+from node.server.fastpath import Answer, FastConnection, Front
 from node.server.responses import fast_answer
 
 
@@ -25,21 +30,54 @@ def response_started(request: web.BaseRequest) -> bool:
     return request.writer is not None and request.writer.output_size > 0
 
 
+class ReturningHandler(RequestHandler):
+    """aiohttp's protocol for what a fast-path connection hands it: it tells the
+    connection when an answer is out, and lets go of the transport without closing it."""
+
+    def __init__(self, manager: web.Server, conn: FastConnection, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._conn = conn
+
+    def log_access(self, request: web.BaseRequest, response: web.StreamResponse, time: float | None) -> None:
+        super().log_access(request, response, time)  # after the response's last byte was written
+        self._conn.answered(bool(response.keep_alive))
+
+    def detach(self) -> None:
+        """Stop as if the client had gone (the idle request loop ends, aiohttp's server
+        forgets this handler), leaving the transport open for the fast path."""
+        self.transport = None
+        self.connection_lost(None)
+
+
 class FastServer(web.Server):
     """aiohttp's connection factory, with every connection starting on the fast path."""
 
-    def __init__(self, answer: Answer, *args: Any, write_idle: float = 60.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        answer: Answer,
+        *args: Any,
+        write_idle: float = 60.0,
+        head_timeout: float = 60.0,
+        on_head_timeout: Callable[[], None] = lambda: None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self._answer = answer
-        self._write_idle = write_idle
-        self._date = HttpDate()
-        self._fast: set[FastConnection] = set()
+        self.front = Front(answer, self._handler, write_idle, head_timeout, on_head_timeout)
+        self._fast = self.front.live
 
     def __call__(self) -> Any:
-        return FastConnection(self._answer, super().__call__, self._date, self._fast, self._write_idle)
+        return FastConnection(self.front)
+
+    def _handler(self, conn: FastConnection) -> ReturningHandler:
+        return ReturningHandler(self, conn, loop=self._loop, **self._kwargs)
+
+    def pre_shutdown(self) -> None:
+        self.front.closing = True
+        super().pre_shutdown()
 
     async def shutdown(self, timeout: float | None = None) -> None:
-        for conn in list(self._fast):
+        self.front.closing = True
+        for conn in list(self.front.live):
             conn.close()  # between requests by construction: nothing is cut short
         await super().shutdown(timeout)
 
@@ -54,12 +92,16 @@ class FastPathRunner(web.AppRunner):
         proxy: ModuleProxy,
         recorder: RequestRecorder,
         write_idle: float = 60.0,
+        head_timeout: float = 60.0,
+        on_head_timeout: Callable[[], None] = lambda: None,
         **kwargs: Any,
     ) -> None:
         super().__init__(app, **kwargs)
         self.proxy = proxy
         self.recorder = recorder
         self.write_idle = write_idle
+        self.head_timeout = head_timeout
+        self.on_head_timeout = on_head_timeout
 
     async def _make_server(self) -> web.Server:
         await super()._make_server()  # startup signals, freezing
@@ -68,6 +110,8 @@ class FastPathRunner(web.AppRunner):
             self.app._handle,
             request_factory=self.app._make_request,
             write_idle=self.write_idle,
+            head_timeout=self.head_timeout,
+            on_head_timeout=self.on_head_timeout,
             **self._kwargs,
         )
 
