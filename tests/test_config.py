@@ -78,6 +78,7 @@ CONTRACT: dict[str, object] = {
     "stream_threshold": 4 << 20,
     "write_idle_timeout": 60.0,
     "passthrough_memory": 512 << 20,
+    "memory_cache": 64 << 20,
     "check_on_serve": True,
     "scrub_period": 7 * 86400.0,
     "scrub_rate": 8 << 20,
