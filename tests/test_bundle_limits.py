@@ -264,3 +264,22 @@ def test_manifest_entries_are_interned() -> None:
     same = [e for e in m.entries if e.version == "v1.0.0"]
     assert all(e.version is same[0].version for e in same)
     assert isinstance(m.entries[0], ManifestEntry)
+
+
+def test_a_large_value_is_not_parsed_once_per_chunk() -> None:
+    tries = 0
+    p: ManifestJSON[Any] = ManifestJSON(lambda o: o)
+    parse = p._parse
+
+    def counted(text: str, final: bool) -> int:
+        nonlocal tries
+        tries += 1
+        return parse(text, final)
+
+    p._parse = counted  # type: ignore[method-assign]
+    data = b'{"warnings": [' + b", ".join(b'"w%d"' % i for i in range(300_000)) + b'], "entries": []}'
+    for i in range(0, len(data), 4096):
+        p.feed(data[i : i + 4096])
+    p.finish()
+    assert len(p.fields["warnings"]) == 300_000 and p.entries == []
+    assert tries < 30

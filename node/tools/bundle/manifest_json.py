@@ -18,8 +18,8 @@ T = TypeVar("T")
 
 _WS = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
-#: Text kept back to be retried whole grows by at least this before a retry: a large
-#: value (not an entry) is parsed a few times, not once per chunk.
+#: Text kept back to be retried whole at least doubles, and grows by at least this,
+#: before a retry: a large value (not an entry) is parsed a few times, not once per chunk.
 _RETRY_STEP = 64 << 10
 
 
@@ -60,7 +60,7 @@ class ManifestJSON(Generic[T]):
         self._pending, self._pending_len = [], 0
         pos = self._parse(text, final)
         self._text = text[pos:]
-        self._retry_at = len(self._text) + _RETRY_STEP
+        self._retry_at = 2 * len(self._text) + _RETRY_STEP
 
     def _parse(self, text: str, final: bool) -> int:
         """Parse from the start of `text` as far as it goes; returns where it stopped."""
