@@ -132,6 +132,13 @@ class Config:
         "to clients, holding at most this many bytes in memory at once",
         parse=parse_size,
     )
+    memory_cache: int = setting(
+        64 << 20,
+        "bytes the in-memory caches hold at most, together: bodies of small hits (1/2), index rows of hits "
+        '(1/4), @v/list, @latest and query answers (3/16), recent "not found" answers (1/16)',
+        parse=parse_size,
+        shown="64MiB",
+    )
     check_on_serve: bool = setting(
         True,
         "hash each blob against its sha256 before its first serve after the node starts; a damaged one is "

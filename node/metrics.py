@@ -106,6 +106,12 @@ class Metrics:
         self.blobs_unchecked = Gauge(
             "modmesh_blobs_unchecked", "Index rows rebuilt from the journal whose blob is not re-hashed yet", registry=r
         )
+        self.memory_cache_bytes = Gauge(
+            "modmesh_memory_cache_bytes",
+            "Approximate bytes each in-memory cache holds (small, entries, meta, negative), as of the last stats tick",
+            ["cache"],
+            registry=r,
+        )
         self.store_bytes = Gauge("modmesh_store_bytes", "Bytes of blobs in the store", registry=r)
         self.store_blobs = Gauge("modmesh_store_blobs", "Index entries for versioned files", registry=r)
 

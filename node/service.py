@@ -128,6 +128,7 @@ class Node:
             stream_threshold=cfg.stream_threshold,
             offline=cfg.offline,
             passthrough_memory=cfg.passthrough_memory,
+            memory_cache=cfg.memory_cache,
             check_on_serve=cfg.check_on_serve,
         )
         self.proxy = ModuleProxy(
@@ -348,6 +349,7 @@ class Node:
         full = False
         while True:
             await asyncio.sleep(STATS_INTERVAL)
+            self.proxy.sweep_memory()
             try:
                 await self.index.flush_access()
                 await self._update_stats()

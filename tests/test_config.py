@@ -79,6 +79,7 @@ CONTRACT: dict[str, object] = {
     "write_idle_timeout": 60.0,
     "head_timeout": 60.0,
     "passthrough_memory": 512 << 20,
+    "memory_cache": 64 << 20,
     "check_on_serve": True,
     "scrub_period": 7 * 86400.0,
     "scrub_rate": 8 << 20,

@@ -1,61 +1,187 @@
-"""Bounded in-memory maps of the request path: an LRU, and the negative cache of
-recent "not found" answers."""
+"""Bounded in-memory maps of the request path, each sized in bytes: `LRU` (index rows
+and bodies of hits, list/latest answers) and `NegativeCache` (recent "not found"
+answers, kept as a few strings, never as the exception with its traceback and frames).
+
+Sizes are approximate: the length of every string or bytes object an item holds, plus
+what CPython 3.11 spends around them (`OBJECT_OVERHEAD` per object, `ITEM_OVERHEAD`
+per item for the dict slot and link, the record and its numbers), measured with
+tracemalloc to within about 10 %.
+"""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from node.cache.rows import Entry, MetaEntry
 from node.errors import NotFound
 
 K = TypeVar("K")
 V = TypeVar("V")
 
+#: Bytes a str or bytes object costs besides its characters (sys.getsizeof("") is 49).
+OBJECT_OVERHEAD = 49
+#: Bytes an item costs besides its strings: the OrderedDict's slot and link, the
+#: record object, its floats and ints.
+ITEM_OVERHEAD = 240
+#: An item over this share of a cache is not kept: one huge answer must not flush the rest.
+MAX_ITEM_SHARE = 16
+
+
+def approx_size(*parts: str | bytes | None) -> int:
+    """What an item holding these strings (None: absent) costs in memory, roughly."""
+    return ITEM_OVERHEAD + sum(len(p) + OBJECT_OVERHEAD for p in parts if p is not None)
+
+
+def entry_size(key: str, e: Entry) -> int:
+    return approx_size(key, e.module, e.version, e.sha256, e.h1)
+
+
+def body_size(sha256: str, body: bytes) -> int:
+    return approx_size(sha256, body)
+
+
+def meta_size(key: tuple[str, str], m: MetaEntry) -> int:
+    return approx_size(*key, m.module, m.kind, m.body)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSizes:
+    """Bytes each in-memory cache of the request path may hold."""
+
+    #: Bodies of small blobs (up to 64 KiB): hits answered without the file system.
+    small: int
+    #: Index rows of recent hits: hits answered without SQLite.
+    entries: int
+    #: `@v/list`, `@latest` and version-query answers.
+    meta: int
+    #: Recent "not found" answers.
+    negative: int
+
+    @classmethod
+    def split(cls, total: int) -> CacheSizes:
+        """The `memory_cache` setting shared out: 1/2 bodies, 1/4 rows, 3/16 answers,
+        1/16 "not found"."""
+        return cls(total // 2, total // 4, total * 3 // 16, total // 16)
+
 
 class LRU(Generic[K, V]):
-    """A bounded mapping that forgets the least recently used key."""
+    """A mapping that forgets the least recently used items once their sizes (`size`
+    of each key and value) add up to more than `max_bytes`. An item over
+    1/MAX_ITEM_SHARE of that is not kept."""
 
-    def __init__(self, maxlen: int) -> None:
-        self.maxlen = maxlen
-        self._d: OrderedDict[K, V] = OrderedDict()
+    def __init__(self, max_bytes: int, size: Callable[[K, V], int]) -> None:
+        self.max_bytes = max_bytes
+        self._size = size
+        self._d: OrderedDict[K, tuple[V, int]] = OrderedDict()
+        #: Approximate bytes held now.
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._d)
 
     def get(self, key: K) -> V | None:
-        v = self._d.get(key)
-        if v is not None:
-            self._d.move_to_end(key)
-        return v
+        hit = self._d.get(key)
+        if hit is None:
+            return None
+        self._d.move_to_end(key)
+        return hit[0]
 
     def put(self, key: K, value: V) -> None:
-        self._d[key] = value
-        self._d.move_to_end(key)
-        while len(self._d) > self.maxlen:
-            self._d.popitem(last=False)
+        self.pop(key)
+        n = self._size(key, value)
+        if n > self.max_bytes // MAX_ITEM_SHARE:
+            return
+        self._d[key] = (value, n)
+        self.bytes += n
+        while self.bytes > self.max_bytes:
+            _, (_, dropped) = self._d.popitem(last=False)
+            self.bytes -= dropped
 
     def pop(self, key: K) -> None:
-        self._d.pop(key, None)
+        hit = self._d.pop(key, None)
+        if hit is not None:
+            self.bytes -= hit[1]
+
+
+@dataclass(frozen=True, slots=True)
+class Negative:
+    """What answering a "not found" again takes: its class (404, 410, or the chain's
+    `off`), its one line, the upstream's own text (already cut to 4 KiB), its expiry."""
+
+    kind: type[NotFound]
+    message: str
+    body: str | None
+    expires: float
+
+    def error(self) -> NotFound:
+        return self.kind(self.message, body=self.body)
+
+    def size(self, key: str) -> int:
+        return approx_size(key, self.message, self.body)
 
 
 class NegativeCache:
-    """Recent "not found" answers by request key, kept `ttl` seconds (0: none)."""
+    """Recent "not found" answers by request key, kept `ttl` seconds (0: none), at most
+    `max_bytes` of them.
 
-    def __init__(self, ttl: float, clock: Callable[[], float], maxlen: int = 50_000) -> None:
+    One TTL for all, so entries expire in the order they were added: `sweep` drops
+    them from the front, and so does every `remember`. The node sweeps every few
+    seconds (service.py), so memory comes back when misses stop, not only when the
+    same keys are asked again. Over `max_bytes`, the oldest (the soonest to expire) go.
+    """
+
+    def __init__(self, ttl: float, clock: Callable[[], float], max_bytes: int = 4 << 20) -> None:
         self.ttl = ttl
         self.clock = clock
-        self._entries: LRU[str, tuple[float, NotFound]] = LRU(maxlen)
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, Negative] = OrderedDict()
+        #: Approximate bytes held now.
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def check(self, key: str) -> None:
-        """Raise the remembered NotFound for `key`, if it is still fresh."""
+        """Raise the remembered NotFound for `key` (a new one each time), if still fresh."""
         hit = self._entries.get(key)
-        if hit is not None:
-            expires, err = hit
-            if self.clock() < expires:
-                raise err
-            self._entries.pop(key)
+        if hit is None:
+            return
+        if self.clock() < hit.expires:
+            raise hit.error()
+        self.forget(key)
 
     def remember(self, key: str, err: NotFound) -> None:
-        if self.ttl > 0:
-            self._entries.put(key, (self.clock() + self.ttl, err))
+        if self.ttl <= 0:
+            return
+        now = self.clock()
+        self.sweep(now)
+        self.forget(key)
+        neg = Negative(type(err), err.message, err.body, now + self.ttl)
+        n = neg.size(key)
+        if n > self.max_bytes // MAX_ITEM_SHARE:
+            return
+        self._entries[key] = neg
+        self.bytes += n
+        while self.bytes > self.max_bytes:
+            old_key, old = self._entries.popitem(last=False)
+            self.bytes -= old.size(old_key)
 
     def forget(self, key: str) -> None:
-        self._entries.pop(key)
+        hit = self._entries.pop(key, None)
+        if hit is not None:
+            self.bytes -= hit.size(key)
+
+    def sweep(self, now: float | None = None) -> int:
+        """Drop the expired entries; how many went."""
+        now = self.clock() if now is None else now
+        dropped = 0
+        while self._entries:
+            key, first = next(iter(self._entries.items()))
+            if first.expires > now:
+                break
+            self.forget(key)
+            dropped += 1
+        return dropped

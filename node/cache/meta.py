@@ -21,7 +21,7 @@ import aiohttp
 
 from node.cache import door, verify
 from node.cache.index import Entry, Index, MetaEntry
-from node.cache.memory import LRU, NegativeCache
+from node.cache.memory import LRU, CacheSizes, NegativeCache, meta_size
 from node.cache.model import MetaAnswer, ProxySettings, Served
 from node.cache.protocol import ModRequest
 from node.cache.spool import storage_error_cause
@@ -67,13 +67,13 @@ class MetaAnswers:
         self.negative = negative
         self.files = files
         self.clock = clock
-        self._meta: LRU[tuple[str, str], MetaEntry] = LRU(20_000)
+        self.cache: LRU[tuple[str, str], MetaEntry] = LRU(CacheSizes.split(settings.memory_cache).meta, meta_size)
         self._flights: dict[tuple[str, str], asyncio.Task[MetaEntry]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def memory_hit(self, req: ModRequest) -> MetaAnswer | None:
         """A fresh answer held in memory (the fast path), or None."""
-        cached = self._meta.get(_meta_key(req))
+        cached = self.cache.get(_meta_key(req))
         if cached is None:
             return None
         age = self.clock() - cached.fetched_at
@@ -139,20 +139,20 @@ class MetaAnswers:
             body = verify.merge_lists(body, current.body)
         m = MetaEntry(req.module, req.kind, body, origin, fetched_at)
         await self.index.put_meta(m)
-        self._meta.put(_meta_key(req), m)
+        self.cache.put(_meta_key(req), m)
         self.negative.forget(req.key)
         return m, True
 
     async def _cached_meta(self, req: ModRequest) -> MetaEntry | None:
         key = _meta_key(req)
-        cached = self._meta.get(key)
+        cached = self.cache.get(key)
         if cached is None:
             if req.kind == "query":
                 cached = await self.index.get_query(req.module, req.version)
             else:
                 cached = await self.index.get_meta(req.module, req.kind)
             if cached is not None:
-                self._meta.put(key, cached)
+                self.cache.put(key, cached)
         return cached
 
     async def _from_held(self, req: ModRequest) -> MetaAnswer | None:
@@ -252,7 +252,7 @@ class MetaAnswers:
     async def _save_meta(self, req: ModRequest, m: MetaEntry) -> None:
         """Keep a list/latest/query answer; if the index cannot grow (a full disk), the
         answer is still served, from memory."""
-        self._meta.put(_meta_key(req), m)
+        self.cache.put(_meta_key(req), m)
         try:
             if req.kind == "query":
                 await self.index.put_query(m)

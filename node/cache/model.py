@@ -35,6 +35,9 @@ class ProxySettings:
     #: Bytes of files the store cannot take (disk full) held in memory at once to
     #: pass them through to clients uncached.
     passthrough_memory: int = 512 << 20
+    #: Bytes the in-memory caches (bodies and rows of hits, list/latest answers,
+    #: "not found" answers) hold at most, together (memory.CacheSizes.split).
+    memory_cache: int = 64 << 20
     #: Hash each blob before its first serve in a run of the node.
     check_on_serve: bool = True
 

@@ -61,7 +61,7 @@ class ModRequest:
         return f"{mod}/@v/{modpath.escape_version(self.version)}.{ext}"
 
 
-@functools.lru_cache(maxsize=16384)  # hot paths repeat; errors are not cached
+@functools.lru_cache(maxsize=4096)  # hot paths repeat; errors are not cached
 def parse_request(path: str) -> ModRequest:
     """Parse a decoded request path such as `/rsc.io/!quote/@v/v1.5.2.zip`.
 

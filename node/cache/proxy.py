@@ -32,7 +32,7 @@ from node.cache import door, verify
 from node.cache.index import Entry, Index, MetaEntry
 from node.cache.inflight import CHUNK, Download, Transfer
 from node.cache.integrity import Integrity
-from node.cache.memory import LRU, NegativeCache
+from node.cache.memory import LRU, CacheSizes, NegativeCache, body_size, entry_size
 from node.cache.meta import MetaAnswers
 from node.cache.model import BlobVerifier, MetaAnswer, ProxySettings, Served
 from node.cache.protocol import ModRequest
@@ -77,9 +77,10 @@ class ModuleProxy:
         self.hooks = hooks or Hooks()
         self.verifier = verifier
         self.clock = clock
-        self._entries: LRU[str, Entry] = LRU(100_000)
-        self._small: LRU[str, bytes] = LRU(4096)
-        self.negative = NegativeCache(settings.negative_ttl, clock)
+        sizes = CacheSizes.split(settings.memory_cache)
+        self._entries: LRU[str, Entry] = LRU(sizes.entries, entry_size)
+        self._small: LRU[str, bytes] = LRU(sizes.small, body_size)
+        self.negative = NegativeCache(settings.negative_ttl, clock, sizes.negative)
         self._flights: dict[str, Download] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         #: `@v/list`, `@latest` and version queries (node/cache/meta.py).
@@ -208,6 +209,18 @@ class ModuleProxy:
             self.count_hit(req, from_peer)
             return Served(entry, None, body, "hit")
         return self.answers.memory_hit(req)
+
+    def sweep_memory(self) -> None:
+        """Drop expired "not found" answers (asked again or not); report the caches' sizes."""
+        self.negative.sweep()
+        held = {
+            "small": self._small.bytes,
+            "entries": self._entries.bytes,
+            "meta": self.answers.cache.bytes,
+            "negative": self.negative.bytes,
+        }
+        for name, n in held.items():
+            self.metrics.memory_cache_bytes.labels(name).set(n)
 
     def forget(self, req_key: str, sha256: str | None = None) -> None:
         """Drop in-memory copies of a row (and of its blob's bytes) that storage.py

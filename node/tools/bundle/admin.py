@@ -11,6 +11,7 @@ never a complete bad bundle.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -62,7 +63,8 @@ def admin_routes(node: Node) -> list[web.RouteDef]:
             c["skipped"],
             f"; {report.errors[0]}" if report.errors else "",
         )
-        return web.json_response(report.to_json(), headers={"Cache-Control": "no-store"})
+        body = await asyncio.to_thread(report.to_json_bytes)
+        return web.Response(body=body, content_type="application/json", headers={"Cache-Control": "no-store"})
 
     return [
         web.get("/_admin/export", export_get),

@@ -312,6 +312,10 @@ class _Bar:
         self.progress.update(self.task, description=name)
 
 
+#: Refused entries the report table shows at most (a huge bundle may refuse thousands).
+MAX_ROWS = 100
+
+
 def print_report(console: Console, report: Report, where: str, verbose: bool = False) -> None:
     """Refused entries one per row (with the reason); the rest as counts unless verbose."""
     from rich.table import Table
@@ -319,6 +323,8 @@ def print_report(console: Console, report: Report, where: str, verbose: bool = F
 
     c = report.counts()
     rows = [o for o in report.outcomes if verbose or o.status == "refused"]
+    hidden = 0 if verbose else max(0, len(rows) - MAX_ROWS)
+    rows = rows[: len(rows) - hidden]
     if rows:
         table = Table(title=f"modmesh import {report.source.removeprefix('import ')} → {where}", title_justify="left")
         table.add_column("Status")
@@ -328,6 +334,8 @@ def print_report(console: Console, report: Report, where: str, verbose: bool = F
         for o in rows:
             table.add_row(Text(o.status, style=colors[o.status]), Text(o.label), Text(o.reason))
         console.print(table)
+    if hidden:
+        console.print(Text(f"... and {hidden} more refused (--verbose or --json lists them all)"))
     for e in report.errors:
         console.print(Text(f"error: {e}", style="bold red"))
     console.print(

@@ -31,12 +31,14 @@ from node.cache.protocol import ModRequest, parse_request
 from node.errors import InvalidRequest, NotFound
 from node.golang import modpath
 from node.sumdb import tiles
+from node.tools.bundle.manifest_json import ManifestJSON
 
 FORMAT = "modmesh-bundle"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "modmesh-bundle.json"
-#: A manifest lists ~200 bytes per entry; this allows about a million entries.
-MAX_MANIFEST = 256 << 20
+#: The largest manifest a node reads: an exported entry takes ~300 bytes of it, so about
+#: 100,000 entries, parsed into ~60 MB of memory. A larger one refuses the bundle.
+MAX_MANIFEST = 32 << 20
 MODULE_KINDS = ("info", "mod", "zip", "list", "latest")
 SUMDB_KINDS = ("sumdb-supported", "sumdb-latest", "sumdb-tile", "sumdb-lookup")
 #: The order of a module's files in a bundle, per version, then its list and latest.
@@ -161,24 +163,34 @@ class Manifest:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:
-        try:
-            obj = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise BundleError(f"manifest is not JSON: {e}") from None
-        if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        if len(data) > MAX_MANIFEST:
+            raise BundleError(manifest_too_large(len(data)))
+        p = cls.parser()
+        feed(p, data)
+        return cls.parsed(p)
+
+    @staticmethod
+    def parser() -> ManifestJSON[ManifestEntry]:
+        """`feed` it a manifest's bytes as they come (in a thread), then pass it to `parsed`."""
+        return ManifestJSON(ManifestEntry.from_json)
+
+    @classmethod
+    def parsed(cls, p: ManifestJSON[ManifestEntry]) -> Manifest:
+        feed(p, None)
+        obj = p.fields
+        if obj.get("format") != FORMAT:
             raise BundleError(f"not a modmesh bundle manifest (format is not {FORMAT!r})")
         if obj.get("format_version") != FORMAT_VERSION:
             raise BundleError(
                 f"bundle format version {obj.get('format_version')!r} is not supported (want {FORMAT_VERSION})"
             )
-        entries = obj.get("entries")
-        if not isinstance(entries, list):
+        if p.entries is None:
             raise BundleError("manifest has no entry list")
         origin, selection = (obj.get(k) for k in ("origin", "selection"))
         sumdb = [d for d in obj.get("sumdb") or [] if isinstance(d, dict)]
         warnings = [str(w) for w in obj.get("warnings") or []]
         return cls(
-            [ManifestEntry.from_json(e) for e in entries],
+            p.entries,
             str(obj.get("created", "")),
             origin if isinstance(origin, dict) else {},
             selection if isinstance(selection, dict) else {},
@@ -188,6 +200,24 @@ class Manifest:
 
     def by_path(self) -> dict[str, ManifestEntry]:
         return {e.path: e for e in self.entries}
+
+
+def feed(p: ManifestJSON[ManifestEntry], data: bytes | None) -> None:
+    """More of a manifest's bytes for `p`; None: that was all."""
+    try:
+        if data is None:
+            p.finish()
+        else:
+            p.feed(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BundleError(f"manifest is not JSON: {e}") from None
+
+
+def manifest_too_large(size: int) -> str:
+    return (
+        f"the bundle's manifest is {size >> 20} MiB, over the {MAX_MANIFEST >> 20} MiB a node reads "
+        "(about 100,000 entries); the bundle is refused: export it in parts (--module, --since)"
+    )
 
 
 def utc_iso(t: float) -> str:

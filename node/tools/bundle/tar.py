@@ -21,13 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from node.tools.bundle.format import MANIFEST_NAME, MAX_MANIFEST, BundleError, Manifest
+from node.tools.bundle.format import MANIFEST_NAME, MAX_MANIFEST, BundleError, Manifest, feed, manifest_too_large
 
 #: A bundle's media type over HTTP.
 CONTENT_TYPE = "application/x-tar"
 CHUNK = 256 * 1024
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
+#: Extended headers (PAX, GNU long names) one member may carry, in total: a stream of
+#: stacked headers is refused once past this, not read into memory.
+MAX_EXTENDED = 1 << 20
 
 
 # ---- writing ---------------------------------------------------------------------
@@ -189,6 +192,8 @@ class TarReader:
             return None
         pax: dict[str, str] = {}
         long_name: str | None = None
+        extended = 0
+        start = self.offset
         while True:
             if not await self._fill(BLOCK):
                 if self._avail:
@@ -205,8 +210,12 @@ class TarReader:
                 raise BundleError(f"corrupt tar header at byte {self.offset - BLOCK}: {e}") from None
             size = info.size
             if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME):
-                if size > 1 << 20:
-                    raise BundleError(f"oversized extended header at byte {self.offset - BLOCK}")
+                extended += size
+                if extended > MAX_EXTENDED:
+                    raise BundleError(
+                        f"the member at byte {start} has more than {MAX_EXTENDED >> 20} MiB of extended tar "
+                        "headers; the bundle is refused"
+                    )
                 data = await self._take(size)
                 await self._skip(_padding(size))
                 if info.type == tarfile.XHDTYPE:
@@ -220,7 +229,7 @@ class TarReader:
                     raise BundleError(f"malformed size in the extended header of {name[:120]!r}")
                 size = int(pax["size"])
             if info.type == tarfile.DIRTYPE:
-                pax, long_name = {}, None
+                pax, long_name, extended, start = {}, None, 0, self.offset
                 continue
             if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
                 raise BundleError(f"member {name[:120]!r} is not a regular file")
@@ -260,14 +269,22 @@ def _parse_pax(data: bytes) -> dict[str, str]:
     return out
 
 
-async def read_manifest(reader: TarReader) -> Manifest:
-    """The first member of a bundle stream, which must be the manifest."""
+async def read_manifest(reader: TarReader, each_chunk: Callable[[], None] = lambda: None) -> Manifest:
+    """The first member of a bundle stream, which must be the manifest; `each_chunk` is
+    called after each piece of it is parsed."""
     first = await reader.next()
     if first is None:
         raise BundleError("empty bundle")
     if first.name != MANIFEST_NAME:
         raise BundleError(f"not a modmesh bundle: the first member is {first.name[:120]!r}, not {MANIFEST_NAME}")
-    return Manifest.from_bytes(await reader.read_all(MAX_MANIFEST))
+    if first.size > MAX_MANIFEST:
+        raise BundleError(manifest_too_large(first.size))
+    # Parsed as it arrives, in a thread: a node importing keeps answering meanwhile.
+    parser = Manifest.parser()
+    async for chunk in reader.chunks():
+        await asyncio.to_thread(feed, parser, chunk)
+        each_chunk()
+    return await asyncio.to_thread(Manifest.parsed, parser)
 
 
 def read_manifest_file(path: Path) -> tuple[Manifest, dict[str, Any]]:
@@ -286,6 +303,8 @@ def _manifest_sync(f: BinaryIO) -> bytes:
             member = tar.next()
             if member is None or member.name != MANIFEST_NAME:
                 raise BundleError(f"{getattr(f, 'name', 'bundle')} is not a modmesh bundle")
+            if member.size > MAX_MANIFEST:
+                raise BundleError(manifest_too_large(member.size))
             fh = tar.extractfile(member)
             assert fh is not None
             return fh.read()
@@ -294,10 +313,11 @@ def _manifest_sync(f: BinaryIO) -> bytes:
 
 
 class ManifestSniffer:
-    """Picks the manifest (the first member) out of a bundle stream passing by."""
+    """Picks the manifest (the first member) out of a bundle stream passing by; one
+    over MAX_MANIFEST is let by unread."""
 
     def __init__(self) -> None:
-        self.buf = b""
+        self.buf = bytearray()
         self.manifest: Manifest | None = None
         self.done = False
 
@@ -308,12 +328,15 @@ class ManifestSniffer:
         if len(self.buf) < BLOCK:
             return
         try:
-            info = tarfile.TarInfo.frombuf(self.buf[:BLOCK], "utf-8", "surrogateescape")
+            info = tarfile.TarInfo.frombuf(bytes(self.buf[:BLOCK]), "utf-8", "surrogateescape")
         except tarfile.HeaderError:
             self.done = True
+            return
+        if info.size > MAX_MANIFEST:
+            self.done, self.buf = True, bytearray()
             return
         if len(self.buf) >= BLOCK + info.size:
             self.done = True
             with contextlib.suppress(BundleError):
-                self.manifest = Manifest.from_bytes(self.buf[BLOCK : BLOCK + info.size])
-            self.buf = b""
+                self.manifest = Manifest.from_bytes(bytes(self.buf[BLOCK : BLOCK + info.size]))
+            self.buf = bytearray()
