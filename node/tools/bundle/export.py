@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from node import __version__
-from node.cache.index import Entry
+from node.cache.index import Entry, MetaEntry
 from node.golang import semver
 from node.tools.bundle.export_sumdb import plan_databases
 from node.tools.bundle.format import (
@@ -118,7 +118,10 @@ async def plan_export(node: Node, sel: Selection, clock: Callable[[], float] = t
             continue
         chosen.append((ManifestEntry(path, e.kind, e.size, e.sha256, e.module, e.version, e.h1, e.fetched_at), blob))
 
-    for meta in await node.index.all_meta():
+    metas: list[tuple[str, str, MetaEntry]] = []
+    while page := await node.index.meta_page(metas[-1:][0][:2] if metas else ("", "")):
+        metas += [(m.module, m.kind, m) for m in page]
+    for _, _, meta in metas:
         if not sel.in_scope(meta.module) or (sel.since is not None and meta.fetched_at <= sel.since):
             continue
         path = module_member(meta.module, "", meta.kind)

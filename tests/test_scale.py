@@ -1,0 +1,175 @@
+"""Cost that does not grow with the store (issue 18): running totals kept on write, the
+periodic work reads no more of the index at 10x the files, scans run in batches.
+
+Bounds, not timings: SQLite's own count of the instructions it ran (a progress handler
+called every instruction), and Python's own count of the memory it allocated
+(tracemalloc), each compared at two sizes of the same store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from node.cache.index import Entry, Index
+from node.server.dashboard import top_modules
+from node.service import Node
+from tests.node_fixtures import NodeFactory
+
+# ---- running totals --------------------------------------------------------------------
+
+modules = st.sampled_from(["a.example/m", "b.example/m", "c.example/x/v2"])
+versions = st.sampled_from(["v1.0.0", "v1.1.0", "v2.0.0-pre"])
+kinds = st.sampled_from(["info", "mod", "zip"])
+bodies = st.integers(0, 5)  # few distinct bodies: rows share blobs, as .mod files do
+steps = st.lists(
+    st.tuples(
+        st.sampled_from(["put", "put", "put", "delete", "evict", "quarantine", "confirm", "hit"]),
+        modules,
+        versions,
+        kinds,
+        bodies,
+        st.booleans(),
+    ),
+    max_size=40,
+)
+
+
+def _sha(body: int) -> str:
+    return hashlib.sha256(b"body %d" % body).hexdigest()
+
+
+def _size(body: int) -> int:
+    return 100 + 37 * body
+
+
+OLD_TOP = (
+    "SELECT module, SUM(hits), COUNT(DISTINCT version), COUNT(*), SUM(size), MAX(COALESCE(last_access, fetched_at))"
+    " FROM entries GROUP BY module ORDER BY SUM(hits) DESC, SUM(size) DESC, module"
+)
+
+
+@given(steps)
+@settings(max_examples=60, deadline=None)
+def test_running_totals_equal_a_recount_after_any_changes(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, str, str, str, int, bool]]
+) -> None:
+    asyncio.run(_totals_match(ops, tmp_path_factory.mktemp("idx")))
+
+
+async def _totals_match(ops: list[tuple[str, str, str, str, int, bool]], tmp: Path) -> None:
+    index = Index(tmp / "index.sqlite")
+    await index.open()
+    try:
+        t = 1000.0
+        for op, m, v, k, body, flag in ops:
+            t += 1
+            if op == "put":
+                await index.put(Entry(m, v, k, _sha(body), _size(body), None, "up", t, unverified=flag))
+            elif op == "delete":
+                await index.delete(m, v, k)
+            elif op == "evict":
+                await index.delete_entries([(m, v, k), (m, "v1.1.0", "mod")])
+            elif op == "quarantine":
+                await index.remove_blob(_sha(body))
+            elif op == "confirm":
+                e = await index.get(m, v, k)
+                if e is not None:
+                    await index.mark_verified(e)
+            else:
+                index.touch(m, v, k, t)
+                if flag:
+                    await index.flush_access()
+        await index.flush_access()
+        rows = await index.changes_since(0, 10_000)
+        totals = await index.totals()
+        blobs = {e.sha256: e.size for e in rows}
+        assert (totals.files, totals.blobs, totals.bytes) == (len(rows), len(blobs), sum(blobs.values()))
+        async with index.db.execute(OLD_TOP) as cur:
+            old = [(m, h, v, f, b, u) for m, h, v, f, b, u in await cur.fetchall()]
+        new = await top_modules(index.db, 100)
+        assert [(r["module"], r["hits"], r["versions"], r["files"], r["bytes"], r["last_used"]) for r in new] == old
+        assert not await index.recount()  # nothing had drifted
+    finally:
+        await index.aclose()
+
+
+async def test_an_index_from_before_the_running_totals_is_counted_once(tmp_path: Path) -> None:
+    """An upgraded node's index gets its totals, blob and module figures at the first open."""
+    index = Index(tmp_path / "index.sqlite")
+    await index.open()
+    for i in range(20):
+        await index.put(Entry(f"m{i % 3}.example/x", f"v1.{i}.0", "mod", _sha(i % 4), _size(i % 4), None, "up", 1.0))
+    await index.aclose()
+    with sqlite3.connect(tmp_path / "index.sqlite") as db:  # as an index written before them
+        db.executescript(
+            "DROP TRIGGER entries_added; DROP TRIGGER entries_removed; DROP TRIGGER entries_used;"
+            " DROP TRIGGER blobs_added; DROP TRIGGER blobs_removed; DROP TABLE blobs; DROP TABLE totals;"
+            " DROP TABLE modules;"
+        )
+    index = Index(tmp_path / "index.sqlite")
+    await index.open()
+    try:
+        totals = await index.totals()
+        assert (totals.files, totals.blobs, totals.bytes) == (20, 4, sum(_size(b) for b in range(4)))
+        assert [r["module"] for r in await top_modules(index.db)] == ["m0.example/x", "m1.example/x", "m2.example/x"]
+        await index.delete("m0.example/x", "v1.0.0", "mod")
+        assert (await index.totals()).files == 19  # and kept from now on
+        assert not await index.recount()
+    finally:
+        await index.aclose()
+
+
+# ---- the periodic work reads the same whatever the store's size -------------------------
+
+
+async def _fill(node: Node, n: int) -> None:
+    """n index rows (no blobs: the periodic work reads only the index), through Index.put."""
+    entries = [
+        Entry(f"example.com/m{i % 97}", f"v1.0.{i}", "info", _sha(i), 60, None, "up", 1000.0 + i) for i in range(n)
+    ]
+    for i in range(0, n, 500):
+        await asyncio.gather(*(node.index.put(e) for e in entries[i : i + 500]))
+
+
+async def _instructions(node: Node, work: Callable[[], Awaitable[Any]]) -> int:
+    """SQLite virtual-machine instructions the index ran during `work`."""
+    count = 0
+
+    def tick() -> int:
+        nonlocal count
+        count += 1
+        return 0
+
+    await node.index.db.set_progress_handler(tick, 1)
+    try:
+        await work()
+    finally:
+        await node.index.db.set_progress_handler(None, 1)
+    return count
+
+
+async def test_the_stats_tick_reads_the_same_at_ten_times_the_files(make_node: NodeFactory, tmp_path: Path) -> None:
+    """The 5-second tick (totals for the metrics and the cap, buffered hits written) and the
+    dashboard's top modules cost the same number of SQLite instructions at 300 and 3,000
+    files: no statement scans the entries."""
+    cost = {}
+    for n in (300, 3000):
+        node = await make_node("off", data=tmp_path / f"n{n}")
+        await _fill(node, n)
+        for i in range(5):  # the same few hits at both sizes
+            node.index.touch(f"example.com/m{i}", f"v1.0.{i}", "info", 5000.0)
+        ticks = await _instructions(node, node.stats_tick)
+        top = await _instructions(node, lambda: top_modules(node.index.db))  # noqa: B023
+        cost[n] = (ticks, top)
+        assert node.store_bytes == 60 * n
+    assert cost[3000][0] <= cost[300][0] * 1.2, cost
+    assert cost[3000][1] <= cost[300][1] * 1.2, cost
