@@ -9,20 +9,28 @@ called every instruction), and Python's own count of the memory it allocated
 from __future__ import annotations
 
 import asyncio
+import builtins
 import hashlib
+import io
+import os
 import sqlite3
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.cache.index import Entry, Index
+from node.cache.protocol import ModRequest
 from node.server.dashboard import top_modules
 from node.service import Node
+from tests.modules import big_module, module_set
 from tests.node_fixtures import NodeFactory
+from tests.sumdb_fixture import FakeSumDB
 
 # ---- running totals --------------------------------------------------------------------
 
@@ -173,3 +181,79 @@ async def test_the_stats_tick_reads_the_same_at_ten_times_the_files(make_node: N
         assert node.store_bytes == 60 * n
     assert cost[3000][0] <= cost[300][0] * 1.2, cost
     assert cost[3000][1] <= cost[300][1] * 1.2, cost
+
+
+# ---- hits read the disk in a thread, never on the event loop ----------------------------
+
+
+class LoopIO:
+    """Records every open or stat of a file under `root` made on the event loop's thread."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
+        self.root = str(root)
+        self.loop_thread = threading.current_thread()
+        self.seen: list[str] = []
+        for owner, name in ((io, "open"), (builtins, "open"), (os, "stat")):
+            monkeypatch.setattr(owner, name, self._watch(getattr(owner, name)))
+
+    def _watch(self, real: Callable[..., Any]) -> Callable[..., Any]:
+        def watched(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if threading.current_thread() is self.loop_thread and isinstance(path, (str, os.PathLike)):
+                name = os.fspath(path)
+                if isinstance(name, str) and name.startswith(self.root):
+                    self.seen.append(name)
+            return real(path, *args, **kwargs)
+
+        return watched
+
+
+async def _get(url: str) -> tuple[int, bytes]:
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        return r.status, await r.read()
+
+
+M = "example.com/cold"
+
+
+async def test_hits_not_in_memory_read_the_store_off_the_event_loop(
+    fake_proxy: Any, make_node: NodeFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hit whose bytes are not in memory (a store larger than the memory cache) reads
+    and checks its file in a thread: the first hit of a run (hashed, check_on_serve at its
+    default) and the later ones, small files and a zip."""
+    files = big_module(M, "v1.0.0", 200 << 10)
+    up = await fake_proxy(module_set((M, "v1.0.0", files)))
+    node = await make_node(up.url, data=tmp_path / "data")
+    for kind, want in zip(("info", "mod", "zip"), files):
+        assert await _get(f"{node.url}/{M}/@v/v1.0.0.{kind}") == (200, want)
+    await node.aclose()
+    node = await make_node(up.url, data=tmp_path / "data")  # a new run: each blob is checked once
+    on_loop = LoopIO(monkeypatch, node.store.blob_dir)
+    for _ in range(2):
+        for kind, want in zip(("info", "mod", "zip"), files):
+            e = await node.index.get(M, "v1.0.0", kind)
+            assert e is not None
+            node.proxy.forget(ModRequest(M, "v1.0.0", kind).key, e.sha256)  # not in memory
+            assert await _get(f"{node.url}/{M}/@v/v1.0.0.{kind}") == (200, want)
+    assert node.metrics.registry.get_sample_value("modmesh_blobs_checked_total", {"by": "serve"}) == 3
+    assert on_loop.seen == []
+    assert up.count("/@v/v1.0.0.zip") == 1  # every request after the first was a hit
+
+
+async def test_checksum_database_lookup_hits_read_off_the_event_loop(
+    make_node: NodeFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cached checksum-database lookup is read (and a new one written) in a thread."""
+    db = FakeSumDB("sum.example.test")
+    db.add(M, "v1.0.0", "h1:" + "A" * 43 + "=", "h1:" + "B" * 43 + "=")
+    await db.start()
+    try:
+        node = await make_node("off", sumdb=(f"{db.vkey} {db.url}",))
+        on_loop = LoopIO(monkeypatch, tmp_path)
+        url = f"{node.url}/sumdb/{db.name}/lookup/{M}@v1.0.0"
+        first, second = await _get(url), await _get(url)
+        assert first[0] == 200 and second == first
+        assert db.count(f"/lookup/{M}@v1.0.0") == 1
+        assert [p for p in on_loop.seen if "/lookup/" in p] == []
+    finally:
+        await db.stop()
