@@ -15,6 +15,7 @@ import io
 import os
 import sqlite3
 import threading
+import tracemalloc
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from node.cache.index import Entry, Index
 from node.cache.protocol import ModRequest
 from node.server.dashboard import top_modules
 from node.service import Node
+from node.tools.bundle.export import plan_export, write_bundle
+from node.tools.bundle.selection import Selection
 from tests.modules import big_module, module_set
 from tests.node_fixtures import NodeFactory
 from tests.sumdb_fixture import FakeSumDB
@@ -181,6 +184,52 @@ async def test_the_stats_tick_reads_the_same_at_ten_times_the_files(make_node: N
         assert node.store_bytes == 60 * n
     assert cost[3000][0] <= cost[300][0] * 1.2, cost
     assert cost[3000][1] <= cost[300][1] * 1.2, cost
+
+
+# ---- export streams: its memory is the same at 4x the files ----------------------------
+
+
+async def _fill_blobs(node: Node, n: int) -> None:
+    """n cached 60-byte .info files, each its own blob on disk (written plainly: no fsync)."""
+    entries = []
+    for i in range(n):
+        body = b"%059d\n" % i
+        sha = hashlib.sha256(body).hexdigest()
+        path = node.store.path_for(sha)
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(body)
+        entries.append(Entry(f"example.com/m{i % 97}", f"v1.0.{i}", "info", sha, 60, None, "up", 1000.0 + i))
+    for i in range(0, n, 500):
+        await asyncio.gather(*(node.index.put(e) for e in entries[i : i + 500]))
+
+
+async def test_export_memory_is_the_same_at_four_times_the_files(make_node: NodeFactory, tmp_path: Path) -> None:
+    """Planning and writing a bundle of everything allocate as much at 6,000 files as at
+    1,500 (the plan and the manifest wait on disk, the index is read a page at a time),
+    and leave no temp file behind."""
+    peak = {}
+    for n in (1500, 6000):
+        node = await make_node("off", data=tmp_path / f"n{n}")
+        await _fill_blobs(node, n)
+        sent = 0
+
+        async def sink(data: bytes) -> None:
+            nonlocal sent
+            sent += len(data)
+
+        tracemalloc.start()
+        try:
+            plan = await plan_export(node, Selection())
+            try:
+                assert plan.summary.entries == n and plan.summary.counts == {"info": n}
+                assert await write_bundle(plan, sink) == sent == plan.tar_size()
+            finally:
+                plan.close()
+            peak[n] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert list(node.store.tmp_dir.iterdir()) == []
+    assert peak[6000] <= peak[1500] * 1.25, peak
 
 
 # ---- hits read the disk in a thread, never on the event loop ----------------------------
