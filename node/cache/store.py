@@ -165,8 +165,13 @@ class BlobStore:
     def path_for(self, sha256: str) -> Path:
         return self.blob_dir / sha256[:2] / sha256
 
+    def file_name(self, sha256: str) -> str:
+        """path_for as a str, for code that names many blobs: pathlib interns each part
+        of a Path, and the interpreter's table of interned strings only grows."""
+        return os.path.join(self.blob_dir, sha256[:2], sha256)
+
     def has(self, sha256: str) -> bool:
-        return self.path_for(sha256).is_file()
+        return os.path.isfile(self.file_name(sha256))
 
     def open_blob(self, sha256: str) -> BinaryIO:
         """The blob's bytes as a seekable binary file; FileNotFoundError if it is not here."""

@@ -122,6 +122,7 @@ class SumDB:
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.store.close()
 
     async def idle(self) -> None:
         """Wait until no background work (prefetches, tile upgrades) is running."""

@@ -74,6 +74,8 @@ class ExportPlan:
     summary: ExportSummary
     blobs: BlobStore
     databases: dict[str, SumDBStore]
+    #: Caches of databases found on disk, not configured: opened for this export.
+    found: list[SumDBStore] = field(default_factory=list)
 
     def tar_size(self) -> int:
         """The exact size of the stream write_bundle writes (a Content-Length, a progress total)."""
@@ -86,6 +88,8 @@ class ExportPlan:
 
     def close(self) -> None:
         self.members.close()
+        for db in self.found:
+            db.close()
 
     async def chunks(self, entry: ManifestEntry, src: Source) -> AsyncIterator[bytes]:
         if src.kind == "blob":
@@ -155,7 +159,9 @@ async def _plan(node: Node, sel: Selection, plan: PlanStore, created: float) -> 
     }
     written = await asyncio.to_thread(plan.write_manifest, header, created)
     summary = ExportSummary(written.entries, written.bytes, written.counts, sumdb_info, warnings)
-    return ExportPlan(plan, written, created, summary, node.store, databases)
+    configured = {db.name for db in node.sumdbs.dbs}
+    found = [db for name, db in databases.items() if name not in configured]
+    return ExportPlan(plan, written, created, summary, node.store, databases, found)
 
 
 def _in_scope(e: Entry, sel: Selection, warnings: list[str]) -> bool:
@@ -241,7 +247,8 @@ def _next_page(
             body = None
             if src.kind == "blob" and entry.size <= min(CHUNK, budget):
                 with contextlib.suppress(OSError):  # streamed instead, and the error is the stream's
-                    body = blobs.path_for(src.ref).read_bytes()
+                    with open(blobs.file_name(src.ref), "rb") as f:
+                        body = f.read()
                     budget -= len(body)
             out.append((entry, src, body))
         if len(out) >= PAGE:
