@@ -339,11 +339,17 @@ class Node:
         if self.recovery.rebuilt and self._unchecked != 0:
             self._unchecked = await self.index.count_never_checked()
             self.metrics.blobs_unchecked.set(self._unchecked)
-        count, size = await self.index.totals()
-        self.metrics.store_blobs.set(count)
-        self.metrics.store_bytes.set(size)
-        self.store_bytes = size
-        self.storage.observe(size)  # over max_size: an eviction pass starts in the background
+        totals = await self.index.totals()  # kept on write: one row, never a scan
+        self.metrics.store_blobs.set(totals.files)
+        self.metrics.store_bytes.set(totals.bytes)
+        self.store_bytes = totals.bytes
+        self.storage.observe(totals.bytes)  # over max_size: an eviction pass starts in the background
+
+    async def stats_tick(self) -> None:
+        """What the node does every STATS_INTERVAL: write the buffered hits and checks,
+        read the store's running totals (no scan), start eviction if over the cap."""
+        await self.index.flush_access()
+        await self._update_stats()
 
     async def _stats_loop(self) -> None:
         full = False
@@ -351,8 +357,7 @@ class Node:
             await asyncio.sleep(STATS_INTERVAL)
             self.proxy.sweep_memory()
             try:
-                await self.index.flush_access()
-                await self._update_stats()
+                await self.stats_tick()
             except Exception as e:
                 cause = storage_error_cause(e)
                 if cause is None:

@@ -220,7 +220,8 @@ async def test_dashboard_renders_live_figures(  # type: ignore[no-untyped-def]
         await get(client, f"{base}/example.com/nope/@v/v1.0.0.info"),  # error
     ]
     assert statuses[:9] == [200] * 9 and statuses[9] >= 400 and statuses[10] >= 400
-    blobs, store_bytes = await node.index.totals()
+    totals = await node.index.totals()
+    blobs, store_bytes = totals.files, totals.bytes
 
     async with client.get(base + dashboard.DATA_PATH) as r:
         assert r.status == 200 and r.headers["Cache-Control"] == "no-store"

@@ -156,7 +156,7 @@ async def test_the_mesh_plugs_into_the_node_hooks(  # type: ignore[no-untyped-de
         mesh = plugin.mesh
         assert mesh is not None
         assert node.hooks.listeners == [mesh.listening] and node.hooks.mesh_status == mesh.status
-        assert mesh.presync.store_bytes == node.store_bytes == (await node.index.totals())[1]
+        assert mesh.presync.store_bytes == node.store_bytes == (await node.index.totals()).bytes
         assert mesh.url == "" and len(mesh.tasks) == 0  # nothing runs before the node listens
         url = await node.listen("127.0.0.1", 0)
         assert mesh.url == url and len(mesh.tasks) >= 1

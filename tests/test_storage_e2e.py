@@ -73,7 +73,7 @@ async def test_cap_below_working_set_keeps_hot_set_and_pins(  # type: ignore[no-
                     await r.read()  # a few corpus versions are refused (502); that is fine here
     await node.storage.idle()
 
-    _, used = await node.index.totals()
+    used = (await node.index.totals()).bytes
     assert used <= cap < working_set
     assert sum(on_disk(node.config.data).values()) == used
     assert len([p for p in up.log if p.endswith(".zip")]) >= len(pinned) + len(cold) * 9 // 10

@@ -1,14 +1,19 @@
 """What eviction removes first: a pure score of use, recency and size, and the plan
-that brings a store under its cap (node/cache/storage.py carries it out)."""
+that brings a store under its cap (node/cache/storage.py carries it out).
+
+The plan is made from the index a batch of blobs at a time: `VictimHeap` keeps only
+the lowest-scored blobs that together free what is needed (`plan_eviction` is the
+same choice made from a whole list, the reference it is tested against)."""
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from node.cache.index import Usage
+from node.cache.rows import Usage
 
 #: Popularity halves for every this many seconds without an access.
 HALF_LIFE = 3 * 86400.0
@@ -88,6 +93,55 @@ def plan_eviction(blobs: Sequence[BlobCandidate], target: int) -> EvictionPlan:
         victims.append(b)
         after -= b.size
     return EvictionPlan(tuple(victims), used, after)
+
+
+def _order(b: BlobCandidate) -> tuple[float, int, str]:
+    """Eviction order: lowest score first, then the biggest, then by name."""
+    return (b.score, -b.size, b.sha256)
+
+
+@dataclass(order=False)
+class _Top:
+    """A heap item that puts the blob evicted last on top (heapq is a min-heap)."""
+
+    key: tuple[float, int, str]
+    blob: BlobCandidate = field(compare=False)
+
+    def __lt__(self, other: _Top) -> bool:
+        return other.key < self.key
+
+
+class VictimHeap:
+    """The victims of one eviction round, fed one blob at a time: the shortest prefix of
+    the eviction order whose sizes add up to `need` bytes, or its first `limit` blobs
+    when it is longer (then another round follows). Memory: at most `limit` blobs,
+    whatever the size of the store. Pinned blobs (infinite score) are never victims."""
+
+    def __init__(self, need: int, limit: int = 10_000) -> None:
+        self.need = need
+        self.limit = limit
+        self._heap: list[_Top] = []
+        self._bytes = 0
+        #: Blobs left out because `limit` was reached: the round does not free `need`.
+        self.truncated = False
+
+    def offer(self, b: BlobCandidate) -> None:
+        if math.isinf(b.score) or self.need <= 0:
+            return
+        heapq.heappush(self._heap, _Top(_order(b), b))
+        self._bytes += b.size
+        while len(self._heap) > 1:
+            top = self._heap[0].blob
+            if len(self._heap) > self.limit:
+                self.truncated = True
+            elif self._bytes - top.size < self.need:
+                break
+            heapq.heappop(self._heap)
+            self._bytes -= top.size
+
+    def victims(self) -> list[BlobCandidate]:
+        """In eviction order."""
+        return sorted((t.blob for t in self._heap), key=_order)
 
 
 @dataclass

@@ -16,6 +16,12 @@ before the index, so the index can be rebuilt from the journal and the blobs
 (node/cache/recovery.py). `checked_at` / `checked_boot` record when a blob's bytes were
 last re-hashed and in which run of the node (`boot`, counted up at each open): a blob is
 served only once it was checked in this run (node/cache/integrity.py).
+
+Nothing on a timer or on a request reads the whole table: triggers keep `blobs` (each
+distinct blob and how many rows refer to it), `totals` and `modules` in step with
+`entries` (node/cache/rows.py), so the store's size, the eviction and gc scans
+(node/cache/index_storage.py, in batches) and the dashboard's top modules cost the
+same at a thousand files as at a million.
 """
 
 from __future__ import annotations
@@ -24,27 +30,43 @@ import contextlib
 import secrets
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import aiosqlite
 
 from node.cache import journal
+from node.cache.index_meta import MetaQueries
+from node.cache.index_storage import StorageQueries
 from node.cache.journal import Journal
-from node.cache.rows import ENTRY_COLUMNS, SCHEMA, Entry, IndexDamaged, MetaEntry, Usage, entry_from_row
+from node.cache.rows import (
+    ENTRY_COLUMNS,
+    RECOUNT,
+    SCHEMA,
+    TRIGGERS,
+    Entry,
+    IndexDamaged,
+    MetaEntry,
+    Totals,
+    Usage,
+    entry_from_row,
+)
 
-__all__ = ["Entry", "Index", "IndexDamaged", "MetaEntry", "Usage"]
+__all__ = ["Entry", "Index", "IndexDamaged", "MetaEntry", "Totals", "Usage"]
 
 #: A sqlite3 error that means the file itself is bad, not the statement.
 _DAMAGE = (sqlite3.DatabaseError,)
 
 
-class Index:
+class Index(StorageQueries, MetaQueries):
     def __init__(self, path: Path, journal: Journal | None = None) -> None:
         self.path = path
         self.journal = journal
         self._db: aiosqlite.Connection | None = None
         self._access: dict[tuple[str, str, str], tuple[int, float]] = {}
+        #: Blobs hashed right on their first serve in this run, not written yet (flushed
+        #: with the access statistics): sha256 -> when.
+        self._checked: dict[str, float] = {}
         self.epoch = ""
         #: This run of the node: counted up at each open.
         self.boot = 0
@@ -87,6 +109,11 @@ class Index:
             await self.db.execute("ALTER TABLE entries ADD COLUMN checked_boot INTEGER NOT NULL DEFAULT 0")
             await self.db.execute("UPDATE entries SET checked_at = fetched_at")
         await self.db.execute("CREATE INDEX IF NOT EXISTS entries_checked ON entries (checked_at)")
+        async with self.db.execute("SELECT 1 FROM totals") as cur:
+            counted = await cur.fetchone() is not None
+        if not counted:  # a new index, or one from before the running totals: count once
+            await self.db.executescript("BEGIN;" + RECOUNT + "COMMIT;")
+        await self.db.executescript(TRIGGERS)
         self.epoch = await self.state("epoch") or ""
         if not self.epoch:
             self.epoch = secrets.token_hex(8)
@@ -180,15 +207,6 @@ class Index:
         )
         return bool(cur.rowcount)
 
-    async def insert_many(self, rows: Sequence[Entry]) -> None:
-        """Rows rebuilt from the journal, in one transaction; never checked yet."""
-        await self.db.executemany(
-            "INSERT INTO entries (module, version, kind, sha256, size, h1, source, fetched_at, unverified)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (module, version, kind) DO NOTHING",
-            [(e.module, e.version, e.kind, e.sha256, e.size, e.h1, e.source, e.fetched_at, e.unverified) for e in rows],
-        )
-        await self.db.commit()
-
     async def delete(self, module: str, version: str, kind: str) -> None:
         await self._journal(journal.Delete(module, version, kind))
         await self.db.execute("DELETE FROM entries WHERE module=? AND version=? AND kind=?", (module, version, kind))
@@ -197,33 +215,35 @@ class Index:
     async def apply(self, r: journal.Record) -> bool:
         """Apply one journal record to the tables (a replay: not journalled again); True
         if it changed them. A Put whose row exists changes nothing (the first admission wins)."""
-        if isinstance(r, journal.Put):
-            e = Entry(r.module, r.version, r.kind, r.sha256, r.size, r.h1, r.source, r.fetched_at, 0, r.unverified)
-            return await self.insert(e, None)
-        args: tuple[object, ...]
-        if isinstance(r, journal.Delete):
-            sql, args = "DELETE FROM entries WHERE module=? AND version=? AND kind=?", (r.module, r.version, r.kind)
-        elif isinstance(r, journal.Confirmed):
-            sql = "UPDATE entries SET unverified=0 WHERE module=? AND version=? AND kind=? AND sha256=?"
-            args = (r.module, r.version, r.kind, r.sha256)
-        elif isinstance(r, journal.Pin):
-            sql, args = "INSERT INTO pins VALUES (?, ?) ON CONFLICT (pattern) DO NOTHING", (r.pattern, r.created_at)
-        else:
-            sql, args = "DELETE FROM pins WHERE pattern=?", (r.pattern,)
-        return bool((await self._write(sql, args)).rowcount)
+        return await self.apply_many([r]) > 0
 
-    async def journal_records(self, batch: int = 5000) -> list[journal.Record]:
-        """The index's state as journal records (to start or compact the journal)."""
-        out: list[journal.Record] = []
+    async def apply_many(self, records: Sequence[journal.Record]) -> int:
+        """Apply journal records in order, in one transaction (a rebuild or a replay: not
+        journalled again, rows never checked); returns how many changed the tables."""
+        changed = 0
+        try:
+            for r in records:
+                sql, args = _replay_statement(r)
+                changed += (await self.db.execute(sql, args)).rowcount
+            await self.db.commit()
+        except sqlite3.Error:
+            with contextlib.suppress(sqlite3.Error):
+                await self.db.rollback()
+            raise
+        return changed
+
+    async def journal_batches(self, batch: int = 5000) -> AsyncIterator[list[journal.Record]]:
+        """The index's state as journal records (to start or compact the journal), a batch
+        at a time: memory does not grow with the index."""
         serial = 0
         while rows := await self.changes_since(serial, batch):
-            out += [
+            yield [
                 journal.Put(e.module, e.version, e.kind, e.sha256, e.size, e.h1, e.source, e.fetched_at, e.unverified)
                 for e in rows
             ]
             serial = rows[-1].serial
-        out += [journal.Pin(p, t) for p, t in await self.pins()]
-        return out
+        if pins := await self.pins():
+            yield [journal.Pin(p, t) for p, t in pins]
 
     # ---- the blobs' checks (node/cache/integrity.py, scrub.py) ------------------------
 
@@ -233,10 +253,29 @@ class Index:
 
     async def mark_checked(self, sha256: str, now: float) -> None:
         """The blob's bytes hashed right, now, in this run."""
-        await self._write("UPDATE entries SET checked_at=?, checked_boot=? WHERE sha256=?", (now, self.boot, sha256))
+        await self.mark_checked_many([sha256], now)
+
+    async def mark_checked_many(self, shas: Sequence[str], now: float) -> None:
+        """Blobs hashed right, now, in this run: one transaction."""
+        for sha in shas:
+            self._checked.pop(sha, None)
+        await self.db.executemany(
+            "UPDATE entries SET checked_at=?, checked_boot=? WHERE sha256=?", [(now, self.boot, s) for s in shas]
+        )
+        await self.db.commit()
+
+    def note_checked(self, sha256: str, now: float) -> None:
+        """A serve check passed: recorded at once for this run, written with the next
+        flush (a hot path must not wait on a write per blob)."""
+        self._checked[sha256] = now
+
+    def checked_now(self, sha256: str) -> bool:
+        """Checked in this run, and not written to the index yet."""
+        return sha256 in self._checked
 
     async def mark_unchecked(self, sha256: str) -> None:
         """Hash the blob again before it is next served (it was found bad)."""
+        self._checked.pop(sha256, None)
         await self._write("UPDATE entries SET checked_boot=0 WHERE sha256=?", (sha256,))
 
     async def remove_blob(self, sha256: str) -> list[Entry]:
@@ -323,60 +362,23 @@ class Index:
             raise
         return await self.get(e.module, e.version, e.kind)
 
-    async def get_meta(self, module: str, kind: str) -> MetaEntry | None:
-        async with self.db.execute(
-            "SELECT module, kind, body, source, fetched_at FROM meta WHERE module=? AND kind=?",
-            (module, kind),
-        ) as cur:
+    async def totals(self) -> Totals:
+        """The store's running totals: rows, distinct blobs, bytes of distinct blobs (kept
+        by triggers: one row read, whatever the size of the index)."""
+        async with self.db.execute("SELECT files, blobs, bytes FROM totals WHERE id = 0") as cur:
             row = await cur.fetchone()
-        return MetaEntry(row[0], row[1], bytes(row[2]), row[3], row[4]) if row else None
+        return Totals(*map(int, row)) if row else Totals(0, 0, 0)
 
-    async def all_meta(self) -> list[MetaEntry]:
-        """Every cached list/latest answer (for export)."""
-        async with self.db.execute(
-            "SELECT module, kind, body, source, fetched_at FROM meta ORDER BY module, kind"
-        ) as cur:
-            return [MetaEntry(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in await cur.fetchall()]
-
-    async def put_meta(self, m: MetaEntry) -> None:
-        await self._write(
-            "INSERT OR REPLACE INTO meta VALUES (?, ?, ?, ?, ?)",
-            (m.module, m.kind, m.body, m.source, m.fetched_at),
-        )
-
-    async def get_query(self, module: str, query: str) -> MetaEntry | None:
-        """A query's answer, as a MetaEntry whose kind is the query."""
-        async with self.db.execute(
-            "SELECT module, query, body, source, fetched_at FROM queries WHERE module=? AND query=?",
-            (module, query),
-        ) as cur:
-            row = await cur.fetchone()
-        return MetaEntry(row[0], row[1], bytes(row[2]), row[3], row[4]) if row else None
-
-    async def put_query(self, m: MetaEntry) -> None:
-        await self._write(
-            "INSERT OR REPLACE INTO queries VALUES (?, ?, ?, ?, ?)",
-            (m.module, m.kind, m.body, m.source, m.fetched_at),
-        )
-
-    async def held_versions(self, module: str) -> list[tuple[str, str | None]]:
-        """(version, sha256 of its .info or None) for every version of `module` the store
-        holds a file of."""
-        async with self.db.execute(
-            "SELECT version, MAX(CASE WHEN kind='info' THEN sha256 END) FROM entries WHERE module=? GROUP BY version",
-            (module,),
-        ) as cur:
-            return [(str(v), s) for v, s in await cur.fetchall()]
-
-    async def totals(self) -> tuple[int, int]:
-        """(number of entries, bytes of distinct blobs)."""
-        async with self.db.execute("SELECT COUNT(*) FROM entries") as cur:
-            (count,) = await cur.fetchone() or (0,)
-        async with self.db.execute(
-            "SELECT COALESCE(SUM(size), 0) FROM (SELECT DISTINCT sha256, size FROM entries)"
-        ) as cur:
-            (size,) = await cur.fetchone() or (0,)
-        return int(count), int(size)
+    async def recount(self) -> bool:
+        """Recompute the running figures from the rows (one full scan: verify, tests);
+        True if they had drifted."""
+        before = await self.totals()
+        async with self.db.execute("SELECT * FROM modules ORDER BY module") as cur:
+            modules = await cur.fetchall()
+        await self.db.executescript("BEGIN;" + RECOUNT + "COMMIT;")
+        async with self.db.execute("SELECT * FROM modules ORDER BY module") as cur:
+            drifted = modules != await cur.fetchall()
+        return drifted or before != await self.totals()
 
     def touch(self, module: str, version: str, kind: str, now: float) -> None:
         key = (module, version, kind)
@@ -384,14 +386,20 @@ class Index:
         self._access[key] = (hits + 1, now)
 
     async def flush_access(self) -> None:
-        if not self._access or self._db is None:
+        """Write the buffered hits, last accesses and serve checks."""
+        if not (self._access or self._checked) or self._db is None:
             return
         batch, self._access = self._access, {}
+        checked, self._checked = self._checked, {}
         try:
             await self.db.executemany(
                 "UPDATE entries SET hits = hits + ?, last_access = MAX(COALESCE(last_access, 0), ?)"
                 " WHERE module=? AND version=? AND kind=?",
                 [(h, t, m, v, k) for (m, v, k), (h, t) in batch.items()],
+            )
+            await self.db.executemany(
+                "UPDATE entries SET checked_at=?, checked_boot=? WHERE sha256=?",
+                [(t, self.boot, sha) for sha, t in checked.items()],
             )
             await self.db.commit()
         except sqlite3.Error:
@@ -399,47 +407,21 @@ class Index:
                 await self.db.rollback()
             raise
 
-    # ---- storage limits (node/storage.py) ------------------------------------------
 
-    async def usage(self) -> list[Usage]:
-        async with self.db.execute(
-            "SELECT module, version, kind, sha256, size, hits, last_access, fetched_at FROM entries"
-        ) as cur:
-            return [Usage(*r) for r in await cur.fetchall()]
-
-    async def delete_entries(self, keys: Sequence[tuple[str, str, str]]) -> None:
-        """Delete (module, version, kind) rows in one transaction."""
-        if not keys:
-            return
-        await self._journal(*(journal.Delete(*k) for k in keys))
-        await self.db.executemany("DELETE FROM entries WHERE module=? AND version=? AND kind=?", keys)
-        await self.db.commit()
-
-    async def is_referenced(self, sha256: str) -> bool:
-        async with self.db.execute("SELECT 1 FROM entries WHERE sha256=? LIMIT 1", (sha256,)) as cur:
-            return await cur.fetchone() is not None
-
-    async def delete_stale_meta(self, fetched_before: float) -> int:
-        """Drop list/latest answers older than `fetched_before` of modules with no cached files."""
-        cur = await self.db.execute(
-            "DELETE FROM meta WHERE fetched_at < ? AND module NOT IN (SELECT module FROM entries)",
-            (fetched_before,),
+def _replay_statement(r: journal.Record) -> tuple[str, tuple[object, ...]]:
+    if isinstance(r, journal.Put):
+        return (
+            "INSERT INTO entries (module, version, kind, sha256, size, h1, source, fetched_at, unverified)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (module, version, kind) DO NOTHING",
+            (r.module, r.version, r.kind, r.sha256, r.size, r.h1, r.source, r.fetched_at, int(r.unverified)),
         )
-        await self.db.commit()
-        return int(cur.rowcount)
-
-    async def pins(self) -> list[tuple[str, float]]:
-        async with self.db.execute("SELECT pattern, created_at FROM pins ORDER BY pattern") as cur:
-            return [(str(p), float(t)) for p, t in await cur.fetchall()]
-
-    async def add_pin(self, pattern: str, now: float) -> bool:
-        await self._journal(journal.Pin(pattern, now))
-        cur = await self.db.execute("INSERT INTO pins VALUES (?, ?) ON CONFLICT (pattern) DO NOTHING", (pattern, now))
-        await self.db.commit()
-        return bool(cur.rowcount)
-
-    async def remove_pin(self, pattern: str) -> bool:
-        await self._journal(journal.Unpin(pattern))
-        cur = await self.db.execute("DELETE FROM pins WHERE pattern=?", (pattern,))
-        await self.db.commit()
-        return bool(cur.rowcount)
+    if isinstance(r, journal.Delete):
+        return "DELETE FROM entries WHERE module=? AND version=? AND kind=?", (r.module, r.version, r.kind)
+    if isinstance(r, journal.Confirmed):
+        return (
+            "UPDATE entries SET unverified=0 WHERE module=? AND version=? AND kind=? AND sha256=?",
+            (r.module, r.version, r.kind, r.sha256),
+        )
+    if isinstance(r, journal.Pin):
+        return "INSERT INTO pins VALUES (?, ?) ON CONFLICT (pattern) DO NOTHING", (r.pattern, r.created_at)
+    return "DELETE FROM pins WHERE pattern=?", (r.pattern,)

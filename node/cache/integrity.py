@@ -84,7 +84,9 @@ class Integrity:
         self.last: Damage | None = None
 
     def needs_check(self, entry: Entry) -> bool:
-        return self.check_on_serve and entry.checked_boot != self.index.boot
+        return (
+            self.check_on_serve and entry.checked_boot != self.index.boot and not self.index.checked_now(entry.sha256)
+        )
 
     async def check(self, entry: Entry, body: bytes | None = None) -> bool:
         """True if the blob's bytes hash to its name (recorded for this run); False if
@@ -117,7 +119,7 @@ class Integrity:
             found, size = read_problem(e), -1
         self.metrics.blobs_checked.labels("serve").inc()
         if found == entry.sha256 and size == entry.size:
-            await self.index.mark_checked(entry.sha256, self.clock())
+            self.index.note_checked(entry.sha256, self.clock())  # written with the next flush
             return True
         await self.quarantine(entry.sha256, found if size == -1 or found != entry.sha256 else "wrong size", "serve")
         return False

@@ -26,9 +26,10 @@ import json
 import logging
 import os
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from node.errors import StorageFull
 
@@ -297,8 +298,8 @@ class Journal:
 
     def rewrite(self, records: Iterable[Record]) -> None:
         """Replace the journal by `records` (a compaction), atomically: a crash leaves
-        either the old journal or the new one."""
-        tmp = self.path.with_name(self.path.name + ".new")
+        either the old journal or the new one. `records` is consumed as it is written."""
+        tmp = self._new_path()
         with open(tmp, "wb") as f:
             buf: list[bytes] = []
             for r in records:
@@ -309,6 +310,31 @@ class Journal:
             f.write(b"".join(buf))
             f.flush()
             os.fsync(f.fileno())
+        self._install(tmp)
+
+    async def rewrite_from(self, batches: AsyncIterable[Sequence[Record]]) -> int:
+        """`rewrite` from batches that arrive asynchronously (the index read a page at a
+        time), each written in a thread: memory holds one batch. Returns the records written."""
+        tmp = self._new_path()
+        f = await asyncio.to_thread(open, tmp, "wb")
+        n = 0
+        try:
+            async for batch in batches:
+                n += len(batch)
+                await asyncio.to_thread(f.write, b"".join(encode(r) for r in batch))
+            await asyncio.to_thread(_flush_and_sync, f)
+        except BaseException:
+            f.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        f.close()
+        self._install(tmp)
+        return n
+
+    def _new_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".new")
+
+    def _install(self, tmp: Path) -> None:
         was_open = self._fd is not None
         self.close()
         os.replace(tmp, self.path)
@@ -321,6 +347,11 @@ class Journal:
             self.open()
         else:
             self._size = self.path.stat().st_size
+
+
+def _flush_and_sync(f: BinaryIO) -> None:
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def _storage_error(e: BaseException) -> BaseException:

@@ -24,6 +24,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -170,14 +171,15 @@ class ModuleProxy:
         path = None
         if body is None:
             path = self.store.path_for(entry.sha256)
-            if entry.size <= SMALL_BLOB:
-                with contextlib.suppress(OSError):
-                    body = path.read_bytes()
-            if self.integrity.needs_check(entry):
+            small, check = entry.size <= SMALL_BLOB, self.integrity.needs_check(entry)
+            present = True
+            if small or not check:  # the file system is read in a thread, never on the loop
+                body, present = await asyncio.to_thread(_probe, path, small)
+            if check:
                 if not await self.integrity.check(entry, body):
                     return None
                 entry = dataclasses.replace(entry, checked_boot=self.index.boot)
-            elif (body is None) if entry.size <= SMALL_BLOB else not path.is_file():
+            elif not present:
                 log.warning("blob for %s missing from the store; refetching", req.key)
                 self._entries.pop(req.key)
                 await self.index.delete(req.module, req.version, req.kind)
@@ -440,3 +442,14 @@ class ModuleProxy:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.answers.aclose()
+
+
+def _probe(path: Path, small: bool) -> tuple[bytes | None, bool]:
+    """(a small blob's bytes, or None; whether the blob is there). Blocking: run in a thread."""
+    if not small:
+        return None, path.is_file()
+    try:
+        body = path.read_bytes()
+    except OSError:
+        return None, False
+    return body, True

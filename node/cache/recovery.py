@@ -20,8 +20,9 @@ counted again.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from node.cache import journal
-from node.cache.index import Entry, Index, IndexDamaged
+from node.cache.index import Index, IndexDamaged
 from node.cache.journal import Journal
 from node.cache.store import BlobStore
 
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 COMPACT_RATIO = 4
 COMPACT_MIN = 4 << 20
 _RECORD_GUESS = 300  # bytes of one Put line
+#: Journal records replayed per transaction by a rebuild.
+REPLAY_BATCH = 5000
 
 
 @dataclass
@@ -98,32 +101,36 @@ async def open_index(index: Index, jrnl: Journal, store: BlobStore) -> Recovery:
 
 async def rebuild(index: Index, jrnl: Journal, store: BlobStore, why: str) -> Recovery:
     """Move the index aside and build a new one from the journal and the blobs (the
-    index must not be open; the journal must be)."""
+    index must not be open; the journal must be). The journal is replayed in order, a
+    batch at a time: memory holds one batch and the files found missing."""
     await index.close_quietly()
     rec = Recovery(rebuilt=True, damage=why)
     rec.moved_to = str(move_aside(index.path))
     await index.open()  # a new file: a new epoch, so peers read its change log afresh
     stats = journal.ReadStats()
-    state = journal.fold(jrnl.read(0, stats))
+    records = jrnl.read(0, stats)
+    #: Files whose last record admitted a blob that is gone or the wrong size (unless a
+    #: later record deletes them or admits them again).
+    lost: set[tuple[str, str, str]] = set()
+    while batch := await asyncio.to_thread(lambda: list(itertools.islice(records, REPLAY_BATCH))):
+        sizes = await asyncio.to_thread(store.sizes, {r.sha256 for r in batch if isinstance(r, journal.Put)})
+        keep: list[journal.Record] = []
+        for r in batch:
+            if isinstance(r, journal.Put | journal.Delete):
+                key = (r.module, r.version, r.kind)
+                if isinstance(r, journal.Put) and sizes.get(r.sha256) != r.size:
+                    lost.add(key)
+                    continue
+                lost.discard(key)
+            keep.append(r)
+        await index.apply_many(keep)
     rec.damaged_lines = stats.damaged_lines
-    rows: list[Entry] = []
-    for p in state.entries.values():
-        try:
-            size = os.stat(store.path_for(p.sha256)).st_size
-        except OSError:
-            size = -1
-        if size != p.size:
-            rec.missing += 1
-            continue
-        rows.append(Entry(p.module, p.version, p.kind, p.sha256, p.size, p.h1, p.source, p.fetched_at, 0, p.unverified))
-    await index.insert_many(rows)
-    for pattern, created in state.pins.items():
-        await index.apply(journal.Pin(pattern, created))
-    rec.recovered, rec.pins = len(rows), len(state.pins)
+    rec.missing = sum([await index.get(*key) is None for key in lost])
+    rec.recovered, rec.pins = (await index.totals()).files, len(await index.pins())
     await index.set_state("journal_complete", "1")
     with store.alone() as alone:
         if alone:  # the journal now says exactly what the index holds
-            jrnl.rewrite(await index.journal_records())
+            await jrnl.rewrite_from(index.journal_batches())
     log.warning(
         "index rebuilt: %d files recovered, %d pins, %d files lost (blob missing or wrong size), "
         "%d damaged journal lines; the damaged index is in %s; every recovered blob is hashed "
@@ -153,9 +160,8 @@ def move_aside(path: Path) -> Path:
 
 
 async def _write_journal(index: Index, jrnl: Journal) -> None:
-    records = await index.journal_records()
-    jrnl.rewrite(records)
-    log.info("journal %s written from the index (%d records)", jrnl.path, len(records))
+    n = await jrnl.rewrite_from(index.journal_batches())
+    log.info("journal %s written from the index (%d records)", jrnl.path, n)
 
 
 async def _catch_up(index: Index, jrnl: Journal, store: BlobStore, rec: Recovery) -> None:
@@ -169,11 +175,7 @@ async def _catch_up(index: Index, jrnl: Journal, store: BlobStore, rec: Recovery
         if isinstance(r, journal.Put):
             if await index.get(r.module, r.version, r.kind) is not None:
                 continue
-            try:
-                size = os.stat(store.path_for(r.sha256)).st_size
-            except OSError:
-                size = -1
-            if size != r.size:
+            if (await asyncio.to_thread(store.sizes, [r.sha256])).get(r.sha256) != r.size:
                 rec.missing += 1
                 continue
         rec.recovered += await index.apply(r)
@@ -183,10 +185,8 @@ async def _catch_up(index: Index, jrnl: Journal, store: BlobStore, rec: Recovery
 
 
 async def _maybe_compact(index: Index, jrnl: Journal) -> None:
-    async with index.db.execute("SELECT COUNT(*) FROM entries") as cur:
-        row = await cur.fetchone()
-    rows = int(row[0]) if row else 0
+    rows = (await index.totals()).files
     if jrnl.size > max(COMPACT_MIN, COMPACT_RATIO * _RECORD_GUESS * rows):
         before = jrnl.size
-        jrnl.rewrite(await index.journal_records())
+        await jrnl.rewrite_from(index.journal_batches())
         log.info("journal compacted: %d -> %d bytes", before, jrnl.size)

@@ -51,6 +51,86 @@ CREATE TABLE IF NOT EXISTS pins (
     pattern    TEXT PRIMARY KEY,
     created_at REAL NOT NULL
 );
+-- files the checksum database has not confirmed yet (the reverifier counts them at start)
+CREATE INDEX IF NOT EXISTS entries_unverified ON entries (serial) WHERE unverified = 1;
+-- Kept by the triggers below, in the same transaction as every change to `entries`, so
+-- that nothing has to count the entries: each distinct blob with the rows that refer
+-- to it, the store's totals, and each module's figures (the dashboard's top modules).
+CREATE TABLE IF NOT EXISTS blobs (
+    sha256 TEXT PRIMARY KEY,
+    size   INTEGER NOT NULL,
+    refs   INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS totals (
+    id    INTEGER PRIMARY KEY CHECK (id = 0),
+    files INTEGER NOT NULL,
+    blobs INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS modules (
+    module    TEXT PRIMARY KEY,
+    files     INTEGER NOT NULL,
+    versions  INTEGER NOT NULL,
+    bytes     INTEGER NOT NULL,
+    hits      INTEGER NOT NULL,
+    last_used REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS modules_top ON modules (hits DESC, bytes DESC, module);
+"""
+
+#: The running figures, recomputed from `entries` (an index from before them, or a
+#: check that they still add up): one full scan.
+RECOUNT = """
+DELETE FROM blobs;
+INSERT INTO blobs SELECT sha256, MAX(size), COUNT(*) FROM entries GROUP BY sha256;
+DELETE FROM modules;
+INSERT INTO modules SELECT module, COUNT(*), COUNT(DISTINCT version), SUM(size), SUM(hits),
+    MAX(COALESCE(last_access, fetched_at)) FROM entries GROUP BY module;
+INSERT OR REPLACE INTO totals VALUES (0, (SELECT COUNT(*) FROM entries), (SELECT COUNT(*) FROM blobs),
+    (SELECT COALESCE(SUM(size), 0) FROM blobs));
+"""
+
+#: Every change to `entries` keeps `blobs`, `totals` and `modules` in step. Rows are
+#: immutable but for hits, last access, checks and the unverified mark.
+TRIGGERS = """
+CREATE TRIGGER IF NOT EXISTS entries_added AFTER INSERT ON entries BEGIN
+    INSERT INTO blobs VALUES (new.sha256, new.size, 1) ON CONFLICT (sha256) DO UPDATE SET refs = refs + 1;
+    UPDATE totals SET files = files + 1;
+    INSERT INTO modules VALUES (new.module, 1, 1, new.size, new.hits, COALESCE(new.last_access, new.fetched_at))
+    ON CONFLICT (module) DO UPDATE SET
+        files = files + 1,
+        versions = versions + NOT EXISTS (
+            SELECT 1 FROM entries WHERE module = new.module AND version = new.version AND kind != new.kind),
+        bytes = bytes + new.size,
+        hits = hits + new.hits,
+        last_used = MAX(last_used, COALESCE(new.last_access, new.fetched_at));
+END;
+CREATE TRIGGER IF NOT EXISTS entries_removed AFTER DELETE ON entries BEGIN
+    UPDATE blobs SET refs = refs - 1 WHERE sha256 = old.sha256;
+    DELETE FROM blobs WHERE sha256 = old.sha256 AND refs <= 0;
+    UPDATE totals SET files = files - 1;
+    UPDATE modules SET
+        files = files - 1,
+        versions = versions - NOT EXISTS (SELECT 1 FROM entries WHERE module = old.module AND version = old.version),
+        bytes = bytes - old.size,
+        hits = hits - old.hits,
+        last_used = COALESCE(
+            (SELECT MAX(COALESCE(last_access, fetched_at)) FROM entries WHERE module = old.module), last_used)
+    WHERE module = old.module;
+    DELETE FROM modules WHERE module = old.module AND files <= 0;
+END;
+CREATE TRIGGER IF NOT EXISTS entries_used AFTER UPDATE OF hits, last_access ON entries BEGIN
+    UPDATE modules SET
+        hits = hits + new.hits - old.hits,
+        last_used = MAX(last_used, COALESCE(new.last_access, new.fetched_at))
+    WHERE module = new.module;
+END;
+CREATE TRIGGER IF NOT EXISTS blobs_added AFTER INSERT ON blobs BEGIN
+    UPDATE totals SET blobs = blobs + 1, bytes = bytes + new.size;
+END;
+CREATE TRIGGER IF NOT EXISTS blobs_removed AFTER DELETE ON blobs BEGIN
+    UPDATE totals SET blobs = blobs - 1, bytes = bytes - old.size;
+END;
 """
 
 
@@ -79,6 +159,17 @@ class MetaEntry:
     body: bytes
     source: str
     fetched_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """The store's running totals (kept by the triggers)."""
+
+    #: Index rows: versioned files.
+    files: int
+    #: Distinct blobs the rows refer to, and their bytes (each counted once).
+    blobs: int
+    bytes: int
 
 
 @dataclass(frozen=True, slots=True)

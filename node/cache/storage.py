@@ -11,7 +11,9 @@ should be what the site builds with. So:
   a write (the manager is a StoreObserver) and on the node's periodic tick. It
   removes whole blobs, i.e. every index row that references one, lowest `score`
   first, until the store is back under `LOW_WATER` of the cap (so that one more
-  write does not start another pass). Rows are deleted before their blob, so no
+  write does not start another pass). It reads the index a batch of blobs at a
+  time and keeps only the victims (at most `ROUND` a round): its memory does not
+  grow with the store. Rows are deleted before their blob, so no
   one is ever pointed at a missing file, and a blob is unlinked only when no row
   references it any more. Pinned modules are never candidates.
 * **Pins** are GOPRIVATE-style patterns (`rsc.io/*`, `corp.example.com`) kept in
@@ -34,9 +36,9 @@ The policy is in eviction.py, gc and verify in upkeep.py; the command line and t
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -47,9 +49,9 @@ from node.cache.eviction import (
     LOW_WATER,
     BlobCandidate,
     EvictReport,
+    VictimHeap,
     candidates,
     normalize_pattern,
-    plan_eviction,
 )
 from node.cache.index import Entry, Index
 from node.cache.protocol import Kind, ModRequest
@@ -60,6 +62,10 @@ from node.golang.patterns import match_prefix_patterns
 from node.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+#: Blobs read from the index per query, and the most victims one eviction round keeps.
+BATCH = 1000
+ROUND = 10_000
 
 # ---- the manager -------------------------------------------------------------------
 
@@ -182,16 +188,10 @@ class StorageManager:
 
     async def pins(self) -> list[dict[str, Any]]:
         """Every pin with what it currently holds in the store."""
-        by_module: dict[str, dict[str, int]] = defaultdict(dict)
-        for r in await self.index.usage():
-            by_module[r.module][r.sha256] = r.size
         out = []
         for pattern, created in await self.index.pins():
-            held: dict[str, int] = {}
-            for module, blobs in by_module.items():
-                if match_prefix_patterns(pattern, module):
-                    held.update(blobs)
-            out.append({"pattern": pattern, "created_at": created, "blobs": len(held), "bytes": sum(held.values())})
+            blobs, size = await self.index.pin_usage(pattern)
+            out.append({"pattern": pattern, "created_at": created, "blobs": blobs, "bytes": size})
         return out
 
     async def pin(self, pattern: str) -> bool:
@@ -208,58 +208,68 @@ class StorageManager:
 
     async def _pinned_matcher(self) -> Callable[[str], bool]:
         globs = self._pin_globs = ",".join(p for p, _ in await self.index.pins())
-        cache: dict[str, bool] = {}
 
+        @functools.lru_cache(maxsize=4096)
         def pinned(module: str) -> bool:
-            hit = cache.get(module)
-            if hit is None:
-                hit = cache[module] = bool(globs) and match_prefix_patterns(globs, module)
-            return hit
+            return bool(globs) and match_prefix_patterns(globs, module)
 
         return pinned
 
     # -- eviction ----------------------------------------------------------------
 
     async def usage(self) -> dict[str, Any]:
-        _, used = await self.index.totals()
-        return {"used": used, "max_size": self.max_size}
+        return {"used": (await self.index.totals()).bytes, "max_size": self.max_size}
 
     async def evict(self) -> EvictReport:
         """One pass: if over the cap, remove the lowest-scored unpinned blobs."""
         async with self._lock:
             started = time.time()  # file times are wall-clock, whatever self.clock is
             await self.index.flush_access()  # hits buffered in memory count too
-            rows = await self.index.usage()
-            blobs = candidates(rows, await self._pinned_matcher(), self.clock(), self.half_life)
-            used = sum(b.size for b in blobs)
-            self._used = used
+            used = self._used = (await self.index.totals()).bytes
             report = EvictReport(self.max_size, used, used)
             if self.max_size is None or used <= self.max_size:
                 return report
-            plan = plan_eviction(blobs, int(self.max_size * LOW_WATER))
-            freed = await self._remove(plan.victims, started)
-            report.evicted_blobs = len(plan.victims)
-            report.evicted_files = sum(len(b.files) for b in plan.victims)
-            report.evicted_bytes = freed
-            report.used_after = self._used = used - freed
+            target = int(self.max_size * LOW_WATER)
+            pinned = await self._pinned_matcher()
+            while used > target:
+                victims, more = await self._round(used - target, pinned)
+                if not victims:
+                    break
+                freed = await self._remove(victims, started)
+                report.evicted_blobs += len(victims)
+                report.evicted_files += sum(len(b.files) for b in victims)
+                report.evicted_bytes += freed
+                before, used = used, (await self.index.totals()).bytes
+                if not more or used >= before:
+                    break
+            report.used_after = self._used = used
             self._m_files.inc(report.evicted_files)
-            self._m_bytes.inc(freed)
-            if plan.used_after > self.max_size:
+            self._m_bytes.inc(report.evicted_bytes)
+            if used > self.max_size:
                 report.pinned_over_cap = self._saturated = True
                 log.warning(
-                    "pinned modules alone take %d bytes, over max_size %d: nothing else is kept",
-                    plan.used_after,
-                    self.max_size,
+                    "pinned modules alone take %d bytes, over max_size %d: nothing else is kept", used, self.max_size
                 )
             log.info(
                 "evicted %d files (%d bytes): store %d -> %d bytes of max %d",
                 report.evicted_files,
-                freed,
+                report.evicted_bytes,
+                report.used_before,
                 used,
-                report.used_after,
                 self.max_size,
             )
             return report
+
+    async def _round(self, need: int, pinned: Callable[[str], bool]) -> tuple[list[BlobCandidate], bool]:
+        """The lowest-scored blobs freeing `need` bytes, from one scan of the index a batch
+        at a time; and whether more rounds may be needed (the round hit its limit)."""
+        heap = VictimHeap(need, ROUND)
+        now = self.clock()
+        async for batch in self.index.blob_batches(BATCH):
+            rows = await self.index.usage_between(batch[0][0], batch[-1][0])
+            for blob in candidates(rows, pinned, now, self.half_life):
+                heap.offer(blob)
+        return heap.victims(), heap.truncated
 
     async def _remove(self, victims: Sequence[BlobCandidate], started: float) -> int:
         """Index rows first, then the blobs no row references any more; returns bytes freed."""
@@ -268,24 +278,12 @@ class StorageManager:
         for b in victims:
             for module, version, kind in b.files:
                 self.proxy.forget(ModRequest(module, version, cast(Kind, kind)).key, b.sha256)
-        freed = 0
-        for b in victims:
-            if await self._unlink_unreferenced(b.sha256, started):
-                freed += b.size
-        return freed
+        return await self._unlink_unreferenced([b.sha256 for b in victims], started)
 
-    async def _unlink_unreferenced(self, sha256: str, started: float) -> bool:
-        """Delete a blob no row references, unless it was (re)written after `started`:
-        a download of identical bytes may have just committed it and be about to
-        index it (rename updates ctime). gc collects it later if it stays unreferenced."""
-        if await self.index.is_referenced(sha256):
-            return False
-        path = self.store.path_for(sha256)
-        try:
-            st = path.stat()
-            if max(st.st_mtime, st.st_ctime) >= started:
-                return False
-            path.unlink()
-        except FileNotFoundError:
-            return False
-        return True
+    async def _unlink_unreferenced(self, shas: Sequence[str], started: float) -> int:
+        """Delete the blobs no row references, unless one was (re)written after `started`:
+        a download of identical bytes may have just committed it and be about to index
+        it. gc collects it later if it stays unreferenced. Returns the bytes freed."""
+        referenced = await self.index.referenced(shas)
+        gone = [s for s in shas if s not in referenced]
+        return await asyncio.to_thread(self.store.delete_unless_newer, gone, started) if gone else 0

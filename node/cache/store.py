@@ -25,9 +25,10 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from node.errors import StorageFull
 
@@ -72,6 +73,16 @@ class StoreStatus:
         if r is None:
             return {"caching": True}
         return {"caching": False, "reason": r.cause, "since": r.since, "first": r.first, "files_passed": r.files}
+
+
+@dataclass(frozen=True, slots=True)
+class BlobStat:
+    """A blob found in the store: its name (sha256, unless it is debris), size, and when
+    it was written."""
+
+    sha256: str
+    size: int
+    written: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,8 +165,17 @@ class BlobStore:
     def path_for(self, sha256: str) -> Path:
         return self.blob_dir / sha256[:2] / sha256
 
+    def file_name(self, sha256: str) -> str:
+        """path_for as a str, for code that names many blobs: pathlib interns each part
+        of a Path, and the interpreter's table of interned strings only grows."""
+        return os.path.join(self.blob_dir, sha256[:2], sha256)
+
     def has(self, sha256: str) -> bool:
-        return self.path_for(sha256).is_file()
+        return os.path.isfile(self.file_name(sha256))
+
+    def open_blob(self, sha256: str) -> BinaryIO:
+        """The blob's bytes as a seekable binary file; FileNotFoundError if it is not here."""
+        return open(self.path_for(sha256), "rb")
 
     def writer(self) -> BlobWriter:
         return BlobWriter(self)
@@ -174,6 +194,58 @@ class BlobStore:
             self.path_for(sha256).unlink()
         except FileNotFoundError:
             pass
+
+    # ---- many blobs at once (gc, verify, eviction, rebuild: in a thread) ----------
+
+    def sizes(self, shas: Iterable[str]) -> dict[str, int]:
+        """The size of each of `shas` the store holds."""
+        out: dict[str, int] = {}
+        for sha in shas:
+            try:
+                out[sha] = os.stat(self.path_for(sha)).st_size
+            except OSError:
+                continue
+        return out
+
+    def delete_unless_newer(self, shas: Iterable[str], since: float, renamed: bool = True) -> int:
+        """Delete these blobs, except any written at or after `since` (or, with `renamed`,
+        committed again since: a download of the same bytes may be about to index it;
+        rename updates ctime). Returns the bytes freed."""
+        freed = 0
+        for sha in shas:
+            path = self.path_for(sha)
+            try:
+                st = path.stat()
+                if (max(st.st_mtime, st.st_ctime) if renamed else st.st_mtime) >= since:
+                    continue
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            freed += st.st_size
+        return freed
+
+    def batches(self, size: int = 1000) -> Iterator[list[BlobStat]]:
+        """Every blob in the store (whatever the index says), `size` at a time."""
+        batch: list[BlobStat] = []
+        if not self.blob_dir.is_dir():
+            return
+        for sub in sorted(self.blob_dir.iterdir()):
+            if not sub.is_dir():
+                continue
+            with os.scandir(sub) as it:
+                for d in it:
+                    try:
+                        if not d.is_file():
+                            continue
+                        st = d.stat()
+                    except FileNotFoundError:
+                        continue
+                    batch.append(BlobStat(d.name, st.st_size, st.st_mtime))
+                    if len(batch) >= size:
+                        yield batch
+                        batch = []
+        if batch:
+            yield batch
 
 
 class BlobWriter:

@@ -1,6 +1,7 @@
 """Keeping a store honest: gc (what no index row explains) and verify (re-hash every
 blob, repair what is bad by fetching it again). StorageManager runs them under its
-deletion lock."""
+deletion lock. Both walk the index and the store a batch at a time, so their memory
+does not grow with the store (tests/test_scale.py measures it)."""
 
 from __future__ import annotations
 
@@ -9,21 +10,18 @@ import dataclasses
 import hashlib
 import logging
 import math
-import os
 import time
-from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, cast
+from typing import Any, BinaryIO, cast
 
 from prometheus_client import Counter
 
 from node.cache.eviction import EvictReport
-from node.cache.index import Entry, Index, Usage
+from node.cache.index import Entry, Index
 from node.cache.protocol import Kind, ModRequest
 from node.cache.proxy import ModuleProxy
-from node.cache.store import BlobStore
+from node.cache.store import BlobStat, BlobStore
 from node.errors import ModmeshError
 from node.golang import dirhash, modzip
 
@@ -32,6 +30,10 @@ log = logging.getLogger(__name__)
 #: Orphan blobs and temp files younger than this are left alone: a running node
 #: may be about to index them or still be writing them.
 GRACE = 15 * 60.0
+#: Blobs per batch read from the index and the store; verify's batches are smaller
+#: (their bytes are hashed in one thread call).
+BATCH = 1000
+VERIFY_BATCH = 256
 
 
 @dataclass
@@ -69,6 +71,8 @@ class VerifyReport:
     problems: list[Problem] = field(default_factory=list)
     orphans_checked: int = 0
     orphans_corrupt: int = 0
+    #: The index's running totals had drifted from its rows and were counted again.
+    totals_recounted: bool = False
 
     @property
     def failed(self) -> list[Problem]:
@@ -91,7 +95,7 @@ class Upkeep:
         proxy: ModuleProxy,
         lock: asyncio.Lock,
         evict: Callable[[], Awaitable[EvictReport]],
-        unlink_unreferenced: Callable[[str, float], Awaitable[bool]],
+        unlink_unreferenced: Callable[[Sequence[str], float], Awaitable[int]],
         corrupt: Counter,
         clock: Callable[[], float],
     ) -> None:
@@ -105,39 +109,34 @@ class Upkeep:
         self.clock = clock
 
     async def gc(self, grace: float = GRACE) -> GcReport:
-        """Remove what nothing refers to (see the module docstring), then enforce the cap."""
+        """Remove what nothing refers to (see the module docstring), then enforce the cap.
+        The index and the store are read a batch at a time."""
         report = GcReport()
         async with self.lock:
             now = time.time()  # compared with file times
-            referenced: dict[str, list[Usage]] = defaultdict(list)
-            for r in await self.index.usage():
-                referenced[r.sha256].append(r)
-            dangling = [
-                (r.module, r.version, r.kind)
-                for sha, rs in referenced.items()
-                if not self.store.path_for(sha).is_file()
-                for r in rs
-            ]
-            if dangling:
+            async for batch in self.index.blob_batches(BATCH):
+                shas = [sha for sha, _ in batch]
+                present = await asyncio.to_thread(self.store.sizes, shas)
+                gone = [sha for sha in shas if sha not in present]
+                if not gone:
+                    continue
+                dangling = await self.index.keys_of(gone)
                 await self.index.delete_entries(dangling)
                 for m, v, k in dangling:
                     self.proxy.forget(ModRequest(m, v, cast(Kind, k)).key)
-            report.dangling_rows = len(dangling)
-            for path in iter_blobs(self.store):
-                if path.name in referenced:
-                    continue
-                try:
-                    st = path.stat()
-                except FileNotFoundError:
-                    continue
-                if st.st_mtime > now - grace:
-                    report.young_orphans += 1
-                    continue
-                if await self.index.is_referenced(path.name):  # indexed meanwhile
-                    continue
-                path.unlink(missing_ok=True)
-                report.orphan_blobs += 1
-                report.orphan_bytes += st.st_size
+                report.dangling_rows += len(dangling)
+            blobs = self.store.batches(BATCH)
+            while on_disk := await asyncio.to_thread(_next, blobs):
+                referenced = await self.index.referenced([b.sha256 for b in on_disk])
+                orphans = [b for b in on_disk if b.sha256 not in referenced]
+                old = [b for b in orphans if b.written <= now - grace]
+                report.young_orphans += len(orphans) - len(old)
+                if old:
+                    freed = await asyncio.to_thread(
+                        self.store.delete_unless_newer, [b.sha256 for b in old], now - grace, False
+                    )
+                    report.orphan_blobs += len(old)
+                    report.orphan_bytes += freed
             for path in list(self.store.tmp_root.rglob("*")):
                 try:
                     st = path.stat()
@@ -158,39 +157,40 @@ class Upkeep:
 
         The scan takes no lock (hashing a big store takes long, and eviction must go
         on meanwhile); what it found is checked again under the lock, so a file
-        evicted during the scan is neither reported missing nor fetched back.
+        evicted during the scan is neither reported missing nor fetched back. It reads
+        the index and the store a batch at a time: memory holds one batch and the
+        problems found, whatever the size of the store.
         """
         report = VerifyReport()
-        by_sha: dict[str, list[Entry]] = defaultdict(list)
-        serial = 0
-        while batch := await self.index.changes_since(serial, 5000):
-            for e in batch:
-                by_sha[e.sha256].append(e)
-            serial = batch[-1].serial
-        report.files = sum(len(v) for v in by_sha.values())
         found: list[tuple[Problem, Entry, bool]] = []  # (problem, row, are the bytes bad?)
-        for sha, rows in by_sha.items():
-            path = self.store.path_for(sha)
-            reason, size = await _check_blob(path, sha)
-            report.blobs += 1
-            report.bytes += size
-            self.proxy.metrics.blobs_checked.labels("verify").inc()
-            if reason is not None:  # the bytes are wrong, so wrong for every row
-                found += [(_problem(e, reason), e, True) for e in rows]
-                continue
-            await self.index.mark_checked(sha, self.clock())
-            for e in rows:  # the bytes are whole; does the row describe them?
-                why = await _check_row(path, e, size)
-                if why is not None:
-                    found.append((_problem(e, why), e, False))
-        for path in iter_blobs(self.store):
-            if path.name in by_sha:
-                continue
-            report.orphans_checked += 1
-            reason, _ = await _check_blob(path, path.name)
-            if reason is not None:  # blobs appear whole (rename): this one rotted; nothing refers to it
-                report.orphans_corrupt += 1
-                path.unlink(missing_ok=True)
+        async for batch in self.index.blob_batches(VERIFY_BATCH):
+            rows = await self.index.entries_between(batch[0][0], batch[-1][0])
+            checked = await asyncio.to_thread(_check_batch, self.store, batch, rows)
+            good: list[str] = []
+            for sha, (reason, size, row_problems) in checked.items():
+                report.blobs += 1
+                report.bytes += size
+                self.proxy.metrics.blobs_checked.labels("verify").inc()
+                mine = [e for e in rows if e.sha256 == sha]
+                if reason is not None:  # the bytes are wrong, so wrong for every row
+                    found += [(_problem(e, reason), e, True) for e in mine]
+                    continue
+                good.append(sha)
+                found += [(_problem(e, why), e, False) for e, why in row_problems]
+            report.files += len(rows)
+            await self.index.mark_checked_many(good, self.clock())
+        blobs = self.store.batches(VERIFY_BATCH)
+        while on_disk := await asyncio.to_thread(_next, blobs):
+            referenced = await self.index.referenced([b.sha256 for b in on_disk])
+            orphans = [(b.sha256, b.size) for b in on_disk if b.sha256 not in referenced]
+            report.orphans_checked += len(orphans)
+            checked = await asyncio.to_thread(_check_batch, self.store, orphans, [])
+            # Blobs appear whole (rename): one that does not hash to its name rotted; nothing refers to it.
+            corrupt = [sha for sha, (reason, _, _) in checked.items() if reason is not None]
+            report.orphans_corrupt += len(corrupt)
+            if corrupt:
+                await asyncio.to_thread(self.store.delete_unless_newer, corrupt, math.inf)
+        report.totals_recounted = await self.index.recount()
         async with self.lock:
             found = [f for f in found if await self._still_indexed(f[1])]
             report.problems = [p for p, _, _ in found]
@@ -213,7 +213,7 @@ class Upkeep:
             await self.index.delete_entries([(e.module, e.version, e.kind) for e in rows])
             for e in rows:
                 self.proxy.forget(ModRequest(e.module, e.version, cast(Kind, e.kind)).key, e.sha256)
-                await self.unlink_unreferenced(e.sha256, math.inf)
+            await self.unlink_unreferenced(sorted({e.sha256 for e in rows}), math.inf)
         for p, e, _ in found:
             await self._refetch(p, e)
         return report
@@ -242,48 +242,59 @@ class Upkeep:
         log.info("verify: repaired %s from %s", req.key, entry.source)
 
 
-def iter_blobs(store: BlobStore) -> Iterator[Path]:
-    """Every file under blobs/<aa>/ (whatever its name)."""
-    if not store.blob_dir.is_dir():
-        return
-    for sub in store.blob_dir.iterdir():
-        if sub.is_dir():
-            yield from (p for p in sub.iterdir() if p.is_file())
-
-
 def _problem(e: Entry, reason: str) -> Problem:
     return Problem(e.module, e.version, e.kind, e.sha256, reason)
 
 
-async def _check_blob(path: Path, sha256: str) -> tuple[str | None, int]:
-    """(None, size) for a whole blob, else (reason, bytes read)."""
+def _check_batch(
+    store: BlobStore, blobs: Sequence[tuple[str, int]], rows: Sequence[Entry]
+) -> dict[str, tuple[str | None, int, list[tuple[Entry, str]]]]:
+    """In a thread: sha256 -> (why its bytes are bad or None, bytes read, the rows that
+    do not describe the sound bytes, with why)."""
+    out: dict[str, tuple[str | None, int, list[tuple[Entry, str]]]] = {}
+    for sha, _ in blobs:
+        try:
+            with store.open_blob(sha) as f:
+                got, size = _digest(f)
+        except FileNotFoundError:
+            out[sha] = ("missing", 0, [])
+            continue
+        except OSError as err:
+            out[sha] = (f"unreadable: {err.strerror or err}", 0, [])
+            continue
+        if got != sha:
+            out[sha] = (f"sha256 mismatch: the bytes on disk hash to {got}", size, [])
+            continue
+        problems: list[tuple[Entry, str]] = []
+        for e in rows:
+            if e.sha256 == sha and (why := _check_row(store, e, size)) is not None:
+                problems.append((e, why))
+        out[sha] = (None, size, problems)
+    return out
 
-    def digest() -> tuple[str, int]:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest(), os.fstat(f.fileno()).st_size
 
-    try:
-        got, size = await asyncio.to_thread(digest)
-    except FileNotFoundError:
-        return "missing", 0
-    except OSError as e:
-        return f"unreadable: {e.strerror}", 0
-    if got != sha256:
-        return f"sha256 mismatch: the bytes on disk hash to {got}", size
-    return None, size
+def _digest(f: BinaryIO) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    while chunk := f.read(1 << 20):
+        h.update(chunk)
+        size += len(chunk)
+    return h.hexdigest(), size
 
 
-async def _check_row(path: Path, e: Entry, size: int) -> str | None:
+def _next(it: Iterator[list[BlobStat]]) -> list[BlobStat]:
+    return next(it, [])
+
+
+def _check_row(store: BlobStore, e: Entry, size: int) -> str | None:
     """The row's size and h1 against a blob already known to match its name."""
     if e.size != size:
         return f"size mismatch: index says {e.size}, blob has {size}"
     if e.h1 is None or e.kind == "info":
         return None
     try:
-        if e.kind == "zip":
-            h1 = await asyncio.to_thread(modzip.h1_zip, path)
-        else:
-            h1 = dirhash.h1_gomod(await asyncio.to_thread(path.read_bytes))
+        with store.open_blob(e.sha256) as f:
+            h1 = modzip.h1_zip_file(f) if e.kind == "zip" else dirhash.h1_gomod(f.read())
     except (OSError, ValueError) as err:
         return f"h1 unreadable: {err}"
     return None if h1 == e.h1 else f"h1 mismatch: index says {e.h1}, blob hashes to {h1}"

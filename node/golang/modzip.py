@@ -304,13 +304,18 @@ def h1_zip(path: str | os.PathLike[str]) -> str:
     MAX_ZIP_FILE limits, so overlapping entries cannot make the work unbounded.
     """
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        _check_zip_size(size)
-        entries, dir_end = _read_directory(f, size)
-        if sum(e.usize for e in entries) > MAX_ZIP_FILE:
-            raise ZipError(_TOTAL_TOO_LARGE)
-        last = {e.name: e for e in entries}  # Go looks names up in a map: the last one wins
-        digest = {name: _entry_sha256(f, e, dir_end) for name, e in last.items()}
+        return h1_zip_file(f)
+
+
+def h1_zip_file(f: IO[bytes]) -> str:
+    """h1_zip of an open, seekable binary file (a blob may live in a file or in memory)."""
+    size = f.seek(0, os.SEEK_END)
+    _check_zip_size(size)
+    entries, dir_end = _read_directory(f, size)
+    if sum(e.usize for e in entries) > MAX_ZIP_FILE:
+        raise ZipError(_TOTAL_TOO_LARGE)
+    last = {e.name: e for e in entries}  # Go looks names up in a map: the last one wins
+    digest = {name: _entry_sha256(f, e, dir_end) for name, e in last.items()}
     return h1_from_digests((e.name, digest[e.name]) for e in entries)
 
 

@@ -121,10 +121,11 @@ class ErrorLog(logging.Handler):
 
 async def top_modules(db: aiosqlite.Connection, limit: int = TOP_MODULES) -> list[dict[str, Any]]:
     """Modules by cache hits, then by bytes held: what this site actually builds with."""
+    # The per-module figures are kept by the index's triggers (node/cache/rows.py) and
+    # ordered by an index: this reads `limit` rows, whatever the size of the store.
     async with db.execute(
-        "SELECT module, SUM(hits), COUNT(DISTINCT version), COUNT(*), SUM(size),"
-        " MAX(COALESCE(last_access, fetched_at))"
-        " FROM entries GROUP BY module ORDER BY SUM(hits) DESC, SUM(size) DESC, module LIMIT ?",
+        "SELECT module, hits, versions, files, bytes, last_used FROM modules"
+        " ORDER BY hits DESC, bytes DESC, module LIMIT ?",
         (limit,),
     ) as cur:
         rows = await cur.fetchall()
@@ -180,9 +181,9 @@ class Dashboard:
                 log.exception("dashboard sample failed")
 
     async def _sample(self) -> Sample:
-        blobs, size = await self.node.index.totals()
+        totals = await self.node.index.totals()
         by_cache = requests_by_cache(collected(self.node.metrics.requests, "_total"))
-        return Sample(time.time(), by_cache, size, blobs)
+        return Sample(time.time(), by_cache, totals.bytes, totals.files)
 
     # --- handlers ---------------------------------------------------------------
 

@@ -2,8 +2,14 @@
 (`GOMODCACHE/cache/download/sumdb/<db>/`), so it can be exported as-is:
 
     <data>/sumdb/<db>/latest                  newest verified signed tree head
-    <data>/sumdb/<db>/lookup/<m>@<v>           lookup replies, byte for byte
+    <data>/sumdb/<db>/lookups.sqlite           lookup replies, byte for byte
     <data>/sumdb/<db>/tile/8/<L>/<NNN>[.p/<W>] hash tiles (and data tiles)
+
+Lookups are one small reply per module version, so they are packed in one SQLite
+database rather than kept a file each (a 4 KiB block and an fsync per version);
+a cache from before, `lookup/<m>@<v>` files, is moved into it when it is opened.
+The database is in WAL mode with synchronous=NORMAL: a power cut may lose the last
+lookups written (they are fetched again), never damage the others.
 
 Only verified bytes are written here. A hash tile at a position is kept at the
 widest width seen; any narrower `.p/W` request is its prefix (the hashes at a
@@ -12,10 +18,14 @@ position never change, so slicing is not making anything up).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import secrets
+import shutil
+import sqlite3
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -34,9 +44,12 @@ class SumDBStore:
         #: (level, index) -> widest width cached, for hash tiles.
         self._widths: dict[tuple[int, int], int] = {}
         self._full = False  # the last write found the disk full (warned once)
+        self._db: sqlite3.Connection | None = None
+        self._db_lock = threading.Lock()  # one connection, used from the loop's worker threads
 
     def open(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        self._pack_lookup_files()
         tiles = self.root / "tile" / str(self.height)
         if not tiles.is_dir():
             return
@@ -91,27 +104,102 @@ class SumDBStore:
 
     # ---- lookups ---------------------------------------------------------
 
-    def _lookup_path(self, module: str, version: str) -> Path:
-        return self.root / "lookup" / f"{modpath.escape_path(module)}@{modpath.escape_version(version)}"
+    def _lookups_db(self) -> sqlite3.Connection:
+        if self._db is None:
+            db = sqlite3.connect(self.root / "lookups.sqlite", timeout=10.0, check_same_thread=False)
+            try:
+                db.execute("PRAGMA journal_mode = WAL")
+                db.execute("PRAGMA synchronous = NORMAL")
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS lookups (module TEXT NOT NULL, version TEXT NOT NULL,"
+                    " reply BLOB NOT NULL, PRIMARY KEY (module, version)) WITHOUT ROWID"
+                )
+            except sqlite3.Error:
+                db.close()
+                raise
+            self._db = db
+        return self._db
+
+    def close(self) -> None:
+        with self._db_lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     def lookup(self, module: str, version: str) -> bytes | None:
-        return self._read(self._lookup_path(module, version))
+        """The cached reply; None if there is none, or the pack cannot be read (a full
+        disk kept it from being created: the caller fetches the reply)."""
+        try:
+            with self._db_lock:
+                row = (
+                    self._lookups_db()
+                    .execute("SELECT reply FROM lookups WHERE module = ? AND version = ?", (module, version))
+                    .fetchone()
+                )
+        except sqlite3.OperationalError as e:
+            if not self._full:
+                log.warning("checksum database cache %s cannot be read: %s", self.root, e)
+            self._full = True
+            return None
+        return bytes(row[0]) if row is not None else None
 
-    def put_lookup(self, module: str, version: str, reply: bytes) -> None:
-        self._write(self._lookup_path(module, version), reply)
+    def put_lookup(self, module: str, version: str, reply: bytes) -> bool:
+        """Store a verified reply; False if the disk is full (warned once)."""
+        return self._put_lookups([(module, version, reply)])
+
+    def _put_lookups(self, rows: list[tuple[str, str, bytes]]) -> bool:
+        try:
+            with self._db_lock:
+                db = self._lookups_db()
+                with db:
+                    db.executemany("INSERT OR REPLACE INTO lookups VALUES (?, ?, ?)", rows)
+        except sqlite3.OperationalError as e:
+            if getattr(e, "sqlite_errorcode", 0) & 0xFF not in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
+                raise
+            if not self._full:
+                log.warning("checksum database cache %s not written: %s", self.root, e)
+            self._full = True
+            return False
+        self._full = False
+        return True
 
     def lookups(self) -> Iterator[tuple[str, str, bytes]]:
+        after = ("", "")
+        while True:
+            with self._db_lock:
+                page = (
+                    self._lookups_db()
+                    .execute(
+                        "SELECT module, version, reply FROM lookups WHERE (module, version) > (?, ?)"
+                        " ORDER BY module, version LIMIT 500",
+                        after,
+                    )
+                    .fetchall()
+                )
+            if not page:
+                return
+            for module, version, reply in page:
+                yield module, version, bytes(reply)
+            after = (page[-1][0], page[-1][1])
+
+    def _pack_lookup_files(self) -> None:
+        """Move a cache's `lookup/<m>@<v>` files (from before the pack) into the pack."""
         base = self.root / "lookup"
         if not base.is_dir():
             return
+        rows: list[tuple[str, str, bytes]] = []
+        moved = 0
         for p in base.rglob("*@*"):
-            if not p.is_file():
-                continue
             esc_m, _, esc_v = p.relative_to(base).as_posix().rpartition("@")
-            try:
-                yield modpath.unescape_path(esc_m), modpath.unescape_version(esc_v), p.read_bytes()
-            except (ValueError, OSError):
-                continue
+            with contextlib.suppress(ValueError, OSError):
+                rows.append((modpath.unescape_path(esc_m), modpath.unescape_version(esc_v), p.read_bytes()))
+            if len(rows) >= 500:
+                moved += len(rows) if self._put_lookups(rows) else 0
+                rows = []
+        if (self._put_lookups(rows) if rows else True) and not self._full:
+            moved += len(rows)
+            shutil.rmtree(base, ignore_errors=True)
+            log.info("checksum database cache %s: %d lookup files packed into lookups.sqlite", self.root, moved)
 
     # ---- tiles -----------------------------------------------------------
 

@@ -122,6 +122,7 @@ class SumDB:
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.store.close()
 
     async def idle(self) -> None:
         """Wait until no background work (prefetches, tile upgrades) is running."""
@@ -308,7 +309,7 @@ class SumDB:
 
     async def lookup(self, module: str, version: str) -> tuple[bytes, str]:
         """The verified lookup reply for module@version and whether it was cached."""
-        cached = self.store.lookup(module, version)
+        cached = await asyncio.to_thread(self.store.lookup, module, version)  # off the loop
         if cached is not None:
             return cached, "hit"
         path = f"lookup/{modpath.escape_path(module)}@{modpath.escape_version(version)}"
@@ -333,7 +334,7 @@ class SumDB:
             raise SumDBError(f"checksum database {self.name}: record for {module}@{version} is not the one in its log")
         if "zip" not in record_hashes(text, module, version):
             raise SumDBError(f"checksum database {self.name}: record {rid} is not for {module}@{version}")
-        self.store.put_lookup(module, version, reply)
+        await asyncio.to_thread(self.store.put_lookup, module, version, reply)
         self.spawn(self.cover(tree, rid), f"caching tiles for {module}@{version}")
         return reply, "miss"
 
@@ -368,7 +369,7 @@ class SumDB:
     # ---- tiles for clients -----------------------------------------------
 
     async def tile(self, tile: Tile) -> tuple[bytes, str]:
-        cached = self.store.tile(tile)
+        cached = await asyncio.to_thread(self.store.tile, tile)
         if cached is not None:
             return cached, "hit"
         if tile.h != HEIGHT:

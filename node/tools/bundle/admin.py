@@ -19,7 +19,7 @@ from aiohttp import web
 
 from node.errors import InvalidRequest
 from node.server.streaming import ClientSink, ClientStalled, abort_connection
-from node.tools.bundle.export import plan_export, write_bundle
+from node.tools.bundle.export import ExportPlan, plan_export, write_bundle
 from node.tools.bundle.format import BundleError
 from node.tools.bundle.importing import import_stream
 from node.tools.bundle.selection import Selection, SelectionError, parse_since
@@ -75,6 +75,13 @@ def admin_routes(node: Node) -> list[web.RouteDef]:
 
 async def _send_bundle(request: web.Request, node: Node, sel: Selection) -> web.StreamResponse:
     plan = await plan_export(node, sel)
+    try:
+        return await _stream(request, node, plan)
+    finally:
+        plan.close()
+
+
+async def _stream(request: web.Request, node: Node, plan: ExportPlan) -> web.StreamResponse:
     resp = web.StreamResponse(
         headers={
             "Content-Type": CONTENT_TYPE,

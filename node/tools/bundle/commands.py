@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from node.cache.upstream import redact
-from node.tools.bundle.format import BundleError, Manifest
+from node.tools.bundle.export import ExportSummary
+from node.tools.bundle.format import BundleError
 from node.tools.bundle.importing import Report
 from node.tools.bundle.selection import Selection, SelectionError, parse_gosum, parse_since
 from node.tools.bundle.sources import SourceError
@@ -199,11 +200,12 @@ async def export_main(args: argparse.Namespace) -> int:
                 await output.write(data)
                 progress.update(task, advance=len(data))
 
-            manifest: Manifest | None
+            summary: ExportSummary | None
             if cfg is not None:
-                manifest = await export_local(cfg, sel, sink, lambda n: progress.update(task, total=n))
+                summary = await export_local(cfg, sel, sink, lambda n: progress.update(task, total=n))
             else:
                 manifest = await export_remote(where, token, body, sink, lambda n: progress.update(task, total=n))
+                summary = ExportSummary.of(manifest) if manifest is not None else None
         ok = True
     except (BundleError, RemoteError, OSError) as e:
         err.print(f"modmesh export: {e}", markup=False, highlight=False)
@@ -211,31 +213,28 @@ async def export_main(args: argparse.Namespace) -> int:
     finally:
         output.close(ok)
     if not args.quiet:
-        _print_export_summary(err, manifest, redact(where), args.output)
+        _print_export_summary(err, summary, redact(where), args.output)
     return 0
 
 
-def _print_export_summary(err: Console, manifest: Manifest | None, where: str, output: str) -> None:
-    if manifest is None:
+def _print_export_summary(err: Console, summary: ExportSummary | None, where: str, output: str) -> None:
+    if summary is None:
         err.print(f"exported from {where} to {output}", markup=False, highlight=False)
         return
-    counts: dict[str, int] = {}
-    for e in manifest.entries:
-        counts[e.kind] = counts.get(e.kind, 0) + 1
-    size = sum(e.size for e in manifest.entries)
+    counts, size = summary.counts, summary.bytes
     kinds = ", ".join(f"{counts[k]} {k}" for k in ("zip", "mod", "info", "list", "latest") if counts.get(k))
     dbs = ", ".join(
         f"{d.get('name')} (tree {d.get('tree_size')}: {counts.get('sumdb-lookup', 0)} records, "
         f"{counts.get('sumdb-tile', 0)} tiles)"
-        for d in manifest.sumdb
+        for d in summary.sumdb
     )
     err.print(
-        f"exported {len(manifest.entries)} entries ({_size(size)}) from {where} to {output}: "
+        f"exported {summary.entries} entries ({_size(size)}) from {where} to {output}: "
         f"{kinds or 'no module files'}" + (f"; checksum database {dbs}" if dbs else ""),
         markup=False,
         highlight=False,
     )
-    for w in manifest.warnings:
+    for w in summary.warnings:
         err.print(f"warning: {w}", style="yellow", markup=False, highlight=False)
 
 

@@ -24,7 +24,7 @@ import aiohttp
 from node.cache.upstream import redact
 from node.config import Config
 from node.tools._http import admin_session, first_line
-from node.tools.bundle.export import ExportPlan, plan_export, write_bundle
+from node.tools.bundle.export import ExportPlan, ExportSummary, plan_export, write_bundle
 from node.tools.bundle.format import Manifest
 from node.tools.bundle.importing import Report, import_members, import_stream
 from node.tools.bundle.selection import Selection
@@ -50,12 +50,15 @@ class Meter(Protocol):
 # ---- export ------------------------------------------------------------------------
 
 
-async def export_local(cfg: Config, sel: Selection, sink: Sink, total: Callable[[int], None]) -> Manifest:
+async def export_local(cfg: Config, sel: Selection, sink: Sink, total: Callable[[int], None]) -> ExportSummary:
     async with local_node(dataclasses.replace(cfg, offline=True)) as node:
         plan: ExportPlan = await plan_export(node, sel)
-        total(plan.tar_size())
-        await write_bundle(plan, sink)
-        return plan.manifest
+        try:
+            total(plan.tar_size())
+            await write_bundle(plan, sink)
+            return plan.summary
+        finally:
+            plan.close()
 
 
 async def export_remote(

@@ -88,7 +88,7 @@ def request_counts(node: Node) -> tuple[int, int]:
 async def local_checks(node: Node) -> list[Check]:
     st = os.statvfs(node.config.data)
     out = disk_checks(node.config.data, st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize, st.f_favail, st.f_files)
-    count, size = await node.index.totals()
+    totals = await node.index.totals()
     store = node.health()["store"]
     quarantine = quarantine_check(node.proxy.integrity.quarantine_dir)
     return [
@@ -99,7 +99,7 @@ async def local_checks(node: Node) -> list[Check]:
         scrub_check(store["scrub"]),
         *([quarantine] if quarantine else []),
         unverified_check(node.reverifier.pending),
-        cache_check(count, size, *request_counts(node)),
+        cache_check(totals.files, totals.bytes, *request_counts(node)),
     ]
 
 
