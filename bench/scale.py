@@ -129,12 +129,17 @@ def _serve(ctx: Ctx, n: int, data: Path, point: Point) -> None:
 
 
 def _idle(ctx: Ctx, srv: Server) -> tuple[float, float]:
-    time.sleep(2.0)  # past the first stats tick and the listener's own start
+    """% of a core the node used with no requests; measured again when others were busy."""
+    time.sleep(2.0)  # let the start's own work settle
     seconds = 10.0 if ctx.settings.quick else 25.0
-    c0, t0 = srv.cpu(), time.monotonic()
-    with Foreign() as other:
-        time.sleep(seconds)
-    return (srv.cpu() - c0) / (time.monotonic() - t0) * 100, other.cores
+
+    def measure() -> tuple[float, float]:
+        c0, t0 = srv.cpu(), time.monotonic()
+        with Foreign() as other:
+            time.sleep(seconds)
+        return (srv.cpu() - c0) / (time.monotonic() - t0) * 100, other.cores
+
+    return ctx.gate.run(measure)
 
 
 def _first_pass(srv: Server, n: int) -> float:
@@ -175,19 +180,20 @@ def _hits(ctx: Ctx, srv: Server, n: int, kind: str) -> dict[str, Any]:
             raise RuntimeError(f"wrk saw errors on random .{kind} keys at {n:,} versions: {r.errors}")
         return {"rps": r.rps, "p99_ms": r.p99_ms, "requests": r.requests, "client_cpu": r.client_cpu / r.seconds}
 
-    once(s.warmup)
-    rounds = []
-    for _ in range(s.rounds):
+    def one_round() -> tuple[dict[str, Any], float]:
         cpu0 = srv.cpu()
         with Foreign() as other:
             r = once(s.seconds)
         r["server_cpu"] = (srv.cpu() - cpu0) / s.seconds
         r["other_cores"] = other.cores
-        rounds.append(r)
         ctx.log(
             f"    .{kind:4s} random keys: {r['rps']:9,.0f} req/s  p99 {r['p99_ms']:7.2f} ms  "
             f"server CPU {r['server_cpu']:4.0%}  client CPU {r['client_cpu']:4.0%}  other load {other.cores:.2f}"
         )
+        return r, other.cores
+
+    once(s.warmup)
+    rounds = [ctx.gate.run(one_round)[0] for _ in range(s.rounds)]
     return {
         "rps": statistics.median(r["rps"] for r in rounds),
         "p99_ms": statistics.median(r["p99_ms"] for r in rounds),
