@@ -1,6 +1,6 @@
 """The benchmarks. Each returns `Row`s; run_all.py sets up, prints and saves.
 
-Names (for --only): info, list, zip, corpus, cold, rss.
+Names (for --only): info, list, zip, corpus, cold, rss; heal is in heal.py, scale in scale.py.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from bench.report import Row
 from bench.servers import Server, start_node
 from tests.goenv import decode_stream
 
-NAMES = ("info", "list", "zip", "corpus", "heal", "cold", "rss")
+NAMES = ("info", "list", "zip", "corpus", "heal", "cold", "rss", "scale")
 UPSTREAM_RATE = 800e6 / 8  # 800 Mbit/s in bytes per second
 
 

@@ -2,7 +2,7 @@
 
     make bench                       # or: .venv/bin/python bench/run_all.py
     .venv/bin/python bench/run_all.py --quick           # smaller and shorter: a smoke run
-    .venv/bin/python bench/run_all.py --only info,zip   # some of: info list zip corpus heal cold rss
+    .venv/bin/python bench/run_all.py --only info,zip   # some of: info list zip corpus heal cold rss scale
 
 Prints the machine, how processes were pinned, and one line per figure with its
 target and PASS/MISS; writes the same to bench/out/results.json. Installs nginx
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import cases, heal  # noqa: E402
+from bench import cases, heal, scale  # noqa: E402
 from bench.cases import NAMES, Ctx, Settings  # noqa: E402
 from bench.mirror import verify_static, warm_and_mirror  # noqa: E402
 from bench.procs import NOISE_CORES, Procs, QuietGate, ensure_packages, find_tool, isolate_network  # noqa: E402
@@ -44,6 +44,8 @@ from bench.servers import (  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 WARM = {"info", "list", "zip", "corpus", "heal"}
+#: Run only when named with --only: it alone takes longer than the rest together.
+OPT_IN = {"scale"}
 
 
 def log(msg: str) -> None:
@@ -57,15 +59,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         metavar="NAME[,NAME]",
         action="append",
-        help=f"run only these benches: {', '.join(NAMES)} (repeatable)",
+        help=f"run only these benches: {', '.join(NAMES)} (repeatable; without it, all but "
+        f"{', '.join(sorted(OPT_IN))})",
     )
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, trees)")
+    p.add_argument(
+        "--sizes",
+        metavar="N[,N]",
+        help="scale: cached versions per store (default "
+        f"{','.join(map(str, scale.SIZES))}; --quick {','.join(map(str, scale.QUICK_SIZES))})",
+    )
     args = p.parse_args(argv)
+    try:
+        args.sizes = scale.parse_sizes(args.sizes) if args.sizes else None
+    except ValueError as e:
+        p.error(str(e))
     only = {n.strip() for item in args.only or [] for n in item.split(",") if n.strip()}
     unknown = only - set(NAMES)
     if unknown:
         p.error(f"unknown bench {', '.join(sorted(unknown))}; choose from {', '.join(NAMES)}")
-    args.selected = [n for n in NAMES if not only or n in only]
+    args.selected = [n for n in NAMES if n in only or (not only and n not in OPT_IN)]
     return args
 
 
@@ -113,7 +126,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any], bool]:
     tools = {}
     if sel & WARM:
         tools["nginx"] = "nginx"
-    if sel & {"info", "list", "zip"}:
+    if sel & {"info", "list", "zip", "scale"}:
         tools["wrk"] = "wrk"
     ensure_packages(tools)  # the only step that needs the network
     network = isolate_network()
@@ -237,6 +250,10 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any], bool]:
             if not settings.quick:
                 unlimited = start_big_upstream(procs, workdir, "big-upstream-unlimited", bigs, 0)
             attempt("rss", cases.bench_rss, ctx, unlimited)
+        if "scale" in sel:
+            sizes = args.sizes or (scale.QUICK_SIZES if settings.quick else scale.SIZES)
+            info["settings"]["scale_sizes"] = list(sizes)
+            attempt("scale", scale.bench_scale, ctx, sizes)
     finally:
         procs.stop_all()
         info["settings"]["remeasured_for_noise"] = gate.retried
