@@ -10,7 +10,7 @@ At each size, for the real node (`python -m node.cli serve`, pinned like the oth
 start-up (process start until /readyz answers), idle CPU, random-key `.info` and
 `.mod` hits (wrk cycling through random keys drawn from the whole store), RSS after
 that load; then, the node stopped, `modmesh export`, `gc` and `verify` on the data
-directory as subprocesses (wall time, peak RSS from wait4); and the disk the
+directory as subprocesses (wall time, peak RSS: VmHWM via bench/peak.py); and the disk the
 directory takes per cached byte. Each larger size is compared with the smallest.
 """
 
@@ -216,7 +216,19 @@ def _tool(ctx: Ctx, n: int, tool: str, data: Path) -> dict[str, Any]:
         "gc": ["gc", "--json"],
         "verify": ["verify", "--json"],
     }[tool]
-    argv = [sys.executable, "-m", "node.cli", *args, "--data", str(data), "--upstream", "off"]
+    peak_path = ctx.workdir / f"scale-{n}-{tool}.peak"
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.peak",
+        str(peak_path),
+        "node.cli",
+        *args,
+        "--data",
+        str(data),
+        "--upstream",
+        "off",
+    ]
     if ctx.server_cpus:
         argv = ["taskset", "-c", ",".join(map(str, ctx.server_cpus)), *argv]
     out_path = ctx.workdir / f"scale-{n}-{tool}.out"
@@ -232,12 +244,12 @@ def _tool(ctx: Ctx, n: int, tool: str, data: Path) -> dict[str, Any]:
             start_new_session=True,
             preexec_fn=_child_setup,
         )
-        status, usage = _wait(p, f"modmesh {tool}", TOOL_TIMEOUT)
+        status = _wait(p, f"modmesh {tool}", TOOL_TIMEOUT)
         seconds = time.perf_counter() - t0
     text = out_path.read_text(errors="replace")
     if status != 0:
         raise RuntimeError(f"modmesh {tool} exited with {status} at {n:,} versions:\n{text[-2000:]}")
-    result: dict[str, Any] = {"seconds": seconds, "peak_mb": usage.ru_maxrss * 1024 / 1e6}
+    result: dict[str, Any] = {"seconds": seconds, "peak_mb": int(peak_path.read_text()) * 1024 / 1e6}
     if tool == "export":
         result["bundle_mb"] = bundle.stat().st_size / 1e6
         bundle.unlink()
@@ -247,14 +259,13 @@ def _tool(ctx: Ctx, n: int, tool: str, data: Path) -> dict[str, Any]:
     return result
 
 
-def _wait(p: subprocess.Popen[bytes], what: str, timeout: float) -> tuple[int, Any]:
-    """(exit code, rusage of this child alone): ru_maxrss is its own peak RSS."""
+def _wait(p: subprocess.Popen[bytes], what: str, timeout: float) -> int:
+    """The exit code (the child's peak RSS is in its .peak file: bench/peak.py)."""
     deadline = time.monotonic() + timeout
     while True:
-        pid, status, usage = os.wait4(p.pid, os.WNOHANG)
-        if pid:
-            p.returncode = os.waitstatus_to_exitcode(status)
-            return p.returncode, usage
+        code = p.poll()
+        if code is not None:
+            return code
         if time.monotonic() > deadline:
             p.kill()
             p.wait(10)
