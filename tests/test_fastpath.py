@@ -364,3 +364,49 @@ async def test_over_tls_hits_come_back_to_the_fast_path(fake_proxy, make_node, t
     refused = await asyncio.wait_for(reader.read(), 5)  # a hang check, not a speed test
     writer.close()
     assert refused.split(b" ")[1] == b"400", refused[:200]
+
+
+async def _drop_from_memory(node, kinds: tuple[str, ...] = ("info", "mod")) -> None:  # type: ignore[no-untyped-def]
+    """As after a restart: the store holds the files, memory does not."""
+    for kind in kinds:
+        entry = await node.index.get(M, V, kind)
+        node.proxy.forget(f"{M}/@v/{V}.{kind}", entry.sha256)
+
+
+async def test_a_hit_memory_does_not_hold_is_read_off_the_loop_and_answered_here(warm) -> None:  # type: ignore[no-untyped-def]
+    """A cached .info/.mod not in memory is looked up and read in a thread and answered
+    by the fast path (not handed to aiohttp), counted as a hit, on one connection whose
+    pipelined requests keep their order around it."""
+    node, port = warm
+    await _drop_from_memory(node)
+    hits = node.metrics.requests.labels("info", "200", "hit")
+    before = hits._value.get()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    mod = f"/example.com/%21hello/@v/{V}.mod"
+    writer.write(get(INFO) + get("/example.com/nope/@v/list") + get(mod) + get("/healthz") + get(INFO))
+    answers = [await read_response(reader) for _ in range(5)]
+    writer.close()
+    assert [s for s, _, _ in answers] == [200, 404, 200, 200, 200]
+    assert [fast(h) for _, h, _ in answers] == [True, False, True, False, True]
+    assert answers[0][2] == answers[4][2] == FILES[0] and answers[2][2] == FILES[1]
+    assert answers[0][1]["x-modmesh-cache"] == "hit"
+    assert hits._value.get() == before + 2
+
+
+async def test_a_client_gone_while_its_hit_is_read_is_no_error(warm, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    node, port = warm
+    for _ in range(5):
+        await _drop_from_memory(node)
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get(INFO) + get(INFO))
+        writer.close()  # before the answers
+    await _drop_from_memory(node)
+    # Half-closed after the request: the answer still comes, then the connection closes.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(get(INFO))
+    writer.write_eof()
+    status, headers, body = await read_response(reader)
+    assert status == 200 and fast(headers) and body == FILES[0]
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]

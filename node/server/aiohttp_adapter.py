@@ -21,8 +21,8 @@ from aiohttp.web_protocol import RequestHandler
 
 from node.cache.proxy import ModuleProxy
 from node.server.accesslog import RequestRecorder
-from node.server.fastpath import Answer, FastConnection, Front
-from node.server.responses import fast_answer
+from node.server.fastpath import Answer, Answered, FastConnection, Front, Later
+from node.server.responses import fast_answer, later_answer
 
 
 def response_started(request: web.BaseRequest) -> bool:
@@ -56,13 +56,14 @@ class FastServer(web.Server):
         self,
         answer: Answer,
         *args: Any,
+        answer_later: Later | None = None,
         write_idle: float = 60.0,
         head_timeout: float = 60.0,
         on_head_timeout: Callable[[], None] = lambda: None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.front = Front(answer, self._handler, write_idle, head_timeout, on_head_timeout)
+        self.front = Front(answer, self._handler, write_idle, head_timeout, on_head_timeout, answer_later=answer_later)
         self._fast = self.front.live
 
     def __call__(self) -> Any:
@@ -108,6 +109,7 @@ class FastPathRunner(web.AppRunner):
         return FastServer(
             self.answer,
             self.app._handle,
+            answer_later=self.answer_later,
             request_factory=self.app._make_request,
             write_idle=self.write_idle,
             head_timeout=self.head_timeout,
@@ -115,5 +117,8 @@ class FastPathRunner(web.AppRunner):
             **self._kwargs,
         )
 
-    def answer(self, path: str, from_peer: bool) -> tuple[bytes, bytes, Callable[[float, str | None], None]] | None:
+    def answer(self, path: str, from_peer: bool) -> Answered | None:
         return fast_answer(self.proxy, self.recorder, path, from_peer)
+
+    async def answer_later(self, path: str, from_peer: bool) -> Answered | None:
+        return await later_answer(self.proxy, self.recorder, path, from_peer)

@@ -5,7 +5,10 @@ on keep-alive connections. Answering those from memory is a dictionary lookup, b
 aiohttp's per-request objects cost several times that. So every connection is a
 `FastConnection`, which reads each request head itself, by aiohttp's rules (http1.py):
 
-- a plain GET of an in-memory hit is answered right here;
+- a plain GET of an in-memory hit is answered right here; one of a small file the
+  store holds but memory does not is looked up and read off the event loop
+  (`Front.answer_later`) and answered here too, the connection's later requests
+  waiting in the buffer meanwhile;
 - any other well-formed request whose end is known (no body, or a Content-Length)
   is handed, head and body, to a fresh aiohttp protocol on the same transport. Once
   its answer is out and the connection stays open, that protocol is detached and the
@@ -25,24 +28,30 @@ is in aiohttp_adapter.py.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Protocol
 from urllib.parse import unquote
 
 from node.hooks import HOP_HEADER
-from node.server.http1 import MAX_HEAD, ReadDeadline, broken_line, read_head
+from node.server.http1 import MAX_HEAD, Head, ReadDeadline, broken_line, read_head
 
-__all__ = ["KEEPALIVE", "MAX_HEAD", "Answer", "Delegate", "FastConnection", "Front", "HttpDate"]
+__all__ = ["KEEPALIVE", "MAX_HEAD", "Answer", "Answered", "Delegate", "FastConnection", "Front", "HttpDate", "Later"]
 
 #: Seconds an idle keep-alive connection stays open (also given to aiohttp).
 KEEPALIVE = 75.0
 
-#: (path, from a peer?) -> (status line + headers without Date, body, log record) or None.
-Answer = Callable[[str, bool], "tuple[bytes, bytes, Callable[[float, str | None], None]] | None"]
+#: Status line + headers without Date, body, and how to log it.
+Answered = tuple[bytes, bytes, Callable[[float, str | None], None]]
+#: (path, from a peer?) -> the answer from memory, or None.
+Answer = Callable[[str, bool], Answered | None]
+#: (path, from a peer?) -> the answer from the store, or None (aiohttp answers: a miss,
+#: a large file, an error). Runs off the event loop's hot path; never raises.
+Later = Callable[[str, bool], Coroutine[object, object, Answered | None]]
 HOP = HOP_HEADER.lower()
 _TIMEOUT_BODY = b"request head not received in time\n\n"
 TIMEOUT_408 = (
@@ -93,6 +102,7 @@ class Front:
     head_timeout: float = 60.0
     on_head_timeout: Callable[[], None] = lambda: None
     date: HttpDate = field(default_factory=HttpDate)
+    answer_later: Later | None = None
     #: Connections on the fast path right now (between requests, by construction).
     live: set[FastConnection] = field(default_factory=set)
     #: The server is shutting down: connections aiohttp answers stay with it (it closes them).
@@ -118,6 +128,9 @@ class FastConnection(asyncio.Protocol):
         self._held = False  # reading paused here while aiohttp answers (pipelined bytes pile up)
         self._head_open = False  # raw: the head aiohttp got is not complete yet (its deadline runs)
         self._tail = b""
+        #: A request being answered from the store (`answer_later`); the client half-closed meanwhile.
+        self._later: asyncio.Task[Answered | None] | None = None
+        self._eof = False
         #: The client is not reading our answers: stop reading its requests (so answers
         #: cannot pile up in memory) and cut it if it takes nothing for `write_idle`.
         self._paused = False
@@ -137,12 +150,19 @@ class FastConnection(asyncio.Protocol):
         self._front.live.discard(self)
         self._disarm_timer()
         self._disarm_stall()
+        if self._later is not None:
+            self._later.cancel()
         app, self._app = self._app, None
         if app is not None:
             app.connection_lost(exc)
 
     def eof_received(self) -> bool | None:
-        return self._app.eof_received() if self._app is not None else None
+        if self._app is not None:
+            return self._app.eof_received()
+        if self._later is not None:
+            self._eof = True  # answer first, then close
+            return True
+        return None
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -158,7 +178,7 @@ class FastConnection(asyncio.Protocol):
             self._app.resume_writing()
             return
         t = self._transport
-        if t is not None and not t.is_closing():
+        if t is not None and not t.is_closing() and self._later is None:
             t.resume_reading()
             self._process()  # answer what arrived while we waited
 
@@ -166,6 +186,11 @@ class FastConnection(asyncio.Protocol):
         app = self._app
         if app is None:
             self._buf += data
+            if self._later is not None:
+                if len(self._buf) > MAX_HEAD and not self._held and self._transport is not None:
+                    self._held = True  # pipelined requests pile up: read on once answered
+                    self._transport.pause_reading()
+                return
             self._process()
             return
         if self._raw:
@@ -191,7 +216,7 @@ class FastConnection(asyncio.Protocol):
     def _process(self) -> None:
         buf = self._buf
         t = self._transport
-        while buf and not self._paused and self._app is None and t is not None:
+        while buf and not self._paused and self._app is None and self._later is None and t is not None:
             end = buf.find(b"\r\n\r\n")
             if end < 0:
                 if len(buf) > MAX_HEAD or broken_line(buf, self._checked):
@@ -207,23 +232,58 @@ class FastConnection(asyncio.Protocol):
                 return
             if head.target is not None:
                 started = time.perf_counter()
-                answered = self._front.answer(unquote(head.target), head.from_peer)
+                path = unquote(head.target)
+                answered = self._front.answer(path, head.from_peer)
                 if answered is not None:
-                    del buf[: end + 4]
-                    head_bytes, body, record = answered
-                    if head.close:
-                        head_bytes += b"Connection: close\r\n"
-                    t.write(head_bytes + self._front.date.line() + b"\r\n" + body)
-                    record(time.perf_counter() - started, self._peer)
-                    if head.close:
-                        t.close()
+                    if not self._send(end, head, answered, started):
                         return
-                    self._reads.answered(self._loop.time())
                     continue
+                later = self._front.answer_later
+                if later is not None:
+                    task = self._later = self._loop.create_task(later(path, head.from_peer))
+                    task.add_done_callback(functools.partial(self._answered_later, end=end, head=head, started=started))
+                    return
             self._delegate(end + 4, head.body)
             return
         if not buf and self._app is None and t is not None:
             self._wait(partial=False)
+
+    def _send(self, end: int, head: Head, answered: Answered, started: float) -> bool:
+        """Write an answer to the head ending at `end`; False if that closed the connection."""
+        t = self._transport
+        assert t is not None
+        del self._buf[: end + 4]
+        head_bytes, body, record = answered
+        if head.close:
+            head_bytes += b"Connection: close\r\n"
+        t.write(head_bytes + self._front.date.line() + b"\r\n" + body)
+        record(time.perf_counter() - started, self._peer)
+        if head.close:
+            t.close()
+            return False
+        self._reads.answered(self._loop.time())
+        return True
+
+    def _answered_later(self, task: asyncio.Task[Answered | None], end: int, head: Head, started: float) -> None:
+        self._later = None
+        t = self._transport
+        if task.cancelled() or t is None or t.is_closing():
+            return
+        answered = task.result() if task.exception() is None else None
+        if answered is None:
+            self._delegate(end + 4, head.body)  # aiohttp answers it, from scratch
+            return
+        if not self._send(end, head, answered, started):
+            return
+        if self._eof:
+            t.close()
+            return
+        self._held = False
+        if self._paused:
+            self._hold_reads()
+        else:
+            t.resume_reading()  # held here, or by a client that since read on
+            self._process()
 
     def _delegate(self, head_end: int, body: int) -> None:
         """Hand one request (head and body) to a fresh aiohttp protocol; `answered` and
@@ -309,6 +369,8 @@ class FastConnection(asyncio.Protocol):
             return
         if (self._app is None and self._paused) or (self._app is not None and not self._head_open):
             return  # a client not reading (`_check_stall` rules), or aiohttp answering (its timers do)
+        if self._later is not None:
+            return  # answering; the deadline starts again after the answer
         if self._loop.time() < self._due:
             self._timer = self._loop.call_at(self._due, self._on_timer)
             self._timer_at = self._due

@@ -84,6 +84,37 @@ def raw_blob_head(sha256: str, h1: str | None, kind: str, size: int) -> bytes:
     return ("\r\n".join(lines) + "\r\n").encode()
 
 
+async def later_answer(
+    proxy: ModuleProxy, recorder: RequestRecorder, path: str, from_peer: bool
+) -> tuple[bytes, bytes, Callable[[float, str | None], None]] | None:
+    """The fast path's answer to a hit memory does not hold: the store's small file,
+    looked up and read off the event loop (ModuleProxy.lookup), answered and counted as
+    the aiohttp handler would. None for anything else (not versioned, not cached, too
+    large to hold in memory, an unverified file for a peer, an error): aiohttp answers
+    it from scratch, errors included."""
+    try:
+        req = parse_request(path)
+        if not req.versioned:
+            return None
+        served = await proxy.lookup(req)
+    except Exception:  # aiohttp meets it again and answers it
+        return None
+    if served is None or served.body is None or (from_peer and served.entry.unverified):
+        return None
+    proxy.count_hit(req, from_peer)
+    head = raw_blob_head(served.entry.sha256, served.entry.h1, req.kind, len(served.body))
+    return head, served.body, _logger(recorder, path, req, len(served.body))
+
+
+def _logger(recorder: RequestRecorder, path: str, req: ModRequest, sent: int) -> Callable[[float, str | None], None]:
+    record = recorder.record
+
+    def log(seconds: float, remote: str | None) -> None:
+        record("GET", path, 200, req.kind, "hit", "", seconds, sent, remote, req)
+
+    return log
+
+
 def fast_answer(
     proxy: ModuleProxy, recorder: RequestRecorder, path: str, from_peer: bool
 ) -> tuple[bytes, bytes, Callable[[float, str | None], None]] | None:
@@ -117,10 +148,4 @@ def fast_answer(
             + CACHE_HEADER.encode()
             + b": hit\r\n"
         )
-    record = recorder.record
-    sent = len(body)
-
-    def log(seconds: float, remote: str | None) -> None:
-        record("GET", path, 200, req.kind, "hit", "", seconds, sent, remote, req)
-
-    return head, body, log
+    return head, body, _logger(recorder, path, req, len(body))
