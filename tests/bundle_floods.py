@@ -113,3 +113,38 @@ def big_manifest(size: int) -> Iterator[bytes]:
     yield b"".join(batch) + b" " * left + closing + _pad(size)
     tail = _member(INFO_PATH, INFO)
     yield tail + bytes(2 * BLOCK)
+
+
+#: A checksum database the importing node is not configured with: its entries are skipped.
+ELSEWHERE = "elsewhere.example"
+
+
+def skipped_bundle(n: int) -> tuple[int, Iterator[bytes]]:
+    """A valid bundle of the `.info` and `n` empty lookup members of ELSEWHERE, each
+    listed in the manifest (~330 bytes an entry, as `export` writes them): an import
+    admits the `.info` and skips the rest. Returns the manifest's size and the stream."""
+    empty = hashlib.sha256(b"").hexdigest()
+    entries = [_info_entry()]
+    for i in range(n):
+        module = f"example.com/group{i // 100}/module{i}"
+        path = f"sumdb/{ELSEWHERE}/lookup/{module}@v1.0.0"
+        entries.append(ManifestEntry(path, "sumdb-lookup", 0, empty, module, "v1.0.0", None, 1.7e9, ELSEWHERE))
+    manifest = Manifest(entries, "2024-01-02T03:04:05Z", {"kind": "directory"}).to_bytes()
+
+    def stream() -> Iterator[bytes]:
+        head = _member(MANIFEST_NAME, manifest)
+        written = len(head)
+        for i in range(0, len(head), 1 << 20):
+            yield head[i : i + (1 << 20)]
+        batch: list[bytes] = []
+        for e in entries[1:]:
+            batch.append(tar_header(e.path, 0, 0))
+            if len(batch) == 1000:
+                written += sum(map(len, batch))
+                yield b"".join(batch)
+                batch = []
+        written += sum(map(len, batch))
+        tail = _member(INFO_PATH, INFO)
+        yield b"".join(batch) + tail + _end(written + len(tail))
+
+    return len(manifest), stream()

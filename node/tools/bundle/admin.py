@@ -50,21 +50,30 @@ def admin_routes(node: Node) -> list[web.RouteDef]:
             raise InvalidRequest(f"export selection: {e}") from None
         return await _send_bundle(request, node, sel)
 
-    async def import_post(request: web.Request) -> web.Response:
+    async def import_post(request: web.Request) -> web.StreamResponse:
         source = request.query.get("source", "upload")[:200]
         report = await import_stream(node, TarReader(request.content), f"import {source}")
-        c = report.counts()
-        log.info(
-            "import %s: %d admitted, %d present, %d refused, %d skipped%s",
-            source,
-            c["admitted"],
-            c["present"],
-            c["refused"],
-            c["skipped"],
-            f"; {report.errors[0]}" if report.errors else "",
-        )
-        body = await asyncio.to_thread(report.to_json_bytes)
-        return web.Response(body=body, content_type="application/json", headers={"Cache-Control": "no-store"})
+        try:
+            c = report.counts()
+            log.info(
+                "import %s: %d admitted, %d present, %d refused, %d skipped%s",
+                source,
+                c["admitted"],
+                c["present"],
+                c["refused"],
+                c["skipped"],
+                f"; {report.errors[0]}" if report.errors else "",
+            )
+            # The report's JSON, made and sent a page at a time (made in a thread).
+            resp = web.StreamResponse(headers={"Content-Type": "application/json", "Cache-Control": "no-store"})
+            await resp.prepare(request)
+            chunks = report.json_chunks()
+            while chunk := await asyncio.to_thread(next, chunks, b""):
+                await resp.write(chunk)
+            await resp.write_eof()
+            return resp
+        finally:
+            await asyncio.to_thread(report.close)
 
     return [
         web.get("/_admin/export", export_get),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -281,18 +280,24 @@ async def import_main(args: argparse.Namespace) -> int:
         with _progress(err, args.quiet, "import") as progress:
             task = progress.add_task("", total=None)
             bar = _Bar(progress, task)
+
+            def show(report: Report) -> None:
+                progress.stop()
+                if args.json:
+                    for chunk in report.json_chunks():
+                        sys.stdout.write(chunk.decode())
+                    sys.stdout.flush()
+                else:
+                    print_report(out, report, redact(where), args.verbose)
+
             if cfg is not None:
-                report = await import_local(cfg, src, args.module, args.version, label, bar)
+                failed = await import_local(cfg, src, args.module, args.version, label, bar, show)
             else:
-                report = await import_remote(where, token, src, args.module, args.version, label, bar)
+                failed = await import_remote(where, token, src, args.module, args.version, label, bar, show)
     except (SourceError, BundleError, RemoteError) as e:
         err.print(f"modmesh import: {e}", markup=False, highlight=False)
         return 2 if isinstance(e, SourceError) else 1
-    if args.json:
-        print(json.dumps(report.to_json(), indent=2))
-    else:
-        print_report(out, report, redact(where), args.verbose)
-    return 1 if report.failed else 0
+    return 1 if failed else 0
 
 
 class _Bar:
@@ -316,23 +321,29 @@ MAX_ROWS = 100
 
 
 def print_report(console: Console, report: Report, where: str, verbose: bool = False) -> None:
-    """Refused entries one per row (with the reason); the rest as counts unless verbose."""
+    """Refused entries one per row (with the reason; the first MAX_ROWS); the rest as
+    counts unless verbose. Verbose, every entry, in tables of a page of rows each (a
+    large report is read back a page at a time)."""
     from rich.table import Table
     from rich.text import Text
 
     c = report.counts()
-    rows = [o for o in report.outcomes if verbose or o.status == "refused"]
-    hidden = 0 if verbose else max(0, len(rows) - MAX_ROWS)
-    rows = rows[: len(rows) - hidden]
-    if rows:
-        table = Table(title=f"modmesh import {report.source.removeprefix('import ')} → {where}", title_justify="left")
+    pages = report.pages() if verbose else iter([report.refusals[:MAX_ROWS]])
+    hidden = 0 if verbose else c["refused"] - min(c["refused"], MAX_ROWS)
+    colors = {"admitted": "green", "present": "dim", "refused": "bold red", "skipped": "yellow"}
+    first = True
+    for rows in pages:
+        if not rows:
+            continue
+        title = f"modmesh import {report.source.removeprefix('import ')} → {where}" if first else None
+        table = Table(title=title, title_justify="left", show_header=first)
         table.add_column("Status")
         table.add_column("Entry", overflow="fold")
         table.add_column("Reason", overflow="fold")
-        colors = {"admitted": "green", "present": "dim", "refused": "bold red", "skipped": "yellow"}
         for o in rows:
             table.add_row(Text(o.status, style=colors[o.status]), Text(o.label), Text(o.reason))
         console.print(table)
+        first = False
     if hidden:
         console.print(Text(f"... and {hidden} more refused (--verbose or --json lists them all)"))
     for e in report.errors:

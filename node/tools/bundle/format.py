@@ -23,6 +23,7 @@ itself is written and read by `tar`; `export` and `importing` use both.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -36,9 +37,14 @@ from node.tools.bundle.manifest_json import ManifestJSON
 FORMAT = "modmesh-bundle"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "modmesh-bundle.json"
-#: The largest manifest a node reads: an exported entry takes ~300 bytes of it, so about
-#: 100,000 entries, parsed into ~60 MB of memory. A larger one refuses the bundle.
-MAX_MANIFEST = 32 << 20
+#: The largest manifest an import reads (an exported entry takes ~300 bytes of it: about
+#: 3.5 million entries). Its entries go to a temporary database on the store's disk as
+#: they are parsed (import_temp.py), so memory does not grow with it; the import also
+#: refuses a manifest larger than the free space of the store's disk.
+MAX_MANIFEST = 1 << 30
+#: The largest manifest read whole into memory (an earlier bundle's for --since-bundle,
+#: an unpacked bundle's, one picked out of a stream on its way to a file).
+MAX_MANIFEST_IN_MEMORY = 32 << 20
 MODULE_KINDS = ("info", "mod", "zip", "list", "latest")
 SUMDB_KINDS = ("sumdb-supported", "sumdb-latest", "sumdb-tile", "sumdb-lookup")
 #: The order of a module's files in a bundle, per version, then its list and latest.
@@ -163,16 +169,25 @@ class Manifest:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:
-        if len(data) > MAX_MANIFEST:
-            raise BundleError(manifest_too_large(len(data)))
+        if len(data) > MAX_MANIFEST_IN_MEMORY:
+            raise BundleError(manifest_too_large(len(data), MAX_MANIFEST_IN_MEMORY))
         p = cls.parser()
         feed(p, data)
         return cls.parsed(p)
 
     @staticmethod
-    def parser() -> ManifestJSON[ManifestEntry]:
-        """`feed` it a manifest's bytes as they come (in a thread), then pass it to `parsed`."""
-        return ManifestJSON(ManifestEntry.from_json)
+    def parser(sink: Callable[[ManifestEntry], None] | None = None) -> ManifestJSON[ManifestEntry]:
+        """`feed` it a manifest's bytes as they come (in a thread), then pass it to `parsed`.
+        With a `sink`, each entry goes there and the Manifest's `entries` stay empty."""
+        if sink is None:
+            return ManifestJSON(ManifestEntry.from_json)
+
+        def entry(obj: object) -> ManifestEntry:
+            e = ManifestEntry.from_json(obj)
+            sink(e)
+            return e
+
+        return ManifestJSON(entry, keep=False)
 
     @classmethod
     def parsed(cls, p: ManifestJSON[ManifestEntry]) -> Manifest:
@@ -213,10 +228,10 @@ def feed(p: ManifestJSON[ManifestEntry], data: bytes | None) -> None:
         raise BundleError(f"manifest is not JSON: {e}") from None
 
 
-def manifest_too_large(size: int) -> str:
+def manifest_too_large(size: int, limit: int = MAX_MANIFEST) -> str:
     return (
-        f"the bundle's manifest is {size >> 20} MiB, over the {MAX_MANIFEST >> 20} MiB a node reads "
-        "(about 100,000 entries); the bundle is refused: export it in parts (--module, --since)"
+        f"the bundle's manifest is {size >> 20} MiB, over the {limit >> 20} MiB a node reads "
+        "here; the bundle is refused: export it in parts (--module, --since)"
     )
 
 

@@ -13,19 +13,23 @@ no reachable database.
 
 One bad entry is refused and named; the rest still import. Importing the same
 thing twice changes nothing: everything is "present" the second time.
+
+Memory does not grow with the bundle: the manifest's entries wait in a temporary
+database in the store's temp directory (import_temp.Expected), each looked up and
+marked when its member arrives, the unseen ones read back a page at a time at the
+end; the report keeps its counts, the first refusals and a few outcomes in memory and
+the rest in another (import_report.py). Both are removed when the import ends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import hashlib
-import json
 import logging
+import shutil
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from node.cache import verify
@@ -36,90 +40,30 @@ from node.tools.bundle.format import (
     Manifest,
     ManifestEntry,
     Status,
-    entry_label,
     parse_module_member,
     parse_sumdb_member,
 )
+from node.tools.bundle.import_report import Outcome, Report
 from node.tools.bundle.import_sumdb import DatabaseImport
+from node.tools.bundle.import_temp import Expected
 from node.tools.bundle.tar import TarReader, read_manifest
 
 if TYPE_CHECKING:
     from node.service import Node
+
+__all__ = ["Importer", "Member", "Outcome", "Report", "import_members", "import_stream"]
 
 log = logging.getLogger(__name__)
 
 MAX_SMALL = verify.MAX_MOD  # .info, .mod, list, latest, lookups, tree heads, tiles
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    path: str
-    kind: str
-    status: Status
-    module: str = ""
-    version: str = ""
-    reason: str = ""
-
-    def to_json(self) -> dict[str, str]:
-        return asdict(self)
-
-    @property
-    def label(self) -> str:
-        return entry_label(self.path, self.kind, self.module, self.version)
-
-
-@dataclass
-class Report:
-    source: str
-    outcomes: list[Outcome] = field(default_factory=list)
-    #: Problems with the source as a whole (an unreadable stream, a bad manifest).
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def failed(self) -> bool:
-        return bool(self.errors) or any(o.status == "refused" for o in self.outcomes)
-
-    def counts(self) -> dict[str, int]:
-        out = {"admitted": 0, "present": 0, "refused": 0, "skipped": 0}
-        for o in self.outcomes:
-            out[o.status] += 1
-        return out
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "counts": self.counts(),
-            "errors": self.errors,
-            "entries": [o.to_json() for o in self.outcomes],
-        }
-
-    def to_json_bytes(self) -> bytes:
-        """`to_json` encoded a thousand entries at a time: in a thread, it gives the GIL up
-        between them (a large report must not stall a node's event loop)."""
-        head = json.dumps({"source": self.source, "counts": self.counts(), "errors": self.errors})
-        parts = [head[:-1].encode(), b', "entries": [']
-        for i in range(0, len(self.outcomes), 1000):
-            batch = json.dumps([o.to_json() for o in self.outcomes[i : i + 1000]])[1:-1]
-            parts.append((", " if i else "").encode() + batch.encode())
-        parts.append(b"]}")
-        return b"".join(parts)
-
-    @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> Report:
-        return cls(
-            str(obj.get("source", "")),
-            [Outcome(**o) for o in obj.get("entries", [])],
-            [str(e) for e in obj.get("errors", [])],
-        )
-
-
 @dataclass
 class Member:
-    """One entry to import: what the manifest says (None: not listed) and its bytes (once)."""
+    """One member to import: its name, size and bytes (once)."""
 
     name: str
     size: int
-    entry: ManifestEntry | None
     chunks: Callable[[], AsyncIterator[bytes]]
 
 
@@ -143,70 +87,76 @@ def _mismatch(e: ManifestEntry, size: int, sha256: str) -> str | None:
 
 
 class Importer:
+    """One import: the manifest's entries are in `expected` (a temporary database in the
+    store's temp directory), the outcomes in `report`; `close` removes the former."""
+
     def __init__(self, node: Node, origin: str, on_entry: Callable[[str], None] | None = None) -> None:
         self.node = node
         self.origin = origin
         self.on_entry = on_entry or (lambda _: None)
-        self.report = Report(origin)
+        self.report = Report(origin, spill=node.store.tmp_dir)
+        self.expected = Expected(node.store.tmp_dir)
         self._sections: dict[str, DatabaseImport] = {}
         self._unknown_dbs: set[str] = set()
         self._modules_started = False
         self._meta_if_missing = False
-        #: Called at each step of a long run: gc.freeze inside `_gc_frozen`.
-        self.freeze: Callable[[], None] = lambda: None
+
+    def close(self) -> None:
+        self.expected.close()
 
     def outcome(self, e: ManifestEntry | Member, status: Status, reason: str = "") -> None:
         if isinstance(e, Member):
-            self.report.outcomes.append(Outcome(e.name, "unknown", status, reason=reason))
+            self.report.add(Outcome(e.name, "unknown", status, reason=reason))
             return
-        self.report.outcomes.append(Outcome(e.path, e.kind, status, e.module, e.version, reason))
+        self.report.add(Outcome(e.path, e.kind, status, e.module, e.version, reason))
+
+    async def _spill(self) -> None:
+        if self.report.pending:
+            await asyncio.to_thread(self.report.spill)
 
     # ---- the run -----------------------------------------------------------------
 
     async def run(self, manifest: Manifest, members: AsyncIterator[Member]) -> Report:
+        """Import `members` against the manifest whose entries are in `expected`."""
         # A GOMODCACHE's list is the client's own (cached versions only): never over the node's.
         self._meta_if_missing = manifest.origin.get("kind") == "gomodcache"
-        expected = manifest.by_path()
-        seen: set[str] = set()
-        self.freeze()
         try:
             async for m in members:
                 self.on_entry(m.name)
-                if m.entry is None:
+                entry, again = await asyncio.to_thread(self.expected.claim, m.name)
+                if entry is None:
                     self.outcome(m, "refused", "not listed in the bundle's manifest")
-                elif m.name in seen:
-                    self.outcome(m.entry, "refused", "a second copy of an entry")
-                elif m.size != m.entry.size:
-                    seen.add(m.name)
-                    self.outcome(m.entry, "refused", f"{m.size} bytes, the manifest says {m.entry.size}")
+                elif again:
+                    self.outcome(entry, "refused", "a second copy of an entry")
+                elif m.size != entry.size:
+                    self.outcome(entry, "refused", f"{m.size} bytes, the manifest says {entry.size}")
                 else:
-                    seen.add(m.name)
-                    before = len(self.report.outcomes)
+                    before = sum(self.report.counts().values())
                     try:
-                        await self._one(m.entry, m.chunks())
+                        await self._one(entry, m.chunks())
                     except BundleError:
-                        if len(self.report.outcomes) == before:
-                            self.outcome(m.entry, "refused", "the bundle ends inside this entry")
+                        if sum(self.report.counts().values()) == before:
+                            self.outcome(entry, "refused", "the bundle ends inside this entry")
                         raise
+                await self._spill()
         except BundleError as e:
             self.report.errors.append(str(e))
         finally:
             await self._finish_sections()
-        for n, (path, missing) in enumerate(expected.items()):
-            if path not in seen:
+        pages = self.expected.unseen()
+        while page := await asyncio.to_thread(next, pages, None):
+            for missing in page:
                 self.outcome(missing, "refused", "missing from the bundle")
-            if n % 1000 == 999:
-                self.freeze()
-                await asyncio.sleep(0)  # a node importing a large manifest keeps answering
+            await self._spill()
         self._warn_refused()
         return self.report
 
     def _warn_refused(self) -> None:
         """One line for all refusals, however many (the report names each)."""
-        refused = [o for o in self.report.outcomes if o.status == "refused"]
-        if refused:
-            first = refused[0]
-            more = f" (and {len(refused) - 1} more, see the report)" if len(refused) > 1 else ""
+        n = self.report.counts()["refused"]
+        if n:
+            first = self.report.refusals[0]
+            more = f" (and {n - 1} more, see the report)" if n > 1 else ""
             log.warning("import %s: refused %s: %s%s", self.origin, first.label, first.reason, more)
 
     async def _one(self, e: ManifestEntry, chunks: AsyncIterator[bytes]) -> None:
@@ -320,38 +270,31 @@ class Importer:
 # ---- sources -----------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _gc_frozen() -> Iterator[None]:
-    """While an import runs, what it has built so far (the manifest's entries, the
-    report) is moved out of the garbage collector's way (`gc.freeze`, again at every
-    step): it lives as long as the import, and a full collection over 100,000 entries
-    holds the GIL for ~0.1 s, stalling a node's event loop. Back to normal afterwards."""
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-
-
 async def import_stream(
     node: Node, reader: TarReader, origin: str, on_entry: Callable[[str], None] | None = None
 ) -> Report:
-    """Import a bundle read from a tar stream."""
+    """Import a bundle read from a tar stream. The report's outcomes may be in a temp
+    database in the store's temp directory: read them before the node stops, then
+    `close` the report."""
     imp = Importer(node, origin, on_entry)
-    with _gc_frozen():
-        imp.freeze = gc.freeze
+    try:
         try:
-            manifest = await read_manifest(reader, each_chunk=gc.freeze)
-        except BundleError as e:
+            room = (await asyncio.to_thread(shutil.disk_usage, node.store.tmp_dir)).free
+            manifest = await read_manifest(reader, imp.expected.add, room)
+        except (BundleError, OSError) as e:
             imp.report.errors.append(str(e))
             return imp.report
-        expected = manifest.by_path()
 
         async def members() -> AsyncIterator[Member]:
             while (m := await reader.next()) is not None:
-                yield Member(m.name, m.size, expected.get(m.name), reader.chunks)
+                yield Member(m.name, m.size, reader.chunks)
 
         return await imp.run(manifest, members())
+    except BaseException:
+        imp.report.close()
+        raise
+    finally:
+        imp.close()
 
 
 async def import_members(
@@ -361,8 +304,13 @@ async def import_members(
     origin: str,
     on_entry: Callable[[str], None] | None = None,
 ) -> Report:
-    """Import a manifest and its members from elsewhere (a directory)."""
+    """Import a manifest and its members from elsewhere (a directory); as import_stream."""
     imp = Importer(node, origin, on_entry)
-    with _gc_frozen():
-        imp.freeze = gc.freeze
+    try:
+        await asyncio.to_thread(imp.expected.add, manifest.entries)
         return await imp.run(manifest, members)
+    except BaseException:
+        imp.report.close()
+        raise
+    finally:
+        imp.close()

@@ -1,9 +1,10 @@
 """A bundle's manifest parsed as its bytes arrive, entry by entry (format.py).
 
 Neither the manifest's whole text nor a list of its JSON objects is ever held: each
-entry becomes a record as soon as its closing brace arrives, so a manifest costs about
-what its entries cost (format.MAX_MANIFEST bounds that), and a thread parsing it gives
-the GIL up between entries (a node importing keeps answering meanwhile).
+entry becomes a record as soon as its closing brace arrives, kept in a list or handed
+on (an import stores them in a temporary database, import_temp.py, so its memory does
+not grow with the manifest), and a thread parsing it gives the GIL up between entries
+(a node importing keeps answering meanwhile).
 """
 
 from __future__ import annotations
@@ -26,10 +27,15 @@ _RETRY_STEP = 64 << 10
 class ManifestJSON(Generic[T]):
     """`feed` the bytes, then `finish`: `fields` (every top-level key but `entries`) and
     `entries`, each made by `entry` from its JSON object (None if `entries` is not a
-    list: its value is in `fields`). ValueError: not one JSON object."""
+    list: its value is in `fields`). ValueError: not one JSON object.
 
-    def __init__(self, entry: Callable[[Any], T]) -> None:
+    With `keep=False` the entries are not kept: `entry` is all that sees them (it may
+    store them elsewhere) and `entries` stays empty; `count` is how many there were."""
+
+    def __init__(self, entry: Callable[[Any], T], keep: bool = True) -> None:
         self._entry = entry
+        self._keep = keep
+        self.count = 0
         self._utf8 = codecs.getincrementaldecoder("utf-8")()
         self._pending: list[str] = []
         self._pending_len = 0
@@ -120,7 +126,10 @@ class ManifestJSON(Generic[T]):
                     return pos
                 obj, pos = got
                 assert self.entries is not None
-                self.entries.append(self._entry(self._interned(obj)))
+                made = self._entry(self._interned(obj))
+                self.count += 1
+                if self._keep:
+                    self.entries.append(made)
                 self._state = "after-entry"
             elif state == "after-entry":
                 if here not in (",", "]"):

@@ -80,13 +80,13 @@ class DirSource:
             if isinstance(src, bytes):
                 if on_bytes is not None:
                     on_bytes(len(src))
-                yield Member(e.path, len(src), e, functools.partial(once, src))
+                yield Member(e.path, len(src), functools.partial(once, src))
                 continue
             try:
                 size = src.stat().st_size
             except OSError:
                 continue  # reported as missing
-            yield Member(e.path, size, e, functools.partial(file_chunks, src, on_bytes))
+            yield Member(e.path, size, functools.partial(file_chunks, src, on_bytes))
 
     def close(self) -> None:
         for p in self.temp:
@@ -237,9 +237,9 @@ async def tar_stream(source: DirSource, on_bytes: Progress | None = None) -> Asy
             writer = TarWriter(queue.put)
             mbytes = source.manifest.to_bytes()
             await writer.add(MANIFEST_NAME, len(mbytes), 0, once(mbytes))
+            mtimes = {e.path: e.fetched_at or 0 for e, _ in source.files}
             async for m in source.members(on_bytes):
-                assert m.entry is not None
-                await writer.add(m.name, m.size, m.entry.fetched_at or 0, m.chunks())
+                await writer.add(m.name, m.size, mtimes[m.name], m.chunks())
             await writer.close()
         finally:
             await queue.put(None)  # the consumer then learns the outcome from the task

@@ -21,7 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from node.tools.bundle.format import MANIFEST_NAME, MAX_MANIFEST, BundleError, Manifest, feed, manifest_too_large
+from node.tools.bundle.format import (
+    MANIFEST_NAME,
+    MAX_MANIFEST,
+    MAX_MANIFEST_IN_MEMORY,
+    BundleError,
+    Manifest,
+    ManifestEntry,
+    feed,
+    manifest_too_large,
+)
 
 #: A bundle's media type over HTTP.
 CONTENT_TYPE = "application/x-tar"
@@ -269,22 +278,46 @@ def _parse_pax(data: bytes) -> dict[str, str]:
     return out
 
 
-async def read_manifest(reader: TarReader, each_chunk: Callable[[], None] = lambda: None) -> Manifest:
-    """The first member of a bundle stream, which must be the manifest; `each_chunk` is
-    called after each piece of it is parsed."""
+async def read_manifest(
+    reader: TarReader, store: Callable[[list[ManifestEntry]], None] | None = None, room: int | None = None
+) -> Manifest:
+    """The first member of a bundle stream, which must be the manifest. With `store`, its
+    entries go there a batch at a time as they are parsed (the Manifest's `entries`
+    stay empty), and it may be up to MAX_MANIFEST bytes (or `room`, if less);
+    without, up to MAX_MANIFEST_IN_MEMORY."""
     first = await reader.next()
     if first is None:
         raise BundleError("empty bundle")
     if first.name != MANIFEST_NAME:
         raise BundleError(f"not a modmesh bundle: the first member is {first.name[:120]!r}, not {MANIFEST_NAME}")
-    if first.size > MAX_MANIFEST:
-        raise BundleError(manifest_too_large(first.size))
+    limit = MAX_MANIFEST_IN_MEMORY if store is None else MAX_MANIFEST
+    if first.size > limit:
+        raise BundleError(manifest_too_large(first.size, limit))
+    if store is not None and room is not None and first.size > room:
+        raise BundleError(
+            f"the bundle's manifest is {first.size >> 20} MiB, more than the {room >> 20} MiB free on the "
+            "store's disk (an import keeps its entries there); the bundle is refused"
+        )
     # Parsed as it arrives, in a thread: a node importing keeps answering meanwhile.
-    parser = Manifest.parser()
+    batch: list[ManifestEntry] = []
+    parser = Manifest.parser(None if store is None else batch.append)
+
+    def step(chunk: bytes | None) -> Manifest | None:
+        manifest = None
+        if chunk is None:
+            manifest = Manifest.parsed(parser)
+        else:
+            feed(parser, chunk)
+        if store is not None and batch:
+            store(batch[:])
+            batch.clear()
+        return manifest
+
     async for chunk in reader.chunks():
-        await asyncio.to_thread(feed, parser, chunk)
-        each_chunk()
-    return await asyncio.to_thread(Manifest.parsed, parser)
+        await asyncio.to_thread(step, chunk)
+    manifest = await asyncio.to_thread(step, None)
+    assert manifest is not None
+    return manifest
 
 
 def read_manifest_file(path: Path) -> tuple[Manifest, dict[str, Any]]:
@@ -303,8 +336,8 @@ def _manifest_sync(f: BinaryIO) -> bytes:
             member = tar.next()
             if member is None or member.name != MANIFEST_NAME:
                 raise BundleError(f"{getattr(f, 'name', 'bundle')} is not a modmesh bundle")
-            if member.size > MAX_MANIFEST:
-                raise BundleError(manifest_too_large(member.size))
+            if member.size > MAX_MANIFEST_IN_MEMORY:
+                raise BundleError(manifest_too_large(member.size, MAX_MANIFEST_IN_MEMORY))
             fh = tar.extractfile(member)
             assert fh is not None
             return fh.read()
@@ -314,7 +347,7 @@ def _manifest_sync(f: BinaryIO) -> bytes:
 
 class ManifestSniffer:
     """Picks the manifest (the first member) out of a bundle stream passing by; one
-    over MAX_MANIFEST is let by unread."""
+    over MAX_MANIFEST_IN_MEMORY is let by unread."""
 
     def __init__(self) -> None:
         self.buf = bytearray()
@@ -332,7 +365,7 @@ class ManifestSniffer:
         except tarfile.HeaderError:
             self.done = True
             return
-        if info.size > MAX_MANIFEST:
+        if info.size > MAX_MANIFEST_IN_MEMORY:
             self.done, self.buf = True, bytearray()
             return
         if len(self.buf) >= BLOCK + info.size:

@@ -90,25 +90,37 @@ def _open_source(src: str) -> BinaryIO:
     return sys.stdin.buffer if src == "-" else open(src, "rb")
 
 
+#: What the command does with a report while its temp files are still there.
+Show = Callable[[Report], None]
+
+
 async def import_local(
-    cfg: Config, src: str, module: str | None, version: str | None, label: str, meter: Meter
-) -> Report:
+    cfg: Config, src: str, module: str | None, version: str | None, label: str, meter: Meter, show: Show
+) -> bool:
+    """Import into a Node on `cfg`'s data directory; `show` the report before the node
+    closes (its outcomes may be in the store's temp directory). True if it failed."""
     async with local_node(cfg) as node:
         origin = f"import {label}"
         if src == "-" or Path(src).is_file():
             f = _open_source(src)
             meter.total(os.fstat(f.fileno()).st_size if src != "-" else None)
             try:
-                return await import_stream(node, TarReader(FileSource(f, meter.bytes)), origin, meter.entry)
+                report = await import_stream(node, TarReader(FileSource(f, meter.bytes)), origin, meter.entry)
             finally:
                 if src != "-":
                     f.close()
-        ds = await asyncio.to_thread(open_directory, Path(src), module, version, node.store.tmp_dir)
+        else:
+            ds = await asyncio.to_thread(open_directory, Path(src), module, version, node.store.tmp_dir)
+            try:
+                meter.total(ds.total)
+                report = await import_members(node, ds.manifest, ds.members(meter.bytes), origin, meter.entry)
+            finally:
+                ds.close()
         try:
-            meter.total(ds.total)
-            return await import_members(node, ds.manifest, ds.members(meter.bytes), origin, meter.entry)
+            show(report)
+            return report.failed
         finally:
-            ds.close()
+            report.close()
 
 
 async def _file_body(f: BinaryIO, on_bytes: Callable[[int], None]) -> AsyncIterator[bytes]:
@@ -118,10 +130,13 @@ async def _file_body(f: BinaryIO, on_bytes: Callable[[int], None]) -> AsyncItera
 
 
 async def import_remote(
-    url: str, token: str | None, src: str, module: str | None, version: str | None, label: str, meter: Meter
-) -> Report:
+    url: str, token: str | None, src: str, module: str | None, version: str | None, label: str, meter: Meter, show: Show
+) -> bool:
+    """Upload to a running node; its report is read as it arrives (the outcomes past
+    the first few wait in a temp file), then shown. True if the import failed."""
     ds = None
     f: BinaryIO | None = None
+    report: Report | None = None
     try:
         if src == "-" or Path(src).is_file():
             f = _open_source(src)
@@ -140,10 +155,21 @@ async def import_remote(
         ):
             if r.status != 200:
                 raise RemoteError(f"{redact(url)} answered {r.status}: {await first_line(r, 4096)}")
-            return Report.from_json(await r.json())
+            parser = Report.parser()
+            report = parser.report
+            try:
+                async for chunk in r.content.iter_chunked(CHUNK):
+                    await asyncio.to_thread(parser.feed, chunk)
+                parser.finish()
+            except ValueError as e:
+                raise RemoteError(f"{redact(url)} answered with a report that does not parse: {e}") from None
+        show(report)
+        return report.failed
     except aiohttp.ClientError as e:
         raise RemoteError(f"{redact(url)}: {e or type(e).__name__}") from None
     finally:
+        if report is not None:
+            report.close()
         if f is not None and src != "-":
             f.close()
         if ds is not None:
