@@ -4,15 +4,19 @@ and a packed blob the node acknowledged survives `kill -9`."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import signal
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from node.cache.protocol import Kind, ModRequest
+from node.cache.store import BlobStore
 from node.service import Node
 from tests.blobs import Blob, on_disk
 from tests.modules import module_files, module_set
@@ -103,3 +107,24 @@ async def test_packed_blobs_survive_kill_9(fake_proxy, tmp_path: Path) -> None: 
             for m, v, (info, mod, _) in mods:
                 assert await fetch(f"/{m}/@v/{v}.info") == (200, info)
                 assert await fetch(f"/{m}/@v/{v}.mod") == (200, mod)
+
+
+class _BrokenPack:
+    def execute(self, *args: object) -> None:
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+
+def test_a_pack_that_cannot_take_blobs_leaves_them_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A damaged (or locked) pack costs the small blobs their packing, not their storing;
+    a read it cannot answer is an unreadable blob (OSError), which the serve check and the
+    scrub quarantine and fetch again."""
+    store = BlobStore(tmp_path)
+    store.open()
+    monkeypatch.setattr(store.pack, "_write", _BrokenPack)
+    blob = store.put_bytes(b"a small .mod")
+    assert blob.path is not None and blob.path.read_bytes() == b"a small .mod" and store.pack_failing
+    assert store.read(blob.sha256) == b"a small .mod"
+    monkeypatch.setattr(store.pack, "_read", _BrokenPack)
+    with pytest.raises(OSError):
+        store.read(hashlib.sha256(b"packed before the damage").hexdigest())
+    store.close()

@@ -102,8 +102,15 @@ class Pack:
             raise
 
     def get(self, sha256: str) -> bytes | None:
-        with self._read_lock:
-            row = self._read().execute("SELECT data FROM blobs WHERE sha256 = ?", (bytes.fromhex(sha256),)).fetchone()
+        """The blob's bytes, None if it is not packed; OSError(EIO) if the pack cannot be
+        read (damaged, or locked past the busy timeout): the blob is unreadable."""
+        try:
+            with self._read_lock:
+                row = (
+                    self._read().execute("SELECT data FROM blobs WHERE sha256 = ?", (bytes.fromhex(sha256),)).fetchone()
+                )
+        except sqlite3.DatabaseError as e:
+            raise OSError(errno.EIO, f"blob pack {self.path} unreadable: {e}") from e
         return None if row is None else bytes(row[0])
 
     # ---- many blobs ------------------------------------------------------------

@@ -30,6 +30,7 @@ import logging
 import os
 import secrets
 import shutil
+import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -107,6 +108,7 @@ class BlobStore:
         self.tmp_dir = self.tmp_root / f"{os.getpid()}-{secrets.token_hex(4)}"
         self.status = StoreStatus()
         self.pack = Pack(self.blob_dir / "pack.sqlite")
+        self.pack_failing = False  # the last write to the pack failed (warned once)
         self._lock_fd: int | None = None
 
     def lock(self, exclusive: bool = False, wait: float = 10.0) -> None:
@@ -353,7 +355,9 @@ class BlobWriter:
         digest = self.sha256
         final = self.store.path_for(digest)
         if self.packable and self.size <= PACK_MAX and not final.is_file():
-            return self._pack(digest)
+            packed = self._pack(digest)
+            if packed is not None:
+                return packed
         try:
             os.fsync(self._fd)
             os.close(self._fd)
@@ -365,7 +369,7 @@ class BlobWriter:
             raise _storage_error(e) from e
         return StoredBlob(digest, self.size, final)
 
-    def _pack(self, digest: str) -> StoredBlob:
+    def _pack(self, digest: str) -> StoredBlob | None:
         assert self._fd is not None
         try:
             data = os.pread(self._fd, self.size + 1, 0) if self.size else b""
@@ -374,6 +378,14 @@ class BlobWriter:
             self.store.pack.put(digest, data)
         except OSError as e:
             raise _storage_error(e) from e
+        except sqlite3.DatabaseError as e:  # a damaged or locked pack: the blob is a file instead
+            if not self.store.pack_failing:
+                log.warning(
+                    "blob pack %s cannot take blobs (%s): small blobs are files meanwhile", self.store.pack.path, e
+                )
+            self.store.pack_failing = True
+            return None
+        self.store.pack_failing = False
         self.abort()
         return StoredBlob(digest, self.size, None)
 
