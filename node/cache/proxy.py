@@ -143,8 +143,7 @@ class ModuleProxy:
                     body = self._small.get(entry.sha256)
                     if body is None and entry.size <= SMALL_BLOB:  # it may be packed: no path
                         body = dl.spool.read(0, entry.size)
-                    path = None if body is not None else self.store.path_for(entry.sha256)
-                    return Served(entry, path, body, "miss")
+                    return Served(entry, None if body is not None else self.store.path_for(entry.sha256), body, "miss")
             streamed, transfer = transfer, None
             assert streamed is not None
             return streamed
@@ -176,7 +175,7 @@ class ModuleProxy:
             small, check = entry.size <= SMALL_BLOB, self.integrity.needs_check(entry)
             present = True
             if small or not check:  # the store is read in a thread, never on the loop
-                body, present = await asyncio.to_thread(_probe, self.store, entry.sha256, small)
+                body, present = await asyncio.to_thread(self.store.probe, entry.sha256, small)
             if body is None:
                 path = self.store.path_for(entry.sha256)  # a large blob is always a file
             if check:
@@ -447,14 +446,3 @@ class ModuleProxy:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.answers.aclose()
-
-
-def _probe(store: BlobStore, sha256: str, small: bool) -> tuple[bytes | None, bool]:
-    """(a small blob's bytes, or None; whether the blob is there). Blocking: run in a thread."""
-    if not small:
-        return None, store.file_of(sha256) is not None
-    try:
-        body = store.read(sha256)
-    except OSError:
-        return None, False
-    return body, True

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from node.cache.pack import PACK_MAX, Pack
+from node.cache.status import StoreStatus
 from node.errors import StorageFull
 
 log = logging.getLogger(__name__)
@@ -45,42 +46,6 @@ log = logging.getLogger(__name__)
 
 class DataDirBusy(Exception):
     """Another process holds the data directory in a way this one cannot share."""
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """The store could not take a file: why, which file first, since when, how many."""
-
-    cause: str
-    first: str
-    since: float
-    files: int = 1
-
-
-class StoreStatus:
-    """Whether the store takes files. Set by the first refusal (a full disk, a quota,
-    a file larger than `max_size` allows), cleared by the next file it stores."""
-
-    def __init__(self) -> None:
-        self.refusal: Refusal | None = None
-
-    def refused(self, cause: str, what: str, now: float) -> None:
-        r = self.refusal
-        if r is None:
-            self.refusal = Refusal(cause, what, now)
-        else:
-            self.refusal = Refusal(cause, r.first, r.since, r.files + 1)
-
-    def stored(self) -> bool:
-        """A file was stored; True if that ended a refusal."""
-        ended, self.refusal = self.refusal is not None, None
-        return ended
-
-    def health(self) -> dict[str, object]:
-        r = self.refusal
-        if r is None:
-            return {"caching": True}
-        return {"caching": False, "reason": r.cause, "since": r.since, "first": r.first, "files_passed": r.files}
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +165,15 @@ class BlobStore:
                 raise
             return io.BytesIO(data)
 
+    def probe(self, sha256: str, small: bool) -> tuple[bytes | None, bool]:
+        """(a small blob's bytes, or None; whether the blob is there)."""
+        if not small:
+            return None, self.file_of(sha256) is not None
+        try:
+            return self.read(sha256), True
+        except OSError:
+            return None, False
+
     def read(self, sha256: str) -> bytes:
         """A small blob's bytes; FileNotFoundError if it is not here."""
         with self.open_blob(sha256) as f:
@@ -238,7 +212,10 @@ class BlobStore:
             self.path_for(sha256).unlink()
         except FileNotFoundError:
             pass
-        self.pack.delete([sha256])
+        try:
+            self.pack.delete([sha256])
+        except sqlite3.DatabaseError as e:  # a damaged pack: its blobs read as unreadable anyway
+            log.warning("cannot delete blob %s from %s: %s", sha256, self.pack.path, e)
 
     # ---- many blobs at once (gc, verify, eviction, rebuild: in a thread) ----------
 
