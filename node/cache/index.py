@@ -393,7 +393,7 @@ class Index(StorageQueries, MetaQueries):
         checked, self._checked = self._checked, {}
         try:
             await self.db.executemany(
-                "UPDATE entries SET hits = hits + ?, last_access = MAX(COALESCE(last_access, 0), ?)"
+                "UPDATE entries SET hits = hits + ?, last_access = MAX(COALESCE(last_access, fetched_at), ?)"
                 " WHERE module=? AND version=? AND kind=?",
                 [(h, t, m, v, k) for (m, v, k), (h, t) in batch.items()],
             )
