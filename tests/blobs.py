@@ -78,7 +78,7 @@ class Blob:
             os.utime(self.file, (when, when))
             return
         with _pack(self.data) as db:
-            db.execute("UPDATE blobs SET written = ? WHERE sha256 = ?", (int(when), bytes.fromhex(self.name)))
+            db.execute("UPDATE blobs SET written = ? WHERE sha256 = ?", (int(when * 1000), bytes.fromhex(self.name)))
 
 
 def blob(store_root: Path, sha256: str) -> Blob:

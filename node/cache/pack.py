@@ -7,9 +7,10 @@ stay files: sendfile and the zip readers need a path) is a row here instead:
 
     blobs(sha256 BLOB PRIMARY KEY, written INTEGER, data BLOB) WITHOUT ROWID
 
-keyed by the 32 raw bytes of its sha256; `written` is when it was last committed
-(whole seconds, rounded up: gc's grace and eviction's "written since" only ever keep
-more). The database is in WAL mode with synchronous=FULL: a commit returns only once
+keyed by the 32 raw bytes of its sha256; `written` is when it was last committed, in
+milliseconds (rounded up: gc's grace and eviction's "written since" only ever keep more;
+whole seconds would keep a blob eviction just unreferenced when both fall in one second).
+The database is in WAL mode with synchronous=FULL: a commit returns only once
 the row is on disk, as the fsync of a blob file did, so an acknowledged blob survives
 a power cut. Several processes may use one data directory (a node and `modmesh warm
 --data`): SQLite's locking serializes their writes (busy timeout 10 s).
@@ -94,7 +95,7 @@ class Pack:
             with self._write_lock:
                 self._write().execute(
                     "INSERT OR REPLACE INTO blobs VALUES (?, ?, ?)",
-                    (bytes.fromhex(sha256), math.ceil(time.time()), data),
+                    (bytes.fromhex(sha256), math.ceil(time.time() * 1000), data),
                 )
         except sqlite3.OperationalError as e:
             if getattr(e, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL:
@@ -142,7 +143,7 @@ class Pack:
                     for k in keys[i : i + _PAGE]:
                         row = db.execute(
                             "DELETE FROM blobs WHERE sha256 = ? AND written < ? RETURNING length(data)",
-                            (k, since if math.isfinite(since) else 2**62),
+                            (k, since * 1000 if math.isfinite(since) else 2**62),
                         ).fetchone()
                         freed += row[0] if row is not None else 0
                     db.execute("COMMIT")
@@ -166,5 +167,5 @@ class Pack:
                 )
             if not rows:
                 return
-            yield [(bytes(k).hex(), n, float(w)) for k, n, w in rows]
+            yield [(bytes(k).hex(), n, w / 1000) for k, n, w in rows]
             after = bytes(rows[-1][0])
