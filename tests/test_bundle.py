@@ -31,6 +31,7 @@ from node.tools.bundle.format import MANIFEST_NAME, Manifest
 from node.tools.bundle.selection import Selection, parse_gosum, parse_since
 from node.tools.bundle.sources import FileSource
 from node.tools.bundle.tar import TarReader
+from tests.blobs import on_disk
 from tests.goenv import go_env, run_go
 from tests.modules import big_module, module_files
 from tests.sumdb_fixture import FakeSumDB, generate_keys
@@ -254,7 +255,7 @@ async def test_flipped_byte_refuses_that_entry_only(  # type: ignore[no-untyped-
     assert status == 404
     status, body = await get(f"{b.url}/example.com/a/@v/v1.0.0.zip")
     assert status == 200 and body == MODS[("example.com/a", "v1.0.0")][2]
-    stored = {p.name for p in (data_b / "blobs").rglob("*") if p.is_file()}
+    stored = on_disk(data_b)
     assert hashlib.sha256(bad_bytes).hexdigest() not in stored
     assert not [p for p in (data_b / "tmp").rglob("*") if p.is_file()]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import aiohttp
 
+from tests.blobs import Blob, on_disk
 from tests.modules import big_module, module_set
 from tests.node_process import free_port, serve_process, temp_files
 from tests.upstream_fixture import Fault
@@ -55,9 +56,8 @@ async def test_kill_9_mid_download_then_restart(fake_proxy, tmp_path: Path) -> N
                 assert await fetch(f"/{m}/@v/{v}.mod") == mod
                 assert await fetch(f"/{m}/@v/{v}.info") == info
             # Every blob on disk is whole: its name is the sha256 of its bytes.
-            for blob in (data / "blobs").rglob("*"):
-                if blob.is_file():
-                    assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
+            for name in on_disk(data):
+                assert hashlib.sha256(Blob(data, name).read_bytes()).hexdigest() == name
 
 
 async def test_sigterm_mid_download_leaves_no_partials(fake_proxy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -82,4 +82,4 @@ async def test_sigterm_mid_download_leaves_no_partials(fake_proxy, tmp_path: Pat
             assert await asyncio.wait_for(proc.wait(), 20) == 0
             await asyncio.gather(*tasks, return_exceptions=True)
     assert temp_files(data) == []  # removed on the way out, not at the next start
-    assert not any(p.is_file() for p in (data / "blobs").rglob("*"))
+    assert on_disk(data) == {}

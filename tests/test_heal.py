@@ -18,6 +18,7 @@ import pytest
 
 from node.cache.scrub import CHUNK
 from node.service import Node
+from tests.blobs import Blob, flip_byte
 from tests.goenv import decode_stream, go_env, run_go
 from tests.mesh_fixtures import wait_for
 from tests.modules import big_module, module_files, module_set
@@ -28,17 +29,10 @@ M = "example.com/heal"
 KINDS = ("info", "mod", "zip")
 
 
-def flip_byte(path: Path) -> None:
-    """One byte changed in place, as bit rot or a bad sector would."""
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
-
-
-async def blob(node: Node, module: str, version: str, kind: str) -> Path:
+async def blob(node: Node, module: str, version: str, kind: str) -> Blob:
     e = await node.index.get(module, version, kind)
     assert e is not None, (module, version, kind)
-    return node.store.path_for(e.sha256)
+    return Blob(node.config.data, e.sha256)
 
 
 def metric(node: Node, name: str, **labels: str) -> float:

@@ -16,6 +16,7 @@ import errno
 import hashlib
 import os
 import shutil
+import sqlite3
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -363,11 +364,26 @@ def test_spool_moves_to_memory_when_the_disk_fills_and_respects_its_budget(
     assert budget.used == 0
 
 
-def test_spool_whose_commit_finds_the_disk_full_keeps_serving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+class _FullPack:
+    """A pack connection on a full disk: every write fails as SQLite reports it."""
+
+    def execute(self, *args: object) -> None:
+        e = sqlite3.OperationalError("database or disk is full")
+        e.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+        raise e
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["file", "packed"])
+def test_spool_whose_commit_finds_the_disk_full_keeps_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, packed: bool
+) -> None:
     store = _store(tmp_path)
-    spool = Spool(store, MemoryBudget(1 << 20))
+    spool = Spool(store, MemoryBudget(1 << 20), packable=packed)
     spool.write(b"all the bytes")
-    monkeypatch.setattr(store_module, "os", NoSpaceFor("fsync"))
+    if packed:
+        monkeypatch.setattr(store.pack, "_write", _FullPack)
+    else:
+        monkeypatch.setattr(store_module, "os", NoSpaceFor("fsync"))
     assert asyncio.run(spool.commit()) is None
     assert spool.in_memory and spool.read(0, 100) == b"all the bytes" and spool.passthrough
     assert not any(store.tmp_dir.iterdir()) and not any(store.blob_dir.rglob("*"))

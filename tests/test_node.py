@@ -11,6 +11,7 @@ import pytest
 from multidict import CIMultiDict
 
 from node.golang import dirhash
+from tests.blobs import Blob
 from tests.modules import big_module, module_files, module_set
 from tests.upstream_fixture import Fault
 
@@ -279,7 +280,7 @@ async def test_missing_blob_is_refetched(fake_proxy, make_node, client) -> None:
     await get(client, node.url + ZIP)
     e = await node.index.get(M, V, "zip")
     assert e is not None
-    node.store.path_for(e.sha256).unlink()
+    Blob(node.config.data, e.sha256).unlink()
     status, body, _ = await get(client, node.url + ZIP)
     assert status == 200 and body == files[2] and up.count(ZIP) == 2
 

@@ -21,6 +21,7 @@ from node.cli import build_parser
 from node.config import ConfigError, load_config
 from node.hooks import PeerCandidate
 from node.service import Node
+from tests.blobs import Blob, blob, on_disk
 from tests.disk import FillingDisk
 from tests.modules import big_module, module_files, module_set
 from tests.upstream_fixture import Fault
@@ -40,13 +41,9 @@ async def get(client: aiohttp.ClientSession, url: str) -> tuple[int, bytes, str]
         return r.status, await r.read(), r.headers.get("X-Modmesh-Cache", "")
 
 
-def on_disk(data: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_size for p in (data / "blobs").rglob("*") if p.is_file()}
-
-
 async def cached(node: Node, module: str, version: str, kind: str) -> bool:
     e = await node.index.get(module, version, kind)
-    return e is not None and node.store.path_for(e.sha256).is_file()
+    return e is not None and blob(node.config.data, e.sha256).exists()
 
 
 # ---- eviction ------------------------------------------------------------------------
@@ -145,7 +142,7 @@ async def test_gc(fake_proxy, make_node, client) -> None:  # type: ignore[no-unt
     data = node.config.data
     old = time.time() - 3600
     old_orphan = node.store.put_bytes(b"left by a crash before indexing")
-    os.utime(old_orphan.path, (old, old))
+    blob(data, old_orphan.sha256).age(old)
     young_orphan = node.store.put_bytes(b"about to be indexed by a running node")
     tmp = node.store.tmp_dir
     (tmp / "stale.part").write_bytes(b"x" * 10)
@@ -153,7 +150,7 @@ async def test_gc(fake_proxy, make_node, client) -> None:  # type: ignore[no-unt
     (tmp / "inflight.part").write_bytes(b"y")
     info = await node.index.get(m, "v1.0.0", "info")
     assert info is not None
-    node.store.path_for(info.sha256).unlink()  # a row whose blob is gone
+    blob(data, info.sha256).unlink()  # a row whose blob is gone
     await asyncio.sleep(0.1)  # both lists expire
 
     async with client.post(node.url + "/_admin/gc") as r:
@@ -164,7 +161,7 @@ async def test_gc(fake_proxy, make_node, client) -> None:  # type: ignore[no-unt
     assert rep["tmp_files"] == 1 and rep["tmp_bytes"] == 10
     assert rep["meta_rows"] == 1  # `other` has nothing cached; `m` still has files
     assert rep["evict"]["max_size"] is None
-    assert not old_orphan.path.exists() and young_orphan.path.exists()
+    assert not blob(data, old_orphan.sha256).exists() and blob(data, young_orphan.sha256).exists()
     assert sorted(p.name for p in (data / "tmp").rglob("*") if p.is_file()) == ["inflight.part"]
     assert await node.index.get(m, "v1.0.0", "info") is None
     assert await node.index.get_meta(other, "list") is None and await node.index.get_meta(m, "list") is not None
@@ -175,7 +172,7 @@ async def test_gc(fake_proxy, make_node, client) -> None:  # type: ignore[no-unt
 # ---- verify ----------------------------------------------------------------------------
 
 
-def corrupt(path: Path) -> None:
+def corrupt(path: Path | Blob) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -192,10 +189,10 @@ async def test_verify_finds_and_repairs_from_upstream(fake_proxy, make_node, cli
         assert (await get(client, f"{node.url}/{m}/@v/v1.0.0.{kind}"))[0] == 200
     assert (await get(client, f"{node.url}/{big}/@v/v1.0.0.zip"))[0] == 200
 
-    async def path_of(module: str, kind: str) -> Path:
+    async def path_of(module: str, kind: str) -> Blob:
         e = await node.index.get(module, "v1.0.0", kind)
         assert e is not None
-        return node.store.path_for(e.sha256)
+        return blob(node.config.data, e.sha256)
 
     corrupt(await path_of(big, "zip"))
     (await path_of(m, "mod")).write_bytes(b"module evil.example\n")
@@ -222,7 +219,7 @@ async def test_verify_finds_and_repairs_from_upstream(fake_proxy, make_node, cli
         assert (await get(client, f"{node.url}/{m}/@v/v1.0.0.{kind}"))[1] == want
     assert (await get(client, f"{node.url}/{big}/@v/v1.0.0.zip"))[1] == big_files[2]
     for name in on_disk(node.config.data):
-        assert hashlib.sha256((node.store.path_for(name)).read_bytes()).hexdigest() == name
+        assert hashlib.sha256(blob(node.config.data, name).read_bytes()).hexdigest() == name
     async with client.post(node.url + "/_admin/verify") as r:
         assert (await r.json())["problems"] == []
 
@@ -252,13 +249,13 @@ async def test_verify_repairs_from_a_peer_when_upstream_is_down(fake_proxy, make
     await up_a.stop()
     e = await a.index.get(m, "v1.0.0", "zip")
     assert e is not None
-    corrupt(a.store.path_for(e.sha256))
+    corrupt(blob(a.config.data, e.sha256))
     peers = StaticPeers(Upstream(b.url, client, Timeouts(), a.metrics, label="peer:b"))
     a.hooks.peers = peers
     rep = await a.storage.verify()
     assert [(p.status, p.detail) for p in rep.problems] == [("repaired", "refetched from peer:b")]
     assert peers.reports == [None]
-    assert hashlib.sha256(a.store.path_for(e.sha256).read_bytes()).hexdigest() == e.sha256
+    assert hashlib.sha256(blob(a.config.data, e.sha256).read_bytes()).hexdigest() == e.sha256
 
 
 # ---- a full disk -------------------------------------------------------------------------
@@ -273,7 +270,7 @@ async def test_full_disk_passes_files_through_and_corrupts_nothing(  # type: ign
     node = await make_node(up.url, stream_threshold=256 << 10)
     assert (await get(client, f"{node.url}/{m}/@v/v1.0.0.info"))[0] == 200
     data = node.config.data
-    before = {n: hashlib.sha256(node.store.path_for(n).read_bytes()).hexdigest() for n in on_disk(data)}
+    before = {n: hashlib.sha256(blob(data, n).read_bytes()).hexdigest() for n in on_disk(data)}
     disk = FillingDisk()
     monkeypatch.setattr(store_module, "os", disk)  # the OS boundary, not our code
 
@@ -284,7 +281,7 @@ async def test_full_disk_passes_files_through_and_corrupts_nothing(  # type: ign
     disk.room = 512 << 10
     assert (await get(client, f"{node.url}/{big}/@v/v1.0.0.zip"))[:2] == (200, big_files[2])
     # Nothing half-written is visible, and what was there is intact.
-    assert {n: hashlib.sha256(node.store.path_for(n).read_bytes()).hexdigest() for n in on_disk(data)} == before
+    assert {n: hashlib.sha256(blob(data, n).read_bytes()).hexdigest() for n in on_disk(data)} == before
     assert all(n == s for n, s in before.items())
     assert not [p for p in (data / "tmp").rglob("*") if p.is_file()]
     for mod, kind in ((m, "mod"), (m, "zip"), (big, "zip")):
@@ -361,8 +358,8 @@ async def test_commands_on_node_and_data(fake_proxy, make_node, client, tmp_path
 
     e0 = await _entry(data, m, "v1.0.0")
     e1 = await _entry(data, m, "v1.1.0")
-    corrupt(data / "blobs" / e0[:2] / e0)
-    corrupt(data / "blobs" / e1[:2] / e1)
+    corrupt(blob(data, e0))
+    corrupt(blob(data, e1))
     rc, out, err = await modmesh("verify", "--data", str(data), "--sumdb", "off", "--no-repair", "--json")
     assert rc == 1, err
     assert [p["status"] for p in json.loads(out)["problems"]] == ["found", "found"]

@@ -25,6 +25,7 @@ from node.cache.inflight import Download
 from node.config import Config
 from node.golang import modzip
 from node.tools.doctor.report import diagnose
+from tests.blobs import Blob
 from tests.disk import FillingDisk
 from tests.goenv import decode_stream, go_env, run_go
 from tests.modules import module_files, module_set
@@ -387,7 +388,7 @@ async def test_export_stream_is_cut_when_a_blob_vanishes_mid_way(fake_proxy, mak
                         for v in versions:  # gone before the node opens them
                             entry = await node.index.get(M, v, "zip")
                             assert entry is not None
-                            node.store.path_for(entry.sha256).unlink(missing_ok=True)
+                            Blob(node.config.data, entry.sha256).unlink(missing_ok=True)
                     received += len(chunk)
                     await asyncio.sleep(0.01)
 

@@ -18,7 +18,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -49,10 +48,14 @@ class Damage:
     moved_to: str = ""
 
 
-def file_digest(path: Path) -> tuple[str, int]:
-    """(sha256, size) of a file; OSError if it cannot be read."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest(), os.fstat(f.fileno()).st_size
+def blob_digest(store: BlobStore, sha256: str) -> tuple[str, int]:
+    """(sha256, size) of what the store holds as the blob; OSError if it cannot be read."""
+    h, size = hashlib.sha256(), 0
+    with store.open_blob(sha256) as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
 
 
 def read_problem(e: OSError) -> str:
@@ -109,12 +112,11 @@ class Integrity:
             del self._checks[entry.sha256]
 
     async def _check(self, entry: Entry, body: bytes | None) -> bool:
-        path = self.store.path_for(entry.sha256)
         try:
             if body is not None:
                 found, size = hashlib.sha256(body).hexdigest(), len(body)
             else:
-                found, size = await asyncio.to_thread(file_digest, path)
+                found, size = await asyncio.to_thread(blob_digest, self.store, entry.sha256)
         except OSError as e:
             found, size = read_problem(e), -1
         self.metrics.blobs_checked.labels("serve").inc()
@@ -130,17 +132,13 @@ class Integrity:
         are fetched again by the next request for them (or by the caller)."""
         damage = Damage(sha256, found, by, self.clock())
         rows = await self.index.rows_of(sha256)
-        src = self.store.path_for(sha256)
-        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
         dest = self.quarantine_dir / f"{sha256}.{int(damage.at)}"
         try:
-            os.replace(src, dest)
-            damage.moved_to = str(dest)
-        except FileNotFoundError:
-            pass
+            if await asyncio.to_thread(self._take_out, sha256, dest):
+                damage.moved_to = str(dest)
         except OSError as err:  # cannot move it: delete it, never leave it to be served
-            log.warning("cannot move damaged blob %s to quarantine (%s): deleting it", src, err)
-            src.unlink(missing_ok=True)
+            log.warning("cannot move damaged blob %s to quarantine (%s): deleting it", sha256, err)
+            await asyncio.to_thread(self.store.remove, sha256)
         await self.index.remove_blob(sha256)
         damage.keys = [_key(row) for row in rows]
         for key in damage.keys:
@@ -164,6 +162,10 @@ class Integrity:
             damage.moved_to or "(nothing on disk)",
         )
         return damage
+
+    def _take_out(self, sha256: str, dest: Path) -> bool:
+        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        return self.store.take_out(sha256, dest)
 
     def stored(self, entry: Entry) -> None:
         """A good copy of a file was stored: if it replaces a quarantined one, a repair."""

@@ -24,7 +24,6 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -141,7 +140,10 @@ class ModuleProxy:
             if dl.finished:
                 entry = dl.result.result()  # raises the flight's error, if any
                 if dl.stored:
-                    return Served(entry, self.store.path_for(entry.sha256), self._small.get(entry.sha256), "miss")
+                    body = self._small.get(entry.sha256)
+                    if body is None and entry.size <= SMALL_BLOB:  # it may be packed: no path
+                        body = dl.spool.read(0, entry.size)
+                    return Served(entry, None if body is not None else self.store.path_for(entry.sha256), body, "miss")
             streamed, transfer = transfer, None
             assert streamed is not None
             return streamed
@@ -170,11 +172,12 @@ class ModuleProxy:
         body = self._small.get(entry.sha256)  # bytes in memory were checked on their way in
         path = None
         if body is None:
-            path = self.store.path_for(entry.sha256)
             small, check = entry.size <= SMALL_BLOB, self.integrity.needs_check(entry)
             present = True
-            if small or not check:  # the file system is read in a thread, never on the loop
-                body, present = await asyncio.to_thread(_probe, path, small)
+            if small or not check:  # the store is read in a thread, never on the loop
+                body, present = await asyncio.to_thread(self.store.probe, entry.sha256, small)
+            if body is None:
+                path = self.store.path_for(entry.sha256)  # a large blob is always a file
             if check:
                 if not await self.integrity.check(entry, body):
                     return None
@@ -232,7 +235,8 @@ class ModuleProxy:
             self._small.pop(sha256)
 
     def _spool(self, req: ModRequest, passing: bool = True) -> Spool:
-        return Spool(self.store, self.passthrough_budget, functools.partial(self._store_refused, req, passing))
+        refused = functools.partial(self._store_refused, req, passing)
+        return Spool(self.store, self.passthrough_budget, refused, packable=req.kind != "zip")
 
     def _store_refused(self, req: ModRequest, passing: bool, cause: str) -> None:
         """The store cannot take `req`'s file: health says so, and a download that passes
@@ -327,7 +331,7 @@ class ModuleProxy:
             spool.passed_through(cause)
             with contextlib.suppress(Exception):
                 if not await self.index.is_referenced(blob.sha256):
-                    self.store.remove(blob.sha256)
+                    await asyncio.to_thread(self.store.remove, blob.sha256)
             return entry
         if self.store.status.stored():
             log.info("the store takes files again (%s %s .%s stored)", req.module, req.version, req.kind)
@@ -442,14 +446,3 @@ class ModuleProxy:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.answers.aclose()
-
-
-def _probe(path: Path, small: bool) -> tuple[bytes | None, bool]:
-    """(a small blob's bytes, or None; whether the blob is there). Blocking: run in a thread."""
-    if not small:
-        return None, path.is_file()
-    try:
-        body = path.read_bytes()
-    except OSError:
-        return None, False
-    return body, True

@@ -155,7 +155,7 @@ class Scrubber:
     async def _hash(self, sha256: str, size: int, zips: list[Entry]) -> str | None:
         """Why the blob is bad (what it hashes to, "missing", an h1 that differs), or None.
         A zip's entries are hashed in the same paced pass (ZipStreamHasher)."""
-        path = self.store.path_for(sha256)
+        path = self.store.path_for(sha256)  # for a zip (zips are always files)
         h = hashlib.sha256()
         entries = ZipStreamHasher() if zips else None
         total = 0
@@ -168,7 +168,7 @@ class Scrubber:
             return len(data)
 
         try:
-            with open(path, "rb") as f:
+            with await asyncio.to_thread(self.store.open_blob, sha256) as f:
                 while n := await asyncio.to_thread(read, f):
                     total += n
                     self.bytes += n

@@ -62,7 +62,11 @@ class Spool:
     """One download's bytes: in a temp file of the store, or in memory (pass-through)."""
 
     def __init__(
-        self, store: BlobStore, budget: MemoryBudget, on_passthrough: Callable[[str], None] = lambda cause: None
+        self,
+        store: BlobStore,
+        budget: MemoryBudget,
+        on_passthrough: Callable[[str], None] = lambda cause: None,
+        packable: bool = True,
     ) -> None:
         self.store = store
         self.budget = budget
@@ -77,7 +81,7 @@ class Spool:
         self._held = 0  # bytes taken from the budget
         self._refs = 1
         try:
-            self._writer = store.writer()
+            self._writer = store.writer(packable)
             self._rfd = os.open(self._writer.tmp_path, os.O_RDONLY)
         except (OSError, StorageFull) as e:
             cause = storage_error_cause(e)

@@ -2,16 +2,21 @@
 
 Layout under the data directory:
 
+    blobs/pack.sqlite    blobs of at most 4 KiB that are not zips, a row each (pack.py)
     blobs/ab/abcdef...   one file per sha256, immutable once renamed into place
     tmp/<pid>-<id>/      in-progress writes of one store instance (process)
+
+Callers do not care where a blob is: every method here reads both places (files
+first: a blob written as a file before the pack existed stays one).
 
 Several processes may use one data directory (a node, and `modmesh warm --data`
 beside it), so each store writes into a temp directory of its own and start-up
 removes only the directories of processes that are gone (their crash orphans).
 
 A blob becomes visible only by `os.replace` of a fully written, fsynced temp file
-in the same file system, so a crash at any moment leaves either no blob or a
-whole one. The sha256 is computed while the bytes are written, never after.
+in the same file system, or by one committed SQLite transaction (synchronous=FULL),
+so a crash at any moment leaves either no blob or a whole one. The sha256 is
+computed while the bytes are written, never after.
 """
 
 from __future__ import annotations
@@ -20,16 +25,20 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import io
 import logging
 import os
 import secrets
 import shutil
+import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from node.cache.pack import PACK_MAX, Pack
+from node.cache.status import StoreStatus
 from node.errors import StorageFull
 
 log = logging.getLogger(__name__)
@@ -37,42 +46,6 @@ log = logging.getLogger(__name__)
 
 class DataDirBusy(Exception):
     """Another process holds the data directory in a way this one cannot share."""
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """The store could not take a file: why, which file first, since when, how many."""
-
-    cause: str
-    first: str
-    since: float
-    files: int = 1
-
-
-class StoreStatus:
-    """Whether the store takes files. Set by the first refusal (a full disk, a quota,
-    a file larger than `max_size` allows), cleared by the next file it stores."""
-
-    def __init__(self) -> None:
-        self.refusal: Refusal | None = None
-
-    def refused(self, cause: str, what: str, now: float) -> None:
-        r = self.refusal
-        if r is None:
-            self.refusal = Refusal(cause, what, now)
-        else:
-            self.refusal = Refusal(cause, r.first, r.since, r.files + 1)
-
-    def stored(self) -> bool:
-        """A file was stored; True if that ended a refusal."""
-        ended, self.refusal = self.refusal is not None, None
-        return ended
-
-    def health(self) -> dict[str, object]:
-        r = self.refusal
-        if r is None:
-            return {"caching": True}
-        return {"caching": False, "reason": r.cause, "since": r.since, "first": r.first, "files_passed": r.files}
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +62,7 @@ class BlobStat:
 class StoredBlob:
     sha256: str
     size: int
-    path: Path
+    path: Path | None  # None when the blob is packed
 
 
 class BlobStore:
@@ -99,6 +72,8 @@ class BlobStore:
         self.tmp_root = root / "tmp"
         self.tmp_dir = self.tmp_root / f"{os.getpid()}-{secrets.token_hex(4)}"
         self.status = StoreStatus()
+        self.pack = Pack(self.blob_dir / "pack.sqlite")
+        self.pack_failing = False  # the last write to the pack failed (warned once)
         self._lock_fd: int | None = None
 
     def lock(self, exclusive: bool = False, wait: float = 10.0) -> None:
@@ -158,11 +133,13 @@ class BlobStore:
     def close(self) -> None:
         """Remove this instance's temp directory (its writers have all finished)."""
         _remove_tree(self.tmp_dir)
+        self.pack.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
 
     def path_for(self, sha256: str) -> Path:
+        """Where the blob's file is, if it is a file (see `file_of`)."""
         return self.blob_dir / sha256[:2] / sha256
 
     def file_name(self, sha256: str) -> str:
@@ -170,15 +147,56 @@ class BlobStore:
         of a Path, and the interpreter's table of interned strings only grows."""
         return os.path.join(self.blob_dir, sha256[:2], sha256)
 
+    def file_of(self, sha256: str) -> Path | None:
+        """The blob's file, or None when it is packed or missing (blocking: a stat)."""
+        path = self.path_for(sha256)
+        return path if os.path.isfile(path) else None
+
     def has(self, sha256: str) -> bool:
-        return os.path.isfile(self.file_name(sha256))
+        return os.path.isfile(self.file_name(sha256)) or bool(self.pack.sizes([sha256]))
 
     def open_blob(self, sha256: str) -> BinaryIO:
         """The blob's bytes as a seekable binary file; FileNotFoundError if it is not here."""
-        return open(self.path_for(sha256), "rb")
+        try:
+            return open(self.path_for(sha256), "rb")
+        except FileNotFoundError:
+            data = self.pack.get(sha256)
+            if data is None:
+                raise
+            return io.BytesIO(data)
 
-    def writer(self) -> BlobWriter:
-        return BlobWriter(self)
+    def probe(self, sha256: str, small: bool) -> tuple[bytes | None, bool]:
+        """(a small blob's bytes, or None; whether the blob is there)."""
+        if not small:
+            return None, self.file_of(sha256) is not None
+        try:
+            return self.read(sha256), True
+        except OSError:
+            return None, False
+
+    def read(self, sha256: str) -> bytes:
+        """A small blob's bytes; FileNotFoundError if it is not here."""
+        with self.open_blob(sha256) as f:
+            return f.read()
+
+    def take_out(self, sha256: str, dest: Path) -> bool:
+        """Move the blob (as it is, damaged or not) to the file `dest`; False if it is not here."""
+        try:
+            os.replace(self.path_for(sha256), dest)
+            return True
+        except FileNotFoundError:
+            pass
+        data = self.pack.get(sha256)
+        if data is None:
+            return False
+        with open(dest, "wb") as f:
+            f.write(data)
+        self.pack.delete([sha256])
+        return True
+
+    def writer(self, packable: bool = True) -> BlobWriter:
+        """A writer for one blob; `packable` False keeps it a file however small (zips)."""
+        return BlobWriter(self, packable)
 
     def put_bytes(self, data: bytes) -> StoredBlob:
         """Store a small blob in one go (info, mod): same atomic path as streams."""
@@ -194,6 +212,10 @@ class BlobStore:
             self.path_for(sha256).unlink()
         except FileNotFoundError:
             pass
+        try:
+            self.pack.delete([sha256])
+        except sqlite3.DatabaseError as e:  # a damaged pack: its blobs read as unreadable anyway
+            log.warning("cannot delete blob %s from %s: %s", sha256, self.pack.path, e)
 
     # ---- many blobs at once (gc, verify, eviction, rebuild: in a thread) ----------
 
@@ -205,13 +227,17 @@ class BlobStore:
                 out[sha] = os.stat(self.path_for(sha)).st_size
             except OSError:
                 continue
+        missing = [sha for sha in shas if sha not in out]
+        if missing:
+            out.update(self.pack.sizes(missing))
         return out
 
     def delete_unless_newer(self, shas: Iterable[str], since: float, renamed: bool = True) -> int:
         """Delete these blobs, except any written at or after `since` (or, with `renamed`,
         committed again since: a download of the same bytes may be about to index it;
-        rename updates ctime). Returns the bytes freed."""
+        rename updates ctime; a packed blob's `written` is both). Returns the bytes freed."""
         freed = 0
+        packed: list[str] = []
         for sha in shas:
             path = self.path_for(sha)
             try:
@@ -220,15 +246,22 @@ class BlobStore:
                     continue
                 path.unlink()
             except FileNotFoundError:
+                packed.append(sha)
                 continue
             freed += st.st_size
-        return freed
+        return freed + (self.pack.delete(packed, since) if packed else 0)
 
     def batches(self, size: int = 1000) -> Iterator[list[BlobStat]]:
-        """Every blob in the store (whatever the index says), `size` at a time."""
-        batch: list[BlobStat] = []
+        """Every blob in the store (whatever the index says), `size` at a time: the
+        files, then the packed blobs."""
         if not self.blob_dir.is_dir():
             return
+        yield from self._file_batches(size)
+        for rows in self.pack.batches(size):
+            yield [BlobStat(*row) for row in rows]
+
+    def _file_batches(self, size: int) -> Iterator[list[BlobStat]]:
+        batch: list[BlobStat] = []
         for sub in sorted(self.blob_dir.iterdir()):
             if not sub.is_dir():
                 continue
@@ -251,15 +284,16 @@ class BlobStore:
 class BlobWriter:
     """Writes one blob to a temp file, hashing as it goes.
 
-    `commit()` fsyncs and renames into place (call it in a thread for big blobs:
-    fsync can take a while); `abort()` is idempotent and safe after commit.
+    `commit()` fsyncs and renames into place, or packs a small blob (pack.py); call
+    it in a thread: fsync can take a while. `abort()` is idempotent and safe after commit.
     """
 
-    def __init__(self, store: BlobStore) -> None:
+    def __init__(self, store: BlobStore, packable: bool = True) -> None:
         self.store = store
+        self.packable = packable
         self.tmp_path = store.tmp_dir / f"{secrets.token_hex(8)}.part"
         try:
-            self._fd: int | None = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            self._fd: int | None = os.open(self.tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError as e:
             raise _storage_error(e) from e
         self._hash = hashlib.sha256()
@@ -297,6 +331,10 @@ class BlobWriter:
         assert self._fd is not None, "commit after commit/abort"
         digest = self.sha256
         final = self.store.path_for(digest)
+        if self.packable and self.size <= PACK_MAX and not final.is_file():
+            packed = self._pack(digest)
+            if packed is not None:
+                return packed
         try:
             os.fsync(self._fd)
             os.close(self._fd)
@@ -307,6 +345,26 @@ class BlobWriter:
         except OSError as e:
             raise _storage_error(e) from e
         return StoredBlob(digest, self.size, final)
+
+    def _pack(self, digest: str) -> StoredBlob | None:
+        assert self._fd is not None
+        try:
+            data = os.pread(self._fd, self.size + 1, 0) if self.size else b""
+            if len(data) != self.size:
+                raise OSError(errno.EIO, f"temp file of {digest} holds {len(data)} bytes, not {self.size}")
+            self.store.pack.put(digest, data)
+        except OSError as e:
+            raise _storage_error(e) from e
+        except sqlite3.DatabaseError as e:  # a damaged or locked pack: the blob is a file instead
+            if not self.store.pack_failing:
+                log.warning(
+                    "blob pack %s cannot take blobs (%s): small blobs are files meanwhile", self.store.pack.path, e
+                )
+            self.store.pack_failing = True
+            return None
+        self.store.pack_failing = False
+        self.abort()
+        return StoredBlob(digest, self.size, None)
 
     def abort(self) -> None:
         if self._fd is not None:

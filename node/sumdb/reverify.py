@@ -136,7 +136,7 @@ class Reverifier:
         await self.index.delete_entries([(e.module, e.version, e.kind)])
         self.proxy.forget(ModRequest(e.module, e.version, _kind(e.kind)).key, e.sha256)
         if not await self.index.is_referenced(e.sha256):
-            self.store.remove(e.sha256)
+            await asyncio.to_thread(self.store.remove, e.sha256)
         log.error(
             "deleted %s@%s .%s from the store: its h1 %s is not the checksum database's",
             e.module,

@@ -184,7 +184,7 @@ class Importer:
     async def _versioned(self, e: ManifestEntry, req: Any, chunks: AsyncIterator[bytes]) -> None:
         node = self.node
         have = await node.index.get(req.module, req.version, req.kind)
-        if have is not None and node.store.has(have.sha256):
+        if have is not None and await asyncio.to_thread(node.store.has, have.sha256):
             if e.h1 and have.h1 and e.h1 != have.h1:
                 self.outcome(e, "refused", f"this node already has {have.h1}; the bundle's copy has {e.h1}")
             else:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from node.cache.store import Refusal
+from node.cache.status import Refusal
 from node.errors import InvalidRequest
 from node.golang import modpath
 from node.tools.doctor.check import Check, Status
