@@ -150,8 +150,8 @@ class FastConnection(asyncio.Protocol):
         self._front.live.discard(self)
         self._disarm_timer()
         self._disarm_stall()
-        if self._later is not None:
-            self._later.cancel()
+        # A lookup under way runs to its end (it may be hashing or quarantining a blob,
+        # as aiohttp's handlers run on after a client has gone); its answer is dropped.
         app, self._app = self._app, None
         if app is not None:
             app.connection_lost(exc)
