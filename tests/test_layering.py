@@ -2,7 +2,7 @@
 TYPE_CHECKING and inside functions included):
 
     node.golang   the pure ports of Go's x/mod: imports nothing else from node
-    base          node.errors, .metrics, .logs, .settings, .config: below everything
+    base          node.errors, .flights, .metrics, .logs, .settings, .config: below everything
     cache         node.cache and node.hooks (the request path, and the mesh's seam)
     sumdb         node.sumdb: the checksum databases, over the cache's upstreams
     server        node.server: the aiohttp app; never the composition root
@@ -41,7 +41,7 @@ def layer(module: str) -> str | None:
         return "cache"
     if top in ("service", "plugins"):
         return "service"
-    if top in ("errors", "metrics", "logs", "settings", "config"):
+    if top in ("errors", "flights", "metrics", "logs", "settings", "config"):
         return "base"
     raise AssertionError(f"{module}: no layer; add it to tests/test_layering.py")
 

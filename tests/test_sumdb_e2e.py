@@ -3,6 +3,7 @@ driven by the real go command against a fake database over Go's test corpus."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from tests.corpus import servable
 from tests.goenv import go_env, run_go
 from tests.sumdb_fixture import FakeSumDB, generate_keys
 from tests.test_e2e_go import MAIN_GO, decode_stream
+from tests.upstream_fixture import Fault
 
 pytestmark = pytest.mark.e2e
 
@@ -117,6 +119,32 @@ async def test_zip_that_differs_from_the_database_is_refused(  # type: ignore[no
     assert "checksum mismatch for rsc.io/quote@v1.5.2" in err and bogus in err and "h1:" in err
     assert await node.index.get("rsc.io/quote", "v1.5.2", "zip") is None
     assert not [p for p in (node.config.data / "tmp").rglob("*") if p.is_file()]
+
+
+async def test_a_record_is_fetched_once_while_it_is_verified(  # type: ignore[no-untyped-def]
+    corpus_modules, fake_proxy, make_node, sumdb
+) -> None:
+    """A second client that asks while the first's reply is still being checked (its
+    tiles on the way) shares that check: the database sees one lookup, not two."""
+    up = await fake_proxy(corpus_modules)
+    node = await make_node(up.url, sumdb=db_spec(sumdb))
+    sumdb.inject(r"/tile/", Fault.delay(0.5))
+    url = f"{node.url}/sumdb/{DB}/lookup/rsc.io/quote@v1.5.2"
+    async with aiohttp.ClientSession() as s:
+
+        async def get() -> tuple[int, bytes]:
+            async with s.get(url) as r:
+                return r.status, await r.read()
+
+        first = asyncio.ensure_future(get())
+        for _ in range(200):  # the reply is in; its tiles are not
+            if sumdb.count("/lookup/rsc.io/quote@v1.5.2"):
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        second = await get()
+        assert await first == second and second[0] == 200
+    assert sumdb.count("/lookup/rsc.io/quote@v1.5.2") == 1
 
 
 async def test_forked_database_is_refused_and_reported(  # type: ignore[no-untyped-def]

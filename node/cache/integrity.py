@@ -15,6 +15,7 @@ blob. Checks of one blob are single-flight.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -28,6 +29,7 @@ from node.cache.index import Entry, Index
 from node.cache.protocol import Kind, ModRequest
 from node.cache.store import BlobStore
 from node.errors import ModmeshError
+from node.flights import Flights
 from node.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -79,7 +81,7 @@ class Integrity:
         self.quarantine_dir = store.root / "quarantine"
         #: Drops a request key's (and a blob's) in-memory copies: set by the proxy.
         self.forget: Callable[[str, str], None] = lambda key, sha256: None
-        self._checks: dict[str, asyncio.Future[bool]] = {}
+        self._checks: Flights[str, bool] = Flights()
         #: Request key -> the damage that took its file, until a good copy is stored.
         self.repairing: dict[str, Damage] = {}
         self.quarantined = 0
@@ -95,21 +97,7 @@ class Integrity:
         """True if the blob's bytes hash to its name (recorded for this run); False if
         not: the blob is in quarantine and its rows are out of the index. `body`: the
         bytes already read (small files)."""
-        fut = self._checks.get(entry.sha256)
-        if fut is not None:
-            return await asyncio.shield(fut)
-        fut = asyncio.get_running_loop().create_future()
-        self._checks[entry.sha256] = fut
-        try:
-            ok = await self._check(entry, body)
-            fut.set_result(ok)
-            return ok
-        except BaseException as e:
-            fut.set_exception(e)
-            fut.exception()  # retrieved: concurrent waiters get it too
-            raise
-        finally:
-            del self._checks[entry.sha256]
+        return await self._checks.run(entry.sha256, functools.partial(self._check, entry, body))
 
     async def _check(self, entry: Entry, body: bytes | None) -> bool:
         try:

@@ -27,6 +27,7 @@ import aiohttp
 
 from node.cache.upstream import Upstream
 from node.errors import IntegrityError, ModmeshError, NotFound, UpstreamError
+from node.flights import Flights
 from node.golang import modpath
 from node.metrics import Metrics
 from node.sumdb import note, records, tiles, tlog
@@ -99,7 +100,8 @@ class SumDB:
         self._base_at = 0.0
         self._latest_checked = -1e18
         self._tree_lock = asyncio.Lock()
-        self._flights: dict[str, asyncio.Future[Any]] = {}
+        self._gets: Flights[str, bytes] = Flights()
+        self._lookups: Flights[str, tuple[bytes, str]] = Flights()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._upgrade_pending = False
 
@@ -168,23 +170,11 @@ class SumDB:
         """GET one database path, single-flight per path."""
         if self.offline:
             raise NotFound(f"offline mode: {path} of checksum database {self.name} is not cached")
-        flight = self._flights.get(path)
-        if flight is not None:
-            body: bytes = await asyncio.shield(flight)
-            return body
-        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._flights[path] = fut
-        try:
-            up = await self._upstream()
-            body = await up.fetch(path, _read_reply, small=True)
-            fut.set_result(body)
-            return body
-        except BaseException as e:
-            fut.set_exception(e)
-            fut.exception()
-            raise
-        finally:
-            self._flights.pop(path, None)
+        return await self._gets.run(path, functools.partial(self._fetch, path))
+
+    async def _fetch(self, path: str) -> bytes:
+        up = await self._upstream()
+        return await up.fetch(path, _read_reply, small=True)
 
     async def _fetch_tile(self, tile: Tile) -> bytes:
         try:
@@ -313,6 +303,14 @@ class SumDB:
         if cached is not None:
             return cached, "hit"
         path = f"lookup/{modpath.escape_path(module)}@{modpath.escape_version(version)}"
+        # One fetch, check and store per record: a second caller that found no cached
+        # reply while the first was still verifying must not fetch it again.
+        return await self._lookups.run(path, functools.partial(self._fetch_lookup, module, version, path))
+
+    async def _fetch_lookup(self, module: str, version: str, path: str) -> tuple[bytes, str]:
+        cached = await asyncio.to_thread(self.store.lookup, module, version)  # stored while we waited
+        if cached is not None:
+            return cached, "hit"
         reply = await self._get(path)
         try:
             rid, text, signed = records.split_lookup(reply)
