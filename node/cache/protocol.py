@@ -87,9 +87,16 @@ def parse_request(path: str) -> ModRequest:
     for suffix, kind in _SUFFIXES.items():
         if rest.endswith(suffix):
             escaped = rest[: -len(suffix)]
-            if kind == "info" and _is_query(module, escaped):
+            try:
+                version = modpath.unescape_version(escaped)
+            except ValueError as e:
+                raise InvalidRequest(f"invalid version escaping: {e}") from None
+            problem = _unserved(module, version)
+            if problem is None:
+                return ModRequest(module, version, kind)
+            if kind == "info":
                 return ModRequest(module, _query(escaped), "query")
-            return ModRequest(module, _version(module, escaped), kind)
+            raise NotFound(problem)
     raise NotFound(f"unknown file {_clip(rest)!r}: want list, .info, .mod or .zip")
 
 
@@ -100,20 +107,17 @@ def _module(escaped: str) -> str:
         raise InvalidRequest(f"invalid module path: {e}") from None
 
 
-def _is_query(module: str, escaped: str) -> bool:
-    """Anything but a canonical version that fits the module path: `v2.0.0` of a path
-    without /v2 is a query too (the upstream may resolve it to v2.0.0+incompatible)."""
-    try:
-        version = modpath.unescape_version(escaped)
-    except ValueError:
-        return False
+def _unserved(module: str, version: str) -> str | None:
+    """Why `version` of the (valid) `module` is no file a proxy serves, or None: it must
+    be canonical and fit the path (`v2.0.0` of a path without /v2 is not; as `.info` it is
+    a query the upstream may resolve to v2.0.0+incompatible)."""
     if not semver.is_valid(version) or modpath.canonical_version(version) != version:
-        return True
+        return f"{module}@{_clip(version)}: not a canonical version; this proxy serves canonical versions only"
     try:
-        modpath.check(module, version)
-    except ValueError:
-        return True
-    return False
+        modpath.check_fits(module, version)
+    except ValueError as e:
+        return f"{module}@{version}: {e}"
+    return None
 
 
 def _query(escaped: str) -> str:
@@ -123,20 +127,6 @@ def _query(escaped: str) -> str:
         modpath.escape_version(version)
     except ValueError as e:
         raise InvalidRequest(f"invalid version query: {e}") from None
-    return version
-
-
-def _version(module: str, escaped: str) -> str:
-    try:
-        version = modpath.unescape_version(escaped)
-    except ValueError as e:
-        raise InvalidRequest(f"invalid version escaping: {e}") from None
-    if not semver.is_valid(version) or modpath.canonical_version(version) != version:
-        raise NotFound(f"{module}@{_clip(version)}: not a canonical version; this proxy serves canonical versions only")
-    try:
-        modpath.check(module, version)
-    except ValueError as e:
-        raise NotFound(f"{module}@{version}: {e}") from None
     return version
 
 

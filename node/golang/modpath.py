@@ -296,6 +296,12 @@ def check(path: str, version: str) -> None:
     check_path(path)
     if not semver.is_valid(version):
         raise InvalidVersionError(version, "not a semantic version", path=path)
+    check_fits(path, version)
+
+
+def check_fits(path: str, version: str) -> None:
+    """`check` for a path and a semantic version already known valid: raise
+    InvalidVersionError unless the version's major fits the path's suffix."""
     try:
         check_path_major(version, split_path_version(path)[1])
     except InvalidVersionError as err:
