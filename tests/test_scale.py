@@ -294,6 +294,24 @@ async def test_hits_not_in_memory_read_the_store_off_the_event_loop(
     assert up.count("/@v/v1.0.0.zip") == 1  # every request after the first was a hit
 
 
+async def test_a_hit_read_off_the_loop_sees_files_stored_after_the_first(
+    fake_proxy: Any, make_node: NodeFactory
+) -> None:
+    """Row and blob of a hit not in memory are read in one trip to a worker thread, on a
+    connection of their own: it sees every file stored since it opened (no old snapshot),
+    so a file just stored is a hit, not fetched again."""
+    versions = [f"v1.0.{i}" for i in range(3)]
+    up = await fake_proxy(module_set(*((M, v, big_module(M, v, 1 << 10)) for v in versions)))
+    node = await make_node(up.url)
+    for v in versions:
+        assert (await _get(f"{node.url}/{M}/@v/{v}.mod"))[0] == 200  # stored
+        e = await node.index.get(M, v, "mod")
+        assert e is not None
+        node.proxy.forget(ModRequest(M, v, "mod").key, e.sha256)  # memory lost it: read from the store
+        assert await _get(f"{node.url}/{M}/@v/{v}.mod") == (200, big_module(M, v, 1 << 10)[1])
+        assert up.count(f"/@v/{v}.mod") == 1
+
+
 async def test_checksum_database_lookups_are_read_and_written_off_the_event_loop(
     make_node: NodeFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

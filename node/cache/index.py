@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -56,6 +57,7 @@ __all__ = ["Entry", "Index", "IndexDamaged", "MetaEntry", "Totals", "Usage"]
 
 #: A sqlite3 error that means the file itself is bad, not the statement.
 _DAMAGE = (sqlite3.DatabaseError,)
+_GET = f"SELECT {ENTRY_COLUMNS} FROM entries WHERE module=? AND version=? AND kind=?"
 
 
 class Index(StorageQueries, MetaQueries):
@@ -67,6 +69,8 @@ class Index(StorageQueries, MetaQueries):
         #: Blobs hashed right on their first serve in this run, not written yet (flushed
         #: with the access statistics): sha256 -> when.
         self._checked: dict[str, float] = {}
+        self._reader: sqlite3.Connection | None = None
+        self._reader_lock = threading.Lock()
         self.epoch = ""
         #: This run of the node: counted up at each open.
         self.boot = 0
@@ -131,6 +135,7 @@ class Index(StorageQueries, MetaQueries):
         await self.db.execute("INSERT OR REPLACE INTO node_state VALUES (?, ?)", (key, value))
 
     async def close_quietly(self) -> None:
+        self._close_reader()
         if self._db is not None:
             with contextlib.suppress(Exception):
                 await self._db.close()
@@ -141,6 +146,7 @@ class Index(StorageQueries, MetaQueries):
             await self.journal.append(*records)
 
     async def aclose(self) -> None:
+        self._close_reader()
         if self._db is not None:
             await self.flush_access()
             if self.journal is not None:
@@ -153,12 +159,24 @@ class Index(StorageQueries, MetaQueries):
             self._db = None
 
     async def get(self, module: str, version: str, kind: str) -> Entry | None:
-        async with self.db.execute(
-            f"SELECT {ENTRY_COLUMNS} FROM entries WHERE module=? AND version=? AND kind=?",
-            (module, version, kind),
-        ) as cur:
-            row = await cur.fetchone()
-        return entry_from_row(row) if row else None
+        rows = await self.db.execute_fetchall(_GET, (module, version, kind))  # one trip to its thread
+        return next((entry_from_row(r) for r in rows), None)
+
+    def get_blocking(self, module: str, version: str, kind: str) -> Entry | None:
+        """`get` for a worker thread (a hit's row and blob in one trip off the loop), on a
+        read-only connection of its own: it sees every committed row, and rows are
+        committed before anything that wrote them returns."""
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = sqlite3.connect(self.path.as_uri() + "?mode=ro", uri=True, check_same_thread=False)
+            rows = self._reader.execute(_GET, (module, version, kind)).fetchall()  # done: no snapshot kept
+        return next((entry_from_row(r) for r in rows), None)
+
+    def _close_reader(self) -> None:
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
     async def _write(self, sql: str, params: Sequence[object]) -> aiosqlite.Cursor:
         """One statement in its own transaction; rolled back if it fails (a full disk)."""

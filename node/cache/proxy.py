@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import logging
 import time
@@ -29,10 +28,11 @@ from typing import Any
 import aiohttp
 
 from node.cache import door, verify
+from node.cache.hits import SMALL_BLOB, Hits
 from node.cache.index import Entry, Index, MetaEntry
 from node.cache.inflight import CHUNK, Download, Transfer
 from node.cache.integrity import Integrity
-from node.cache.memory import LRU, CacheSizes, NegativeCache, body_size, entry_size
+from node.cache.memory import CacheSizes, NegativeCache
 from node.cache.meta import MetaAnswers
 from node.cache.model import BlobVerifier, MetaAnswer, ProxySettings, Served
 from node.cache.protocol import ModRequest
@@ -46,8 +46,6 @@ from node.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-#: Small blobs kept in memory so hot .info/.mod hits skip the file system.
-SMALL_BLOB = 64 * 1024
 FOREIGN = (
     "module private to another node of the mesh (its private patterns): not fetched by this node;"
     " add a [[route]] or `private` pattern for it here to fetch it"
@@ -78,8 +76,6 @@ class ModuleProxy:
         self.verifier = verifier
         self.clock = clock
         sizes = CacheSizes.split(settings.memory_cache)
-        self._entries: LRU[str, Entry] = LRU(sizes.entries, entry_size)
-        self._small: LRU[str, bytes] = LRU(sizes.small, body_size)
         self.negative = NegativeCache(settings.negative_ttl, clock, sizes.negative)
         self._flights: dict[str, Download] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -91,6 +87,8 @@ class ModuleProxy:
         #: Blobs hashed before their first serve of a run; damaged ones quarantined.
         self.integrity = Integrity(store, index, metrics, clock, settings.check_on_serve)
         self.integrity.forget = self.forget
+        #: Rows and small bodies of cached files: memory, or the store off the loop.
+        self.hits = Hits(store, index, self.integrity, sizes)
         #: (module, size) -> why the store must not keep such a file, or None (storage limits).
         self.refuse_store: Callable[[str, int], str | None] = lambda module, size: None
         #: For modules private only by another mesh member's patterns (hooks.PrivateModules).
@@ -140,7 +138,7 @@ class ModuleProxy:
             if dl.finished:
                 entry = dl.result.result()  # raises the flight's error, if any
                 if dl.stored:
-                    body = self._small.get(entry.sha256)
+                    body = self.hits.small.get(entry.sha256)
                     if body is None and entry.size <= SMALL_BLOB:  # it may be packed: no path
                         body = dl.spool.read(0, entry.size)
                     return Served(entry, None if body is not None else self.store.path_for(entry.sha256), body, "miss")
@@ -162,35 +160,8 @@ class ModuleProxy:
             return entry, res.dl.stored
 
     async def lookup(self, req: ModRequest) -> Served | None:
-        """A hit from memory or the store; None if the store does not hold the file, or
-        held it damaged (then it is in quarantine, and the caller fetches it again)."""
-        entry = self._entries.get(req.key)
-        if entry is None:
-            entry = await self.index.get(req.module, req.version, req.kind)
-            if entry is None:
-                return None
-        body = self._small.get(entry.sha256)  # bytes in memory were checked on their way in
-        path = None
-        if body is None:
-            small, check = entry.size <= SMALL_BLOB, self.integrity.needs_check(entry)
-            present = True
-            if small or not check:  # the store is read in a thread, never on the loop
-                body, present = await asyncio.to_thread(self.store.probe, entry.sha256, small)
-            if body is None:
-                path = self.store.path_for(entry.sha256)  # a large blob is always a file
-            if check:
-                if not await self.integrity.check(entry, body):
-                    return None
-                entry = dataclasses.replace(entry, checked_boot=self.index.boot)
-            elif not present:
-                log.warning("blob for %s missing from the store; refetching", req.key)
-                self._entries.pop(req.key)
-                await self.index.delete(req.module, req.version, req.kind)
-                return None
-            if body is not None:
-                self._small.put(entry.sha256, body)
-        self._entries.put(req.key, entry)
-        return Served(entry, path, body, "hit")
+        """A hit from memory or the store (hits.py); None if the store does not hold the file."""
+        return await self.hits.lookup(req)
 
     def count_hit(self, req: ModRequest, from_peer: bool) -> None:
         """The one rule for counting a hit, whichever path answered it: a client's use
@@ -205,12 +176,10 @@ class ModuleProxy:
         """A hit answerable from memory without waiting on anything (the fast path):
         a versioned file whose bytes are in memory, or a fresh list/latest. None otherwise."""
         if req.versioned:
-            entry = self._entries.get(req.key)
-            if entry is None or (from_peer and entry.unverified):
+            held = self.hits.in_memory(req.key)
+            if held is None or (from_peer and held[0].unverified):
                 return None
-            body = self._small.get(entry.sha256)
-            if body is None:
-                return None
+            entry, body = held
             self.count_hit(req, from_peer)
             return Served(entry, None, body, "hit")
         return self.answers.memory_hit(req)
@@ -219,8 +188,8 @@ class ModuleProxy:
         """Drop expired "not found" answers (asked again or not); report the caches' sizes."""
         self.negative.sweep()
         held = {
-            "small": self._small.bytes,
-            "entries": self._entries.bytes,
+            "small": self.hits.small.bytes,
+            "entries": self.hits.entries.bytes,
             "meta": self.answers.cache.bytes,
             "negative": self.negative.bytes,
         }
@@ -230,9 +199,7 @@ class ModuleProxy:
     def forget(self, req_key: str, sha256: str | None = None) -> None:
         """Drop in-memory copies of a row (and of its blob's bytes) that storage.py
         evicted or found corrupt, so the next request reads the index and disk again."""
-        self._entries.pop(req_key)
-        if sha256 is not None:
-            self._small.pop(sha256)
+        self.hits.forget(req_key, sha256)
 
     def _spool(self, req: ModRequest, passing: bool = True) -> Spool:
         refused = functools.partial(self._store_refused, req, passing)
@@ -335,9 +302,7 @@ class ModuleProxy:
             return entry
         if self.store.status.stored():
             log.info("the store takes files again (%s %s .%s stored)", req.module, req.version, req.kind)
-        self._entries.put(req.key, entry)
-        if entry.size <= SMALL_BLOB and self._small.get(entry.sha256) is None:
-            self._small.put(entry.sha256, spool.read(0, entry.size))
+        self.hits.remember(req.key, entry, spool.read(0, entry.size) if entry.size <= SMALL_BLOB else None)
         return entry
 
     async def _verify(self, req: ModRequest, h1: str | None, require: bool = False) -> bool:
@@ -446,3 +411,4 @@ class ModuleProxy:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.answers.aclose()
+        self.hits.reads.close()

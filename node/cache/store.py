@@ -165,12 +165,18 @@ class BlobStore:
                 raise
             return io.BytesIO(data)
 
-    def probe(self, sha256: str, small: bool) -> tuple[bytes | None, bool]:
-        """(a small blob's bytes, or None; whether the blob is there)."""
-        if not small:
+    def probe(self, sha256: str, size: int, read: bool) -> tuple[bytes | None, bool]:
+        """(the blob's bytes if `read`, else None; whether the blob is there). A blob
+        the pack may hold is looked for there first (no failed open per hit)."""
+        if not read:
             return None, self.file_of(sha256) is not None
         try:
-            return self.read(sha256), True
+            if size <= PACK_MAX:
+                data = self.pack.get(sha256)
+                if data is not None:
+                    return data, True
+            with open(self.path_for(sha256), "rb") as f:
+                return f.read(), True
         except OSError:
             return None, False
 
