@@ -413,11 +413,13 @@ class Index(StorageQueries, MetaQueries):
             await self.db.executemany(
                 "UPDATE entries SET hits = hits + ?, last_access = MAX(COALESCE(last_access, fetched_at), ?)"
                 " WHERE module=? AND version=? AND kind=?",
-                [(h, t, m, v, k) for (m, v, k), (h, t) in batch.items()],
+                # Generators: the rows are made in the database's thread, not in one go on the loop.
+                ((h, t, m, v, k) for (m, v, k), (h, t) in batch.items()),
             )
+            boot = self.boot
             await self.db.executemany(
                 "UPDATE entries SET checked_at=?, checked_boot=? WHERE sha256=?",
-                [(t, self.boot, sha) for sha, t in checked.items()],
+                ((t, boot, sha) for sha, t in checked.items()),
             )
             await self.db.commit()
         except sqlite3.Error:
