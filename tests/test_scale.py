@@ -26,7 +26,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.cache.index import Entry, Index
+from node.cache.index import FLUSH_ROWS, Entry, Index
 from node.cache.protocol import ModRequest
 from node.server.dashboard import top_modules
 from node.service import Node
@@ -111,6 +111,27 @@ async def _totals_match(ops: list[tuple[str, str, str, str, int, bool]], tmp: Pa
         new = await top_modules(index.db, 100)
         assert [(r["module"], r["hits"], r["versions"], r["files"], r["bytes"], r["last_used"]) for r in new] == old
         assert not await index.recount()  # nothing had drifted
+    finally:
+        await index.aclose()
+
+
+async def test_a_flush_of_more_keys_than_one_transaction_writes_every_hit(tmp_path: Path) -> None:
+    """Buffered hits are written FLUSH_ROWS per transaction: every key's hits and last
+    access arrive, and the per-module figures agree with a recount."""
+    index = Index(tmp_path / "index.sqlite")
+    await index.open()
+    try:
+        n = 2 * FLUSH_ROWS + 7
+        for i in range(n):
+            await index.insert(Entry(f"a.example/m{i % 5}", f"v1.0.{i}", "info", _sha(i), 10, None, "up", 1.0), 1.0)
+        for i in range(n):
+            for _ in range(1 + i % 3):
+                index.touch(f"a.example/m{i % 5}", f"v1.0.{i}", "info", 100.0 + i)
+        await index.flush_access()
+        async with index.db.execute("SELECT version, hits, last_access FROM entries") as cur:
+            got = {v: (h, t) for v, h, t in await cur.fetchall()}
+        assert got == {f"v1.0.{i}": (1 + i % 3, 100.0 + i) for i in range(n)}
+        assert not await index.recount()
     finally:
         await index.aclose()
 

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from node.cache import journal
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     serial      INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -196,3 +198,23 @@ def entry_from_row(row: Sequence[Any]) -> Entry:
 
 class IndexDamaged(Exception):
     """SQLite reports the index file damaged (or it is no database at all)."""
+
+
+def replay_statement(r: journal.Record) -> tuple[str, tuple[object, ...]]:
+    """The index change a journal record stands for (the journal replayed into the index)."""
+    if isinstance(r, journal.Put):
+        return (
+            "INSERT INTO entries (module, version, kind, sha256, size, h1, source, fetched_at, unverified)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (module, version, kind) DO NOTHING",
+            (r.module, r.version, r.kind, r.sha256, r.size, r.h1, r.source, r.fetched_at, int(r.unverified)),
+        )
+    if isinstance(r, journal.Delete):
+        return "DELETE FROM entries WHERE module=? AND version=? AND kind=?", (r.module, r.version, r.kind)
+    if isinstance(r, journal.Confirmed):
+        return (
+            "UPDATE entries SET unverified=0 WHERE module=? AND version=? AND kind=? AND sha256=?",
+            (r.module, r.version, r.kind, r.sha256),
+        )
+    if isinstance(r, journal.Pin):
+        return "INSERT INTO pins VALUES (?, ?) ON CONFLICT (pattern) DO NOTHING", (r.pattern, r.created_at)
+    return "DELETE FROM pins WHERE pattern=?", (r.pattern,)
