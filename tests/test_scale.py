@@ -136,6 +136,22 @@ async def test_a_flush_of_more_keys_than_one_transaction_writes_every_hit(tmp_pa
         await index.aclose()
 
 
+async def test_a_row_read_in_a_worker_thread_from_an_index_given_by_a_relative_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`modmesh serve --data data`: the hit path's own read connection opens it too."""
+    monkeypatch.chdir(tmp_path)
+    index = Index(Path("index.sqlite"))
+    await index.open()
+    try:
+        e = Entry("a.example/m", "v1.0.0", "info", _sha(1), 10, None, "up", 1.0)
+        await index.insert(e, 1.0)
+        got = await asyncio.to_thread(index.get_blocking, "a.example/m", "v1.0.0", "info")
+        assert got is not None and got.sha256 == e.sha256
+    finally:
+        await index.aclose()
+
+
 async def test_an_index_from_before_the_running_totals_is_counted_once(tmp_path: Path) -> None:
     """An upgraded node's index gets its totals, blob and module figures at the first open."""
     index = Index(tmp_path / "index.sqlite")

@@ -172,7 +172,8 @@ class Index(StorageQueries, MetaQueries):
         committed before anything that wrote them returns."""
         with self._reader_lock:
             if self._reader is None:
-                self._reader = sqlite3.connect(self.path.as_uri() + "?mode=ro", uri=True, check_same_thread=False)
+                uri = self.path.absolute().as_uri() + "?mode=ro"  # `--data` may be relative
+                self._reader = sqlite3.connect(uri, uri=True, check_same_thread=False)
             rows = self._reader.execute(_GET, (module, version, kind)).fetchall()  # done: no snapshot kept
         return next((entry_from_row(r) for r in rows), None)
 
