@@ -183,16 +183,21 @@ class Index(StorageQueries, MetaQueries):
                 self._reader.close()
                 self._reader = None
 
-    async def _write(self, sql: str, params: Sequence[object]) -> aiosqlite.Cursor:
-        """One statement in its own transaction; rolled back if it fails (a full disk)."""
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        """Commit what the block wrote; roll it back if SQLite fails (a full disk)."""
         try:
-            cur = await self.db.execute(sql, params)
+            yield
             await self.db.commit()
         except sqlite3.Error:
             with contextlib.suppress(sqlite3.Error):
                 await self.db.rollback()
             raise
-        return cur
+
+    async def _write(self, sql: str, params: Sequence[object]) -> aiosqlite.Cursor:
+        """One statement in its own transaction."""
+        async with self._transaction():
+            return await self.db.execute(sql, params)
 
     async def put(self, e: Entry) -> Entry:
         """Record a verified blob whose bytes were hashed as they were written (so it
@@ -244,15 +249,10 @@ class Index(StorageQueries, MetaQueries):
         """Apply journal records in order, in one transaction (a rebuild or a replay: not
         journalled again, rows never checked); returns how many changed the tables."""
         changed = 0
-        try:
+        async with self._transaction():
             for r in records:
                 sql, args = replay_statement(r)
                 changed += (await self.db.execute(sql, args)).rowcount
-            await self.db.commit()
-        except sqlite3.Error:
-            with contextlib.suppress(sqlite3.Error):
-                await self.db.rollback()
-            raise
         return changed
 
     async def journal_batches(self, batch: int = 5000) -> AsyncIterator[list[journal.Record]]:
@@ -350,7 +350,7 @@ class Index(StorageQueries, MetaQueries):
         """The database confirmed the row's h1: clear the mark and give the row a new
         serial (it enters the change log now). None if the row changed meanwhile."""
         await self._journal(journal.Confirmed(e.module, e.version, e.kind, e.sha256))
-        try:
+        async with self._transaction():
             cur = await self.db.execute(
                 "DELETE FROM entries WHERE module=? AND version=? AND kind=? AND sha256=? AND unverified=1"
                 " RETURNING hits, last_access, checked_at, checked_boot",
@@ -378,11 +378,6 @@ class Index(StorageQueries, MetaQueries):
                     row[3],
                 ),
             )
-            await self.db.commit()
-        except sqlite3.Error:
-            with contextlib.suppress(sqlite3.Error):
-                await self.db.rollback()
-            raise
         return await self.get(e.module, e.version, e.kind)
 
     async def totals(self) -> Totals:
@@ -430,12 +425,6 @@ class Index(StorageQueries, MetaQueries):
             )
 
     async def _write_many(self, sql: str, params: list[tuple[object, ...]]) -> None:
-        if not params:
-            return
-        try:
-            await self.db.executemany(sql, params)
-            await self.db.commit()
-        except sqlite3.Error:
-            with contextlib.suppress(sqlite3.Error):
-                await self.db.rollback()
-            raise
+        if params:
+            async with self._transaction():
+                await self.db.executemany(sql, params)
