@@ -99,6 +99,9 @@ class Integrity:
         bytes already read (small files)."""
         return await self._checks.run(entry.sha256, functools.partial(self._check, entry, body))
 
+    async def aclose(self) -> None:
+        await self._checks.aclose()
+
     async def _check(self, entry: Entry, body: bytes | None) -> bool:
         try:
             if body is not None:

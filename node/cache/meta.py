@@ -15,7 +15,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import aiohttp
 
@@ -28,6 +28,7 @@ from node.cache.spool import storage_error_cause
 from node.cache.store import BlobStore
 from node.cache.upstream import Source, UpstreamChain
 from node.errors import ModmeshError, NotFound
+from node.flights import Flights
 from node.golang import pseudo
 from node.hooks import Hooks
 from node.metrics import Metrics
@@ -68,8 +69,7 @@ class MetaAnswers:
         self.files = files
         self.clock = clock
         self.cache: LRU[tuple[str, str], MetaEntry] = LRU(CacheSizes.split(settings.memory_cache).meta, meta_size)
-        self._flights: dict[tuple[str, str], asyncio.Task[MetaEntry]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._flights: Flights[tuple[str, str], MetaEntry] = Flights()
 
     def memory_hit(self, req: ModRequest) -> MetaAnswer | None:
         """A fresh answer held in memory (the fast path), or None."""
@@ -108,7 +108,7 @@ class MetaAnswers:
                 return MetaAnswer(cached.body, "stale", age, cached.source, "revalidating")
         self.negative.check(req.key)
         try:
-            fresh = await self._meta_refresh(req)
+            fresh = await asyncio.shield(self._meta_refresh(req))
         except ModmeshError as e:
             not_found = isinstance(e, NotFound)
             # A list never vanishes: an upstream that now says "no such module" (or fails)
@@ -207,16 +207,10 @@ class MetaAnswers:
         return body
 
     def _meta_refresh(self, req: ModRequest) -> asyncio.Task[MetaEntry]:
-        key = _meta_key(req)
-        task = self._flights.get(key)
-        if task is None:
-            task = asyncio.ensure_future(self._fetch_meta(req))
-            self._flights[key] = task
-            task.add_done_callback(lambda t: self._flights.pop(key, None))
-            task.add_done_callback(_quiet)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        else:
+        """The one fetch of `req`'s answer, shared: await it shielded (a caller that goes
+        away cancels it for no one else); a refresh nobody waits for runs on alone."""
+        task, new = self._flights.task(_meta_key(req), functools.partial(self._fetch_meta, req))
+        if not new:
             self.metrics.coalesced.labels(req.kind).inc()
         return task
 
@@ -267,10 +261,7 @@ class MetaAnswers:
             self.store.status.refused(cause, req.key, self.clock())
 
     async def aclose(self) -> None:
-        tasks = list(self._tasks)
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._flights.aclose()
 
 
 def _meta_key(req: ModRequest) -> tuple[str, str]:
@@ -284,8 +275,3 @@ def _meta_kind(req: ModRequest) -> str:
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
-
-
-def _quiet(task: asyncio.Task[MetaEntry]) -> None:
-    if not task.cancelled():
-        task.exception()  # background refresh failures are logged where they happen

@@ -411,4 +411,5 @@ class ModuleProxy:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.answers.aclose()
+        await self.integrity.aclose()
         self.hits.reads.close()

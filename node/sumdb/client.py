@@ -124,6 +124,8 @@ class SumDB:
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._lookups.aclose()
+        await self._gets.aclose()
         self.store.close()
 
     async def idle(self) -> None:
