@@ -8,6 +8,7 @@ import os
 import aiohttp
 import pytest
 
+from node.cache.protocol import ModRequest
 from tests.modules import module_files, module_set
 
 M, V = "example.com/Hello", "v1.0.0"  # upper case: the path arrives as !hello, percent-encoded
@@ -369,8 +370,8 @@ async def test_over_tls_hits_come_back_to_the_fast_path(fake_proxy, make_node, t
 async def _drop_from_memory(node, kinds: tuple[str, ...] = ("info", "mod")) -> None:  # type: ignore[no-untyped-def]
     """As after a restart: the store holds the files, memory does not."""
     for kind in kinds:
-        entry = await node.index.get(M, V, kind)
-        node.proxy.forget(f"{M}/@v/{V}.{kind}", entry.sha256)
+        assert await node.index.get(M, V, kind) is not None
+        node.proxy.forget(ModRequest(M, V, kind))
 
 
 async def test_a_hit_memory_does_not_hold_is_read_off_the_loop_and_answered_here(warm) -> None:  # type: ignore[no-untyped-def]

@@ -79,7 +79,7 @@ async def test_a_peers_pull_of_an_in_memory_file_leaves_local_popularity_unchang
         await wait_for(lambda: bool(b.mesh.catalog.holdings(f"{M}@{V}.info")), 10, "b learns that a holds it")
         for i in range(3):  # b's clients ask b, b pulls from a (the hop header), a answers from memory
             await b.node.index.delete(M, V, "info")
-            b.node.proxy.forget(f"{M}@{V}.info")
+            b.node.proxy.forget(ModRequest(M, V, "info"))
             async with s.get(f"{b.url}/{M}/@v/{V}.info") as r:
                 assert r.status == 200 and await r.read() == SMALL[0], i
             e = await b.node.index.get(M, V, "info")

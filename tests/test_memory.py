@@ -103,7 +103,7 @@ def test_lru_is_bounded_in_bytes() -> None:
 
 def test_memory_cache_split_adds_up() -> None:
     s = CacheSizes.split(64 << 20)
-    assert s.small + s.entries + s.meta + s.negative == 64 << 20
+    assert s.hot + s.entries + s.meta + s.negative == 64 << 20
 
 
 # ---- a real node -------------------------------------------------------------------------

@@ -324,7 +324,7 @@ async def test_hits_not_in_memory_read_the_store_off_the_event_loop(
         for kind, want in zip(("info", "mod", "zip"), files):
             e = await node.index.get(M, "v1.0.0", kind)
             assert e is not None
-            node.proxy.forget(ModRequest(M, "v1.0.0", kind).key, e.sha256)  # not in memory
+            node.proxy.forget(ModRequest(M, "v1.0.0", kind))  # not in memory
             assert await _get(f"{node.url}/{M}/@v/v1.0.0.{kind}") == (200, want)
     assert node.metrics.registry.get_sample_value("modmesh_blobs_checked_total", {"by": "serve"}) == 3
     assert on_loop.seen == []
@@ -344,7 +344,7 @@ async def test_a_hit_read_off_the_loop_sees_files_stored_after_the_first(
         assert (await _get(f"{node.url}/{M}/@v/{v}.mod"))[0] == 200  # stored
         e = await node.index.get(M, v, "mod")
         assert e is not None
-        node.proxy.forget(ModRequest(M, v, "mod").key, e.sha256)  # memory lost it: read from the store
+        node.proxy.forget(ModRequest(M, v, "mod"))  # memory lost it: read from the store
         assert await _get(f"{node.url}/{M}/@v/{v}.mod") == (200, big_module(M, v, 1 << 10)[1])
         assert up.count(f"/@v/{v}.mod") == 1
 

@@ -1,9 +1,11 @@
 """Hits: a cached versioned file's index row and, for a small file, its bytes.
 
-From memory (two LRUs sized in bytes, memory.py) when they are there; else read from
-the index and the store in one trip to a worker thread (`Index.get_blocking`, then the
-blob; reads.py batches the trips), never on the event loop. Every blob is hashed before its first serve in a run
-(integrity.py): bytes already in memory were checked on their way in.
+From memory when they are there: rows in an LRU sized in bytes (memory.py), small
+files as hot answers under their request path (hot.py), which the fast path answers
+from alone. Else read from the index and the store in one trip to a worker thread
+(`Index.get_blocking`, then the blob; reads.py batches the trips), never on the event
+loop. Every blob is hashed before its first serve in a run (integrity.py): bytes
+already in memory were checked on their way in.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import dataclasses
 import functools
 import logging
 
+from node.cache import hot
+from node.cache.hot import HotAnswers
 from node.cache.index import Entry, Index
 from node.cache.integrity import Integrity
-from node.cache.memory import LRU, CacheSizes, body_size, entry_size
+from node.cache.memory import LRU, CacheSizes, entry_size
 from node.cache.model import Served
 from node.cache.protocol import ModRequest
 from node.cache.reads import Reads
@@ -32,27 +36,31 @@ class Hits:
         self.index = index
         self.integrity = integrity
         self.entries: LRU[str, Entry] = LRU(sizes.entries, entry_size)
-        self.small: LRU[str, bytes] = LRU(sizes.small, body_size)
+        self.hot = HotAnswers(sizes.hot)
         self.reads = Reads()
 
-    def in_memory(self, key: str) -> tuple[Entry, bytes] | None:
+    def in_memory(self, req: ModRequest) -> tuple[Entry, bytes] | None:
         """The row and bytes of a file memory holds whole, without waiting on anything."""
-        entry = self.entries.get(key)
+        entry = self.entries.get(req.key)
         if entry is None:
             return None
-        body = self.small.get(entry.sha256)
+        body = self.body(req)
         return None if body is None else (entry, body)
 
-    def remember(self, key: str, entry: Entry, body: bytes | None) -> None:
-        """A file just stored (its bytes, if small, checked on their way in)."""
-        self.entries.put(key, entry)
-        if body is not None and self.small.get(entry.sha256) is None:
-            self.small.put(entry.sha256, body)
+    def body(self, req: ModRequest) -> bytes | None:
+        """A small file's bytes, if memory holds them."""
+        record = self.hot.get(req.path)
+        return None if record is None else bytes(hot.body(record))
 
-    def forget(self, key: str, sha256: str | None = None) -> None:
-        self.entries.pop(key)
-        if sha256 is not None:
-            self.small.pop(sha256)
+    def remember(self, req: ModRequest, entry: Entry, body: bytes | None) -> None:
+        """A file just stored or read (its bytes, if small, checked on their way in)."""
+        self.entries.put(req.key, entry)
+        if body is not None and (record := hot.pack(entry, body)) is not None:
+            self.hot.put(req.path, record)
+
+    def forget(self, req: ModRequest) -> None:
+        self.entries.pop(req.key)
+        self.hot.pop(req.path)
 
     async def lookup(self, req: ModRequest) -> Served | None:
         """A hit from memory or the store; None if the store does not hold the file, or
@@ -63,7 +71,7 @@ class Hits:
             if entry is None:
                 return None
         else:
-            body, present = self.small.get(entry.sha256), True
+            body, present = self.body(req), True
             if body is None and self._read_now(entry):
                 body, present = await self.reads.run(
                     functools.partial(self.store.probe, entry.sha256, entry.size, entry.size <= SMALL_BLOB)
@@ -78,9 +86,7 @@ class Hits:
             self.entries.pop(req.key)
             await self.index.delete(req.module, req.version, req.kind)
             return None
-        if body is not None:
-            self.small.put(entry.sha256, body)
-        self.entries.put(req.key, entry)
+        self.remember(req, entry, body)
         return Served(entry, path, body, "hit")
 
     def _read_now(self, entry: Entry) -> bool:

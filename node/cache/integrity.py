@@ -79,8 +79,8 @@ class Integrity:
         self.clock = clock
         self.check_on_serve = check_on_serve
         self.quarantine_dir = store.root / "quarantine"
-        #: Drops a request key's (and a blob's) in-memory copies: set by the proxy.
-        self.forget: Callable[[str, str], None] = lambda key, sha256: None
+        #: Drops a request's in-memory copies: set by the proxy.
+        self.forget: Callable[[ModRequest], None] = lambda req: None
         self._checks: Flights[str, bool] = Flights()
         #: Request key -> the damage that took its file, until a good copy is stored.
         self.repairing: dict[str, Damage] = {}
@@ -131,10 +131,10 @@ class Integrity:
             log.warning("cannot move damaged blob %s to quarantine (%s): deleting it", sha256, err)
             await asyncio.to_thread(self.store.remove, sha256)
         await self.index.remove_blob(sha256)
-        damage.keys = [_key(row) for row in rows]
-        for key in damage.keys:
-            self.forget(key, sha256)
-            self.repairing[key] = damage
+        damage.keys = [_request(row).key for row in rows]
+        for row in rows:
+            self.forget(_request(row))
+            self.repairing[_request(row).key] = damage
         note = {**asdict(damage), "rows": [asdict(row) for row in rows]}
         try:
             (self.quarantine_dir / f"{dest.name}.json").write_text(json.dumps(note, indent=1) + "\n")
@@ -160,7 +160,7 @@ class Integrity:
 
     def stored(self, entry: Entry) -> None:
         """A good copy of a file was stored: if it replaces a quarantined one, a repair."""
-        damage = self.repairing.pop(_key(entry), None)
+        damage = self.repairing.pop(_request(entry).key, None)
         if damage is None:
             return
         self.repaired += 1
@@ -188,5 +188,5 @@ class Integrity:
         }
 
 
-def _key(e: Entry) -> str:
-    return ModRequest(e.module, e.version, cast(Kind, e.kind)).key
+def _request(e: Entry) -> ModRequest:
+    return ModRequest(e.module, e.version, cast(Kind, e.kind))

@@ -39,10 +39,6 @@ def entry_size(key: str, e: Entry) -> int:
     return approx_size(key, e.module, e.version, e.sha256, e.h1)
 
 
-def body_size(sha256: str, body: bytes) -> int:
-    return approx_size(sha256, body)
-
-
 def meta_size(key: tuple[str, str], m: MetaEntry) -> int:
     return approx_size(*key, m.module, m.kind, m.body)
 
@@ -51,8 +47,8 @@ def meta_size(key: tuple[str, str], m: MetaEntry) -> int:
 class CacheSizes:
     """Bytes each in-memory cache of the request path may hold."""
 
-    #: Bodies of small blobs (up to 64 KiB): hits answered without the file system.
-    small: int
+    #: Small files (up to 64 KiB) as hot answers (hot.py): hits answered from memory.
+    hot: int
     #: Index rows of recent hits: hits answered without SQLite.
     entries: int
     #: `@v/list`, `@latest` and version-query answers.
@@ -62,10 +58,10 @@ class CacheSizes:
 
     @classmethod
     def split(cls, total: int) -> CacheSizes:
-        """The `memory_cache` setting shared out: 3/8 bodies, 3/8 rows (a hit from memory
-        needs both, and a small file's row costs about what its body does), 3/16 answers,
-        1/16 "not found"."""
-        return cls(total * 3 // 8, total * 3 // 8, total * 3 // 16, total // 16)
+        """The `memory_cache` setting shared out: 1/2 hot answers (what the fast path
+        answers from; ~350 bytes a file), 1/4 rows (for hits aiohttp answers and large
+        files), 3/16 list/latest/query answers, 1/16 "not found"."""
+        return cls(total // 2, total // 4, total * 3 // 16, total // 16)
 
 
 class LRU(Generic[K, V]):

@@ -8,6 +8,7 @@ by Go's own rules, so nothing malformed ever reaches the store or an upstream.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,6 +25,9 @@ VERSIONED_KINDS: tuple[Kind, ...] = ("info", "mod", "zip")
 MAX_REQUEST_PATH = 1024
 
 _SUFFIXES: dict[str, Kind] = {".info": "info", ".mod": "mod", ".zip": "zip"}
+_KINDS: dict[str, Kind] = {"info": "info", "mod": "mod", "zip": "zip"}
+_BANG = re.compile(r"!([a-z])")
+_UPPER = re.compile(r"[A-Z]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +63,15 @@ class ModRequest:
             return f"{mod}/@latest"
         ext = "info" if self.kind == "query" else self.kind
         return f"{mod}/@v/{modpath.escape_version(self.version)}.{ext}"
+
+    @property
+    def path(self) -> str:
+        """The one request path `parse_request` reads as this request (decoded, one
+        leading slash): the key of its hot answer (hot.py). For a request the node
+        checked (parsed, or read from its index)."""
+        if self.kind in VERSIONED_KINDS:
+            return f"/{_bang(self.module)}/@v/{_bang(self.version)}.{self.kind}"
+        return "/" + self.upstream_path
 
 
 @functools.lru_cache(maxsize=4096)  # hot paths repeat; errors are not cached
@@ -98,6 +111,43 @@ def parse_request(path: str) -> ModRequest:
                 return ModRequest(module, _query(escaped), "query")
             raise NotFound(problem)
     raise NotFound(f"unknown file {_clip(rest)!r}: want list, .info, .mod or .zip")
+
+
+def request_of(path: str) -> ModRequest:
+    """The versioned request whose `ModRequest.path` is `path`, split without checking
+    it: for paths the node built itself (hot answers)."""
+    at = path.index("/@v/")
+    rest = path[at + 4 :]
+    dot = rest.rindex(".")
+    return ModRequest(_unbang(path[1:at]), _unbang(rest[:dot]), _KINDS[rest[dot + 1 :]])
+
+
+def canonical_request(path: str) -> ModRequest | None:
+    """The versioned request a client's decoded path names, if it is spelled as the go
+    command spells one (`ModRequest.path`), split without the checks `parse_request`
+    makes; None if it is not (then parse it). For looking up what the node holds: the
+    index holds checked requests only, so a miss here is a miss, and a hit was spelled
+    exactly as `parse_request` reads it."""
+    at = path.find("/@v/")
+    if at < 2 or path[0] != "/" or path[1] == "/":
+        return None
+    rest = path[at + 4 :]
+    dot = rest.rfind(".")
+    kind = _KINDS.get(rest[dot + 1 :]) if dot > 0 else None
+    if kind is None:
+        return None
+    module, version = _unbang(path[1:at]), _unbang(rest[:dot])
+    if _bang(module) != path[1:at] or _bang(version) != rest[:dot]:
+        return None
+    return ModRequest(module, version, kind)
+
+
+def _unbang(escaped: str) -> str:
+    return escaped if "!" not in escaped else _BANG.sub(lambda m: m[1].upper(), escaped)
+
+
+def _bang(s: str) -> str:
+    return s if s == s.lower() else _UPPER.sub(lambda m: "!" + m[0].lower(), s)
 
 
 def _module(escaped: str) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 
 import aiohttp
 
-from node.cache import door, verify
+from node.cache import door, hot, verify
 from node.cache.hits import SMALL_BLOB, Hits
 from node.cache.index import Entry, Index, MetaEntry
 from node.cache.inflight import CHUNK, Download, Transfer
@@ -35,7 +35,7 @@ from node.cache.integrity import Integrity
 from node.cache.memory import CacheSizes, NegativeCache
 from node.cache.meta import MetaAnswers
 from node.cache.model import BlobVerifier, MetaAnswer, ProxySettings, Served
-from node.cache.protocol import ModRequest
+from node.cache.protocol import ModRequest, request_of
 from node.cache.spool import MemoryBudget, Spool, storage_error_cause
 from node.cache.store import BlobStore
 from node.cache.upstream import Off, Source, Upstream, UpstreamChain
@@ -138,7 +138,7 @@ class ModuleProxy:
             if dl.finished:
                 entry = dl.result.result()  # raises the flight's error, if any
                 if dl.stored:
-                    body = self.hits.small.get(entry.sha256)
+                    body = self.hits.body(req)
                     if body is None and entry.size <= SMALL_BLOB:  # it may be packed: no path
                         body = dl.spool.read(0, entry.size)
                     return Served(entry, None if body is not None else self.store.path_for(entry.sha256), body, "miss")
@@ -176,7 +176,7 @@ class ModuleProxy:
         """A hit answerable from memory without waiting on anything (the fast path):
         a versioned file whose bytes are in memory, or a fresh list/latest. None otherwise."""
         if req.versioned:
-            held = self.hits.in_memory(req.key)
+            held = self.hits.in_memory(req)
             if held is None or (from_peer and held[0].unverified):
                 return None
             entry, body = held
@@ -184,11 +184,21 @@ class ModuleProxy:
             return Served(entry, None, body, "hit")
         return self.answers.memory_hit(req)
 
+    def hot_hit(self, path: str, from_peer: bool = False) -> tuple[ModRequest, bytes] | None:
+        """The fast path's first try: the hot answer (hot.py) of the decoded request path,
+        counted as a hit; None if memory holds none (or only one a peer must not get)."""
+        record = self.hits.hot.get(path)
+        if record is None or (from_peer and hot.unverified(record)):
+            return None
+        req = request_of(path)
+        self.count_hit(req, from_peer)
+        return req, record
+
     def sweep_memory(self) -> None:
         """Drop expired "not found" answers (asked again or not); report the caches' sizes."""
         self.negative.sweep()
         held = {
-            "small": self.hits.small.bytes,
+            "hot": self.hits.hot.bytes,
             "entries": self.hits.entries.bytes,
             "meta": self.answers.cache.bytes,
             "negative": self.negative.bytes,
@@ -196,10 +206,10 @@ class ModuleProxy:
         for name, n in held.items():
             self.metrics.memory_cache_bytes.labels(name).set(n)
 
-    def forget(self, req_key: str, sha256: str | None = None) -> None:
-        """Drop in-memory copies of a row (and of its blob's bytes) that storage.py
+    def forget(self, req: ModRequest) -> None:
+        """Drop in-memory copies of a row (and of its file's bytes) that storage.py
         evicted or found corrupt, so the next request reads the index and disk again."""
-        self.hits.forget(req_key, sha256)
+        self.hits.forget(req)
 
     def _spool(self, req: ModRequest, passing: bool = True) -> Spool:
         refused = functools.partial(self._store_refused, req, passing)
@@ -302,7 +312,7 @@ class ModuleProxy:
             return entry
         if self.store.status.stored():
             log.info("the store takes files again (%s %s .%s stored)", req.module, req.version, req.kind)
-        self.hits.remember(req.key, entry, spool.read(0, entry.size) if entry.size <= SMALL_BLOB else None)
+        self.hits.remember(req, entry, spool.read(0, entry.size) if entry.size <= SMALL_BLOB else None)
         return entry
 
     async def _verify(self, req: ModRequest, h1: str | None, require: bool = False) -> bool:

@@ -277,7 +277,7 @@ class StorageManager:
         await self.index.delete_entries(keys)
         for b in victims:
             for module, version, kind in b.files:
-                self.proxy.forget(ModRequest(module, version, cast(Kind, kind)).key, b.sha256)
+                self.proxy.forget(ModRequest(module, version, cast(Kind, kind)))
         return await self._unlink_unreferenced([b.sha256 for b in victims], started)
 
     async def _unlink_unreferenced(self, shas: Sequence[str], started: float) -> int:

@@ -123,7 +123,7 @@ class Upkeep:
                 dangling = await self.index.keys_of(gone)
                 await self.index.delete_entries(dangling)
                 for m, v, k in dangling:
-                    self.proxy.forget(ModRequest(m, v, cast(Kind, k)).key)
+                    self.proxy.forget(ModRequest(m, v, cast(Kind, k)))
                 report.dangling_rows += len(dangling)
             blobs = self.store.batches(BATCH)
             while on_disk := await asyncio.to_thread(_next, blobs):
@@ -202,7 +202,7 @@ class Upkeep:
                 # and fetched again) before its next serve.
                 for _, e, bad in found:
                     if bad:
-                        self.proxy.forget(ModRequest(e.module, e.version, cast(Kind, e.kind)).key, e.sha256)
+                        self.proxy.forget(ModRequest(e.module, e.version, cast(Kind, e.kind)))
                 for sha in bad_blobs:
                     await self.index.mark_unchecked(sha)
                 return report
@@ -212,7 +212,7 @@ class Upkeep:
             rows = [e for _, e, bad in found if not bad]
             await self.index.delete_entries([(e.module, e.version, e.kind) for e in rows])
             for e in rows:
-                self.proxy.forget(ModRequest(e.module, e.version, cast(Kind, e.kind)).key, e.sha256)
+                self.proxy.forget(ModRequest(e.module, e.version, cast(Kind, e.kind)))
             await self.unlink_unreferenced(sorted({e.sha256 for e in rows}), math.inf)
         for p, e, _ in found:
             await self._refetch(p, e)

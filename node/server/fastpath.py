@@ -46,7 +46,7 @@ __all__ = ["KEEPALIVE", "MAX_HEAD", "Answer", "Answered", "Delegate", "FastConne
 KEEPALIVE = 75.0
 
 #: Status line + headers without Date, body, and how to log it.
-Answered = tuple[bytes, bytes, Callable[[float, str | None], None]]
+Answered = tuple[bytes, bytes | memoryview, Callable[[float, str | None], None]]
 #: (path, from a peer?) -> the answer from memory, or None.
 Answer = Callable[[str, bool], Answered | None]
 #: (path, from a peer?) -> the answer from the store, or None (aiohttp answers: a miss,

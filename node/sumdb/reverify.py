@@ -121,7 +121,7 @@ class Reverifier:
                 break
             if result == "verified":
                 fresh = await self.index.mark_verified(e)
-                self.proxy.forget(ModRequest(e.module, e.version, _kind(e.kind)).key)
+                self.proxy.forget(ModRequest(e.module, e.version, _kind(e.kind)))
                 if fresh is not None:
                     log.info("checksum database confirmed %s@%s .%s", e.module, e.version, e.kind)
                     self.hooks.stored(fresh)
@@ -134,7 +134,7 @@ class Reverifier:
     async def _drop(self, e: Entry) -> None:
         """A forged or wrong file: out of the index, memory and (if nothing else uses it) disk."""
         await self.index.delete_entries([(e.module, e.version, e.kind)])
-        self.proxy.forget(ModRequest(e.module, e.version, _kind(e.kind)).key, e.sha256)
+        self.proxy.forget(ModRequest(e.module, e.version, _kind(e.kind)))
         if not await self.index.is_referenced(e.sha256):
             await asyncio.to_thread(self.store.remove, e.sha256)
         log.error(
