@@ -346,9 +346,10 @@ class Node:
         self.storage.observe(totals.bytes)  # over max_size: an eviction pass starts in the background
 
     async def stats_tick(self) -> None:
-        """What the node does every STATS_INTERVAL: write the buffered hits and checks,
-        read the store's running totals (no scan), start eviction if over the cap."""
-        await self.index.flush_access()
+        """What the node does every STATS_INTERVAL: write the buffered serve checks, and
+        the buffered hits when due (index.ACCESS_FLUSH); read the store's running totals
+        (no scan); start eviction if over the cap."""
+        await self.index.flush_access(checks_only=not self.index.access_due())
         await self._update_stats()
 
     async def _stats_loop(self) -> None:
