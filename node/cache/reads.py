@@ -24,7 +24,7 @@ _Call = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any
 
 
 class Reads:
-    def __init__(self, threads: int = 4, name: str = "modmesh-reads") -> None:
+    def __init__(self, threads: int = 2, name: str = "modmesh-reads") -> None:
         self._max = threads
         self._name = name
         self._cond = threading.Condition()
