@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -87,6 +88,9 @@ async def _serve(cfg: Config, args: argparse.Namespace, plugins: Sequence[Plugin
         print(f"modmesh: cannot start: {e}", file=sys.stderr)
         await _close(node, started)
         return 1
+    # What start-up built lives as long as the node: keep it out of every full collection
+    # (hundreds of thousands of objects, a pause of tens of ms each time).
+    gc.freeze()
     await stop.wait()
     log.info("shutting down")
     await _close(node, started)
