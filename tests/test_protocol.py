@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from node.cache.protocol import MAX_REQUEST_PATH, ModRequest, parse_request
+from node.cache.protocol import MAX_REQUEST_PATH, ModRequest, canonical_request, parse_request, request_of
 from node.errors import InvalidRequest, NotFound
 from node.golang import modpath, semver
 from tests.node_fixtures import node_config
@@ -219,3 +219,51 @@ def test_http_hostile_paths_always_4xx(live_node: tuple[str, int], target: str) 
     assert SECRET not in body
     assert ctype.startswith("text/plain")
     assert body.endswith(b"\n") and b"\n" not in body.rstrip(b"\n")  # one line for the go command
+
+
+# ---- the node's own spelling of a request (hot answers, lookups without a parse) -------
+
+_elem = st.from_regex(r"[a-zA-Z0-9][a-zA-Z0-9._~-]{0,8}[a-zA-Z0-9]", fullmatch=True)
+
+
+def _spelled(elems: list[str], major: int, minor: int, pre: str, kind: str) -> str | None:
+    """The path the go command sends for such a file, if the module path is valid."""
+    try:
+        escaped = modpath.escape_path("example.com/" + "/".join(elems))
+    except modpath.InvalidPathError:
+        return None
+    return f"/{escaped}/@v/v{major}.{minor}.0{pre}.{kind}"
+
+
+_valid_paths = (
+    st.tuples(
+        st.lists(_elem, min_size=1, max_size=3),
+        st.integers(0, 1),
+        st.integers(0, 30),
+        st.sampled_from(["", "-Pre.1", "-rc.B2", "-0.20240101000000-abcdefabcdef"]),
+        st.sampled_from(["info", "mod", "zip"]),
+    )
+    .map(lambda t: _spelled(*t))
+    .filter(lambda p: p is not None)
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.one_of(_paths, _valid_paths))
+def test_a_path_split_without_a_parse_is_the_path_parse_reads_the_same_way(path: str) -> None:
+    """`canonical_request` takes a path only as `ModRequest.path` spells it: what it
+    returns names exactly this path, so a lookup by it finds only the file a parse of this
+    path would name. And it takes every versioned path the go command sends."""
+    req = canonical_request(path)
+    if req is not None:
+        assert req.path == path
+    try:
+        parsed = parse_request(path)
+    except (InvalidRequest, NotFound):
+        return
+    assert req is None or req == parsed
+    if parsed.versioned:
+        assert parsed.path == "/" + path.lstrip("/")
+        assert request_of(parsed.path) == parsed
+        if not path.startswith("//"):
+            assert req == parsed

@@ -125,9 +125,9 @@ def request_of(path: str) -> ModRequest:
 def canonical_request(path: str) -> ModRequest | None:
     """The versioned request a client's decoded path names, if it is spelled as the go
     command spells one (`ModRequest.path`), split without the checks `parse_request`
-    makes; None if it is not (then parse it). For looking up what the node holds: the
-    index holds checked requests only, so a miss here is a miss, and a hit was spelled
-    exactly as `parse_request` reads it."""
+    makes of the module path; None if it is not (then parse it). For looking up what the
+    node holds: the index holds checked requests only, so a miss here is a miss, and a
+    hit was spelled exactly as `parse_request` reads it."""
     at = path.find("/@v/")
     if at < 2 or path[0] != "/" or path[1] == "/":
         return None
@@ -137,8 +137,8 @@ def canonical_request(path: str) -> ModRequest | None:
     if kind is None:
         return None
     module, version = _unbang(path[1:at]), _unbang(rest[:dot])
-    if _bang(module) != path[1:at] or _bang(version) != rest[:dot]:
-        return None
+    if _bang(module) != path[1:at] or _bang(version) != rest[:dot] or _unserved(module, version) is not None:
+        return None  # not spelled so, or a version query (.info) or no file (.mod, .zip)
     return ModRequest(module, version, kind)
 
 
