@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 
 import aiohttp
 import pytest
 
+from node.cache import hot
+from node.cache.memory import LRU, entry_size
 from node.cache.protocol import ModRequest
+from node.server import responses
 from tests.modules import module_files, module_set
 
 M, V = "example.com/Hello", "v1.0.0"  # upper case: the path arrives as !hello, percent-encoded
@@ -411,3 +415,38 @@ async def test_a_client_gone_while_its_hit_is_read_is_no_error(warm, caplog: pyt
     assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
+async def test_a_hit_memory_holds_is_answered_without_a_parse(warm, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """A hit memory holds is its hot answer, found by the path: no request parse (whose
+    cache of parsed paths stops hitting once the store holds more files than it does), no
+    index row; counted as a hit like any other."""
+    node, port = warm
+    parsed: list[str] = []
+    real = responses.parse_request
+
+    def counting(path: str) -> ModRequest:
+        parsed.append(path)
+        return real(path)
+
+    monkeypatch.setattr(responses, "parse_request", counting)
+    node.proxy.hits.entries = LRU(node.proxy.hits.entries.max_bytes, entry_size)  # no rows in memory
+    hits = node.metrics.requests.labels("mod", "200", "hit")
+    before = hits._value.get(), node.index._access.get((M, V, "mod"), (0, 0.0))[0]
+    mod = f"/example.com/%21hello/@v/{V}.mod"
+    answers = await raw(port, get(INFO) + get(mod))
+    assert answers.count(b"HTTP/1.1 200 OK") == 2 and FILES[1] in answers
+    assert parsed == []
+    assert (hits._value.get(), node.index._access[(M, V, "mod")][0]) == (before[0] + 1, before[1] + 1)
+
+
+async def test_a_peer_is_not_given_a_hot_answer_the_checksum_database_has_not_confirmed(warm) -> None:  # type: ignore[no-untyped-def]
+    node, _port = warm
+    req = ModRequest(M, V, "info")
+    entry = await node.index.get(M, V, "info")
+    record = hot.pack(dataclasses.replace(entry, unverified=True), FILES[0])
+    assert record is not None
+    node.proxy.hits.hot.put(req.path, record)
+    assert node.proxy.hot_hit(req.path, from_peer=True) is None
+    got = node.proxy.hot_hit(req.path, from_peer=False)
+    assert got is not None and got[0] == req and hot.body(got[1]) == FILES[0]
