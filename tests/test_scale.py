@@ -26,7 +26,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.cache.index import FLUSH_ROWS, Entry, Index
+from node.cache.index import ACCESS_FLUSH, ACCESS_KEYS, FLUSH_ROWS, Entry, Index
 from node.cache.protocol import ModRequest
 from node.server.dashboard import top_modules
 from node.service import Node
@@ -136,6 +136,40 @@ async def test_a_flush_of_more_keys_than_one_transaction_writes_every_hit(tmp_pa
         await index.aclose()
 
 
+async def test_hits_are_written_once_a_minute_and_serve_checks_at_every_tick(
+    make_node: NodeFactory, tmp_path: Path
+) -> None:
+    """At the defaults: a stats tick writes the serve checks, and the buffered hits only
+    once ACCESS_FLUSH has passed since they were last written (random keys meet most
+    files again within a minute: one row each per minute, not per 5-second tick)."""
+    node = await make_node("off", data=tmp_path / "n")
+    await _fill(node, 10)
+    e = await node.index.get("example.com/m1", "v1.0.1", "info")
+    assert e is not None
+    node.index.touch(e.module, e.version, e.kind, 5000.0)
+    node.index.note_checked(e.sha256, 5000.0)
+    await node.stats_tick()
+    row = await node.index.get(e.module, e.version, e.kind)
+    assert row is not None and row.checked_boot == node.index.boot  # the check is written
+    async with node.index.db.execute("SELECT hits FROM entries WHERE serial = ?", (e.serial,)) as cur:
+        assert (await cur.fetchone()) == (0,)  # the hit waits
+    node.index._flushed -= ACCESS_FLUSH
+    await node.stats_tick()
+    async with node.index.db.execute("SELECT hits, last_access FROM entries WHERE serial = ?", (e.serial,)) as cur:
+        assert (await cur.fetchone()) == (1, 5000.0)
+
+
+async def test_hits_of_many_files_are_written_at_once() -> None:
+    """The buffer is bounded: ACCESS_KEYS files with hits waiting are written at the next
+    tick, whenever they were last written."""
+    index = Index(Path("/nonexistent/index.sqlite"))
+    for i in range(ACCESS_KEYS - 1):
+        index.touch(f"example.com/m{i}", "v1.0.0", "info", 1.0)
+    assert not index.access_due()
+    index.touch("example.com/last", "v1.0.0", "info", 1.0)
+    assert index.access_due()
+
+
 async def test_a_row_read_in_a_worker_thread_from_an_index_given_by_a_relative_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -217,7 +251,9 @@ async def test_the_stats_tick_reads_the_same_at_ten_times_the_files(make_node: N
         await _fill(node, n)
         for i in range(5):  # the same few hits at both sizes
             node.index.touch(f"example.com/m{i}", f"v1.0.{i}", "info", 5000.0)
+        node.index._flushed -= ACCESS_FLUSH  # due: this tick writes them
         ticks = await _instructions(node, node.stats_tick)
+        assert not node.index._access
         top = await _instructions(node, lambda: top_modules(node.index.db))  # noqa: B023
         cost[n] = (ticks, top)
         assert node.store_bytes == 60 * n
