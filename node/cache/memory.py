@@ -1,5 +1,5 @@
 """Bounded in-memory maps of the request path, each sized in bytes: `LRU` (index rows
-and bodies of hits, list/latest answers) and `NegativeCache` (recent "not found"
+of hits, list/latest answers; small files' bytes are hot answers, hot.py) and `NegativeCache` (recent "not found"
 answers, kept as a few strings, never as the exception with its traceback and frames).
 
 Sizes are approximate: the length of every string or bytes object an item holds, plus
