@@ -450,3 +450,17 @@ async def test_a_peer_is_not_given_a_hot_answer_the_checksum_database_has_not_co
     assert node.proxy.hot_hit(req.path, from_peer=True) is None
     got = node.proxy.hot_hit(req.path, from_peer=False)
     assert got is not None and got[0] == req and hot.body(got[1]) == FILES[0]
+
+
+async def test_a_small_file_the_fast_path_reads_from_the_store_is_held_as_its_hot_answer_alone(warm) -> None:  # type: ignore[no-untyped-def]
+    """Read from the store for the fast path, a small file becomes its hot answer, with no
+    row kept in memory beside it (the hot answer is all the next hit needs)."""
+    node, port = warm
+    await _drop_from_memory(node, ("info",))
+    req = ModRequest(M, V, "info")
+    assert node.proxy.hits.hot.get(req.path) is None
+    first = await raw(port, get(INFO))
+    assert first.startswith(b"HTTP/1.1 200 OK") and first.endswith(FILES[0])
+    record = node.proxy.hits.hot.get(req.path)
+    assert record is not None and hot.body(record) == FILES[0]
+    assert node.proxy.hits.entries.get(req.key) is None

@@ -52,19 +52,24 @@ class Hits:
         record = self.hot.get(req.path)
         return None if record is None else bytes(hot.body(record))
 
-    def remember(self, req: ModRequest, entry: Entry, body: bytes | None) -> None:
-        """A file just stored or read (its bytes, if small, checked on their way in)."""
-        self.entries.put(req.key, entry)
-        if body is not None and (record := hot.pack(entry, body)) is not None:
+    def remember(self, req: ModRequest, entry: Entry, body: bytes | None, row: bool = True) -> None:
+        """A file just stored or read (its bytes, if small, checked on their way in); its
+        row too unless not `row` and the hot answer holds the file."""
+        record = None if body is None else hot.pack(entry, body)
+        if record is not None:
             self.hot.put(req.path, record)
+        if row or record is None:
+            self.entries.put(req.key, entry)
 
     def forget(self, req: ModRequest) -> None:
         self.entries.pop(req.key)
         self.hot.pop(req.path)
 
-    async def lookup(self, req: ModRequest) -> Served | None:
+    async def lookup(self, req: ModRequest, row: bool = True) -> Served | None:
         """A hit from memory or the store; None if the store does not hold the file, or
-        held it damaged (then it is in quarantine, and the caller fetches it again)."""
+        held it damaged (then it is in quarantine, and the caller fetches it again).
+        Not `row`: for the fast path, which answers a small file from its hot answer
+        alone (its row would only take memory, and a collector's time, from others)."""
         entry = self.entries.get(req.key)
         if entry is None:
             entry, body, present = await self.reads.run(functools.partial(self._read, req))
@@ -86,7 +91,7 @@ class Hits:
             self.entries.pop(req.key)
             await self.index.delete(req.module, req.version, req.kind)
             return None
-        self.remember(req, entry, body)
+        self.remember(req, entry, body, row)
         return Served(entry, path, body, "hit")
 
     def _read_now(self, entry: Entry) -> bool:

@@ -159,9 +159,9 @@ class ModuleProxy:
             entry = await asyncio.shield(res.dl.result)
             return entry, res.dl.stored
 
-    async def lookup(self, req: ModRequest) -> Served | None:
+    async def lookup(self, req: ModRequest, row: bool = True) -> Served | None:
         """A hit from memory or the store (hits.py); None if the store does not hold the file."""
-        return await self.hits.lookup(req)
+        return await self.hits.lookup(req, row)
 
     def count_hit(self, req: ModRequest, from_peer: bool) -> None:
         """The one rule for counting a hit, whichever path answered it: a client's use

@@ -118,7 +118,7 @@ async def later_answer(
         req = canonical_request(path) or parse_request(path)
         if not req.versioned:
             return None
-        served = await proxy.lookup(req)
+        served = await proxy.lookup(req, row=False)
     except Exception:  # aiohttp meets it again and answers it
         return None
     if served is None or served.body is None or (from_peer and served.entry.unverified):
