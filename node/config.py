@@ -134,8 +134,8 @@ class Config:
     )
     memory_cache: int = setting(
         64 << 20,
-        "bytes the in-memory caches hold at most, together: small files as ready answers (1/2, about 350 "
-        "bytes a file besides its body), index rows of hits (1/4), @v/list, @latest and query answers (3/16), "
+        "bytes the in-memory caches hold at most, together: small files as ready answers (11/16, about "
+        "350 bytes a file besides its body), index rows of hits (1/8), @v/list, @latest and query answers (1/8), "
         'recent "not found" answers (1/16)',
         parse=parse_size,
         shown="64MiB",

@@ -5,7 +5,7 @@ A hit on the fast path then costs one dictionary lookup: no request parse, no in
 row, no header block cached per file. Per-file caches of those (650-900 bytes of
 Python objects per file) stopped hitting once a store held more files than they did,
 and a random-key hit at 100k cached versions cost four times one at 1k. A record is
-about 350 bytes with its path, so the default `memory_cache` holds ~95,000 of them.
+about 350 bytes with its path, so the default `memory_cache` holds ~130,000 of them.
 
 A record is `flags (1) | sha256 (32, raw) | len(h1) (1) | h1 (ASCII) | body`: all the
 answer's headers need (server/responses.py builds them) and the bytes. Only files
