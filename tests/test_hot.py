@@ -9,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.cache import hot
-from node.cache.hot import HotAnswers
-from node.cache.memory import MAX_ITEM_SHARE
+from node.cache.memory import LRU, MAX_ITEM_SHARE
 from node.cache.rows import Entry
 from node.server.responses import CONTENT_TYPES, blob_headers, hit_head
 
@@ -51,7 +50,7 @@ def test_the_fast_path_head_is_the_head_aiohttp_sends(body: bytes, h1: str | Non
 
 
 def test_hot_answers_are_bounded_in_bytes() -> None:
-    answers = HotAnswers(1 << 20)
+    answers: LRU[str, bytes] = LRU(1 << 20, hot.size)
     for i in range(20_000):
         answers.put(f"/example.com/m{i}/@v/v1.0.0.info", bytes(100))
         assert answers.bytes <= answers.max_bytes
@@ -61,11 +60,11 @@ def test_hot_answers_are_bounded_in_bytes() -> None:
     answers.put("/huge", bytes(answers.max_bytes // MAX_ITEM_SHARE))
     assert answers.get("/huge") is None  # one huge answer flushes nothing
     answers.pop("/example.com/m19999/@v/v1.0.0.info")
-    assert answers.bytes == sum(answers.size(p, r) for p, r in answers._d.items())
+    assert answers.bytes == sum(hot.size(p, r) for p, r in answers._d.items())
 
 
 def test_a_used_answer_is_kept_over_older_ones() -> None:
-    answers = HotAnswers(20 * HotAnswers.size("/p10", bytes(100)))
+    answers: LRU[str, bytes] = LRU(20 * hot.size("/p10", bytes(100)), hot.size)
     for i in range(10, 30):
         answers.put(f"/p{i}", bytes(100))
     assert answers.get("/p10") is not None
@@ -80,7 +79,7 @@ def test_the_size_of_an_answer_is_what_python_spends_on_it() -> None:
     records = [
         hot.pack(_entry(b"%d" % i), b'{"Version":"v1.0.0","Time":"2026-01-01T00:00:00Z"}\n') for i in range(50_000)
     ]
-    answers = HotAnswers(1 << 30)
+    answers: LRU[str, bytes] = LRU(1 << 30, hot.size)
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]

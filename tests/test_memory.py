@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from node.cache.memory import LRU, MAX_ITEM_SHARE, CacheSizes, Negative, NegativeCache, approx_size
+from node.cache.memory import LRU, MAX_ITEM_SHARE, CacheSizes, Negative, NegativeCache, approx_size, entry_size
+from node.cache.rows import Entry
 from node.errors import Gone, LookupDisabled, NotFound
 from tests.conftest import FakeProxyFactory
 from tests.node_process import free_port, serve_process
@@ -98,7 +101,7 @@ def test_lru_is_bounded_in_bytes() -> None:
     assert lru.get("huge") is None and lru.get("k999") is not None  # one huge item flushes nothing
     lru.put("k999", b"small")
     lru.pop("k999")
-    assert lru.bytes == sum(n for _, n in lru._d.values())
+    assert lru.bytes == sum(approx_size(k, v) for k, v in lru._d.items())
 
 
 def test_memory_cache_split_adds_up() -> None:
@@ -190,3 +193,27 @@ async def test_missing_answers_leave_memory_when_they_expire(
         else:
             pytest.fail("expired negative entries were never swept")
         assert _rss(proc.pid) - before < 20e6
+
+
+def test_counted_sizes_are_what_python_spends_and_never_less() -> None:
+    """An index row costs what the cache counts (within 10 %); a "not found" answer no
+    more than counted: the byte budgets hold (tracemalloc, 20,000 items each)."""
+    n = 20_000
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        rows: LRU[str, Entry] = LRU(1 << 30, entry_size)
+        for i in range(n):
+            sha = hashlib.sha256(b"%d" % i).hexdigest()
+            e = Entry(f"example.com/m{i // 20}", f"v1.{i % 20}.0", "info", sha, 60, "h1:" + "x" * 44, "up", 1e9, i)
+            rows.put(f"example.com/m{i // 20}@v1.{i % 20}.0.info", e)
+        spent_rows = tracemalloc.get_traced_memory()[0] - before
+        before = tracemalloc.get_traced_memory()[0]
+        neg = NegativeCache(600, lambda: 0.0, 1 << 30)
+        for i in range(n):
+            neg.remember(f"example.com/missing{i}/@v/v1.0.0.info", NotFound(f"missing{i}: not found", body="x" * 100))
+        spent_neg = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert 0.9 < spent_rows / rows.bytes < 1.1, (spent_rows, rows.bytes)
+    assert spent_neg <= neg.bytes, (spent_neg, neg.bytes)

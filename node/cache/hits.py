@@ -15,7 +15,6 @@ import functools
 import logging
 
 from node.cache import hot
-from node.cache.hot import HotAnswers
 from node.cache.index import Entry, Index
 from node.cache.integrity import Integrity
 from node.cache.memory import LRU, CacheSizes, entry_size
@@ -36,7 +35,8 @@ class Hits:
         self.index = index
         self.integrity = integrity
         self.entries: LRU[str, Entry] = LRU(sizes.entries, entry_size)
-        self.hot = HotAnswers(sizes.hot)
+        #: Small files by request path, as hot answers (hot.py).
+        self.hot: LRU[str, bytes] = LRU(sizes.hot, hot.size)
         self.reads = Reads()
 
     def in_memory(self, req: ModRequest) -> tuple[Entry, bytes] | None:

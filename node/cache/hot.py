@@ -14,9 +14,7 @@ whose bytes were checked go in (stored, or hashed before their first serve).
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
-from node.cache.memory import MAX_ITEM_SHARE, OBJECT_OVERHEAD
+from node.cache.memory import OBJECT_OVERHEAD
 from node.cache.rows import Entry
 
 #: The file is not confirmed by the checksum database yet: peers are not given it.
@@ -55,41 +53,6 @@ def body(record: bytes) -> memoryview:
     return memoryview(record)[_SHA_END + 1 + record[_SHA_END] :]
 
 
-class HotAnswers:
-    """Records by request path, least recently used forgotten first once their sizes add
-    up to more than `max_bytes`; a record over 1/MAX_ITEM_SHARE of that is not kept."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._d: OrderedDict[str, bytes] = OrderedDict()
-        #: Approximate bytes held now.
-        self.bytes = 0
-
-    def __len__(self) -> int:
-        return len(self._d)
-
-    @staticmethod
-    def size(path: str, record: bytes) -> int:
-        return HOT_OVERHEAD + OBJECT_OVERHEAD + len(path) + len(record)
-
-    def get(self, path: str) -> bytes | None:
-        record = self._d.get(path)
-        if record is not None:
-            self._d.move_to_end(path)
-        return record
-
-    def put(self, path: str, record: bytes) -> None:
-        self.pop(path)
-        n = self.size(path, record)
-        if n > self.max_bytes // MAX_ITEM_SHARE:
-            return
-        self._d[path] = record
-        self.bytes += n
-        while self.bytes > self.max_bytes:
-            old_path, old = self._d.popitem(last=False)
-            self.bytes -= self.size(old_path, old)
-
-    def pop(self, path: str) -> None:
-        record = self._d.pop(path, None)
-        if record is not None:
-            self.bytes -= self.size(path, record)
+def size(path: str, record: bytes) -> int:
+    """What a record under `path` costs in memory (memory.LRU's size of an item)."""
+    return HOT_OVERHEAD + OBJECT_OVERHEAD + len(path) + len(record)
