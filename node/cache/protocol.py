@@ -8,7 +8,6 @@ by Go's own rules, so nothing malformed ever reaches the store or an upstream.
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,8 +25,6 @@ MAX_REQUEST_PATH = 1024
 
 _SUFFIXES: dict[str, Kind] = {".info": "info", ".mod": "mod", ".zip": "zip"}
 _KINDS: dict[str, Kind] = {"info": "info", "mod": "mod", "zip": "zip"}
-_BANG = re.compile(r"!([a-z])")
-_UPPER = re.compile(r"[A-Z]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +67,7 @@ class ModRequest:
         leading slash): the key of its hot answer (hot.py). For a request the node
         checked (parsed, or read from its index)."""
         if self.kind in VERSIONED_KINDS:
-            return f"/{_bang(self.module)}/@v/{_bang(self.version)}.{self.kind}"
+            return f"/{modpath.case_escape(self.module)}/@v/{modpath.case_escape(self.version)}.{self.kind}"
         return "/" + self.upstream_path
 
 
@@ -119,7 +116,7 @@ def request_of(path: str) -> ModRequest:
     at = path.index("/@v/")
     rest = path[at + 4 :]
     dot = rest.rindex(".")
-    return ModRequest(_unbang(path[1:at]), _unbang(rest[:dot]), _KINDS[rest[dot + 1 :]])
+    return ModRequest(modpath.case_unescape(path[1:at]), modpath.case_unescape(rest[:dot]), _KINDS[rest[dot + 1 :]])
 
 
 def canonical_request(path: str) -> ModRequest | None:
@@ -136,18 +133,15 @@ def canonical_request(path: str) -> ModRequest | None:
     kind = _KINDS.get(rest[dot + 1 :]) if dot > 0 else None
     if kind is None:
         return None
-    module, version = _unbang(path[1:at]), _unbang(rest[:dot])
-    if _bang(module) != path[1:at] or _bang(version) != rest[:dot] or _unserved(module, version) is not None:
+    escaped_module, escaped_version = path[1:at], rest[:dot]
+    module, version = modpath.case_unescape(escaped_module), modpath.case_unescape(escaped_version)
+    if (
+        modpath.case_escape(module) != escaped_module
+        or modpath.case_escape(version) != escaped_version
+        or _unserved(module, version) is not None
+    ):
         return None  # not spelled so, or a version query (.info) or no file (.mod, .zip)
     return ModRequest(module, version, kind)
-
-
-def _unbang(escaped: str) -> str:
-    return escaped if "!" not in escaped else _BANG.sub(lambda m: m[1].upper(), escaped)
-
-
-def _bang(s: str) -> str:
-    return s if s == s.lower() else _UPPER.sub(lambda m: "!" + m[0].lower(), s)
 
 
 def _module(escaped: str) -> str:

@@ -325,14 +325,20 @@ _BANG_RE = re.compile(r"!([a-z])")
 _BAD_ESCAPE_RE = re.compile(r"[A-Z]|!(?![a-z])")
 
 
-def _escape(s: str) -> str:
-    return _UPPER_RE.sub(lambda m: "!" + m[0].lower(), s)
+def case_escape(s: str) -> str:
+    """The "!" case encoding alone, without checking `s` (escape_path, escape_version check)."""
+    return s if s == s.lower() else _UPPER_RE.sub(lambda m: "!" + m[0].lower(), s)
+
+
+def case_unescape(escaped: str) -> str:
+    """Undo `case_escape` alone, without checking `escaped` (unescape_path does)."""
+    return escaped if "!" not in escaped else _BANG_RE.sub(lambda m: m[1].upper(), escaped)
 
 
 def _unescape(escaped: str) -> str | None:
     if not escaped.isascii() or _BAD_ESCAPE_RE.search(escaped):
         return None
-    return _BANG_RE.sub(lambda m: m[1].upper(), escaped)
+    return case_unescape(escaped)
 
 
 def escape_path(path: str) -> str:
@@ -341,7 +347,7 @@ def escape_path(path: str) -> str:
     github.com/Azure/x -> github.com/!azure/x. Raises InvalidPathError for invalid paths.
     """
     check_path(path)
-    return _escape(path)
+    return case_escape(path)
 
 
 def unescape_path(escaped: str) -> str:
@@ -364,7 +370,7 @@ def escape_version(v: str) -> str:
     """
     if _elem_problem(v, "file") or "!" in v or not v.isascii():
         raise InvalidVersionError(v, "disallowed version string")
-    return _escape(v)
+    return case_escape(v)
 
 
 def unescape_version(escaped: str) -> str:
