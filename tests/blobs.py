@@ -8,6 +8,8 @@ import os
 import sqlite3
 from pathlib import Path
 
+from node.cache.pack import decode
+
 PACK = "pack.sqlite"
 
 
@@ -15,7 +17,7 @@ def _pack(data: Path) -> sqlite3.Connection:
     db = sqlite3.connect(data / "blobs" / PACK, timeout=10.0, isolation_level=None)
     db.execute(
         "CREATE TABLE IF NOT EXISTS blobs (sha256 BLOB PRIMARY KEY, written INTEGER NOT NULL,"
-        " data BLOB NOT NULL) WITHOUT ROWID"
+        " data BLOB NOT NULL, size INTEGER) WITHOUT ROWID"
     )
     return db
 
@@ -29,15 +31,20 @@ class Blob:
     def __repr__(self) -> str:
         return f"<Blob {self.name} {'file' if self.file.is_file() else 'packed' if self.packed() else 'missing'}>"
 
-    def _row(self) -> bytes | None:
+    def _row(self) -> tuple[bytes, int | None] | None:
+        """The pack's row as it is: (data, size), data deflated when size is not None."""
         if not (self.data / "blobs" / PACK).is_file():
             return None
         with _pack(self.data) as db:
-            row = db.execute("SELECT data FROM blobs WHERE sha256 = ?", (bytes.fromhex(self.name),)).fetchone()
-        return None if row is None else bytes(row[0])
+            row = db.execute("SELECT data, size FROM blobs WHERE sha256 = ?", (bytes.fromhex(self.name),)).fetchone()
+        return None if row is None else (bytes(row[0]), row[1])
 
     def packed(self) -> bool:
         return self._row() is not None
+
+    def deflated(self) -> bool:
+        row = self._row()
+        return row is not None and row[1] is not None
 
     def exists(self) -> bool:
         return self.file.is_file() or self.packed()
@@ -50,13 +57,14 @@ class Blob:
         row = self._row()
         if row is None:
             raise FileNotFoundError(self.name)
-        return row
+        return decode(*row)
 
     def write_bytes(self, data: bytes) -> None:
-        """Replace the blob's bytes where they are (a new blob is a file)."""
+        """Replace the blob's bytes where they are (a new blob is a file; a packed one
+        becomes a row holding them as they are, not deflated)."""
         if not self.file.is_file() and self.packed():
             with _pack(self.data) as db:
-                db.execute("UPDATE blobs SET data = ? WHERE sha256 = ?", (data, bytes.fromhex(self.name)))
+                db.execute("UPDATE blobs SET data = ?, size = NULL WHERE sha256 = ?", (data, bytes.fromhex(self.name)))
             return
         self.file.parent.mkdir(parents=True, exist_ok=True)
         self.file.write_bytes(data)
@@ -90,7 +98,9 @@ def on_disk(data: Path) -> dict[str, int]:
     out = {p.name: p.stat().st_size for p in (data / "blobs").rglob("*") if p.is_file() and not p.name.startswith(PACK)}
     if (data / "blobs" / PACK).is_file():
         with _pack(data) as db:
-            out.update((bytes(k).hex(), n) for k, n in db.execute("SELECT sha256, length(data) FROM blobs"))
+            out.update(
+                (bytes(k).hex(), n) for k, n in db.execute("SELECT sha256, coalesce(size, length(data)) FROM blobs")
+            )
     return out
 
 

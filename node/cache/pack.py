@@ -5,11 +5,16 @@ A file costs at least one disk block (4 KiB) however small it is, and `.info` an
 the bytes it caches. So a blob of at most `PACK_MAX` bytes that is not a zip (zips
 stay files: sendfile and the zip readers need a path) is a row here instead:
 
-    blobs(sha256 BLOB PRIMARY KEY, written INTEGER, data BLOB) WITHOUT ROWID
+    blobs(sha256 BLOB PRIMARY KEY, written INTEGER, data BLOB, size INTEGER) WITHOUT ROWID
 
 keyed by the 32 raw bytes of its sha256; `written` is when it was last committed, in
 milliseconds (rounded up: gc's grace and eviction's "written since" only ever keep more;
 whole seconds would keep a blob eviction just unreferenced when both fall in one second).
+`data` is the blob deflated (raw deflate, RFC 1951) when that is shorter, and `size`
+then its length; `size` is NULL when `data` is the blob as it is (`encode`/`decode`).
+A go.mod's require block deflates to about half; a short `.info` does not, and stays
+as it is. A pack from before `size` existed gains the column when opened (its rows
+read as they are); earlier versions cannot read a pack with deflated rows.
 The database is in WAL mode with synchronous=FULL: a commit returns only once
 the row is on disk, as the fsync of a blob file did, so an acknowledged blob survives
 a power cut. Several processes may use one data directory (a node and `modmesh warm
@@ -27,6 +32,7 @@ import math
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -40,6 +46,28 @@ PAGE_SIZE = 16384
 #: cut back to that size: what a running store takes beyond its rows.
 WAL_PAGES = 256
 _PAGE = 500  # keys per query
+_WBITS = 12  # a 4 KiB window covers a whole packed blob (PACK_MAX)
+_SIZE = "coalesce(size, length(data))"
+
+
+def encode(blob: bytes) -> tuple[bytes, int | None]:
+    """(data, size) of the row for `blob`: deflated when that is shorter."""
+    deflated = zlib.compress(blob, -1, -_WBITS)
+    return (deflated, len(blob)) if len(deflated) < len(blob) else (blob, None)
+
+
+def decode(data: bytes, size: int | None) -> bytes:
+    """The blob a row holds; ValueError if its deflated bytes are damaged."""
+    if size is None:
+        return data
+    inflate = zlib.decompressobj(-15)
+    try:
+        blob = inflate.decompress(data, size + 1)
+    except zlib.error as e:
+        raise ValueError(f"deflated blob damaged: {e}") from e
+    if len(blob) != size or not inflate.eof:
+        raise ValueError(f"deflated blob damaged: it inflates to other than {size} bytes")
+    return blob
 
 
 class Pack:
@@ -61,8 +89,14 @@ class Pack:
             db.execute(f"PRAGMA journal_size_limit = {WAL_PAGES * PAGE_SIZE}")
             db.execute(
                 "CREATE TABLE IF NOT EXISTS blobs (sha256 BLOB PRIMARY KEY, written INTEGER NOT NULL,"
-                " data BLOB NOT NULL) WITHOUT ROWID"
+                " data BLOB NOT NULL, size INTEGER) WITHOUT ROWID"
             )
+            if not any(col[1] == "size" for col in db.execute("PRAGMA table_info(blobs)")):
+                try:
+                    db.execute("ALTER TABLE blobs ADD COLUMN size INTEGER")
+                except sqlite3.OperationalError as e:  # another connection added it meanwhile
+                    if "duplicate column" not in str(e):
+                        raise
         except sqlite3.Error:
             db.close()
             raise
@@ -91,11 +125,12 @@ class Pack:
     def put(self, sha256: str, data: bytes) -> None:
         """Store (or commit again) a blob; on disk when this returns. OSError(ENOSPC)
         when the disk is full."""
+        stored, size = encode(data)
         try:
             with self._write_lock:
                 self._write().execute(
-                    "INSERT OR REPLACE INTO blobs VALUES (?, ?, ?)",
-                    (bytes.fromhex(sha256), math.ceil(time.time() * 1000), data),
+                    "INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?)",
+                    (bytes.fromhex(sha256), math.ceil(time.time() * 1000), stored, size),
                 )
         except sqlite3.OperationalError as e:
             if getattr(e, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL:
@@ -104,15 +139,38 @@ class Pack:
 
     def get(self, sha256: str) -> bytes | None:
         """The blob's bytes, None if it is not packed; OSError(EIO) if the pack cannot be
-        read (damaged, or locked past the busy timeout): the blob is unreadable."""
+        read (damaged, or locked past the busy timeout) or the row's deflated bytes are
+        damaged: the blob is unreadable."""
+        row = self._row(sha256)
+        if row is None:
+            return None
+        try:
+            return decode(*row)
+        except ValueError as e:
+            raise OSError(errno.EIO, f"blob {sha256} in {self.path} unreadable: {e}") from e
+
+    def as_stored(self, sha256: str) -> bytes | None:
+        """What the pack holds for the blob, damaged or not: its bytes, or the row's
+        deflated bytes as they are when those do not inflate (for quarantine)."""
+        row = self._row(sha256)
+        if row is None:
+            return None
+        try:
+            return decode(*row)
+        except ValueError:
+            return row[0]
+
+    def _row(self, sha256: str) -> tuple[bytes, int | None] | None:
         try:
             with self._read_lock:
                 row = (
-                    self._read().execute("SELECT data FROM blobs WHERE sha256 = ?", (bytes.fromhex(sha256),)).fetchone()
+                    self._read()
+                    .execute("SELECT data, size FROM blobs WHERE sha256 = ?", (bytes.fromhex(sha256),))
+                    .fetchone()
                 )
         except sqlite3.DatabaseError as e:
             raise OSError(errno.EIO, f"blob pack {self.path} unreadable: {e}") from e
-        return None if row is None else bytes(row[0])
+        return None if row is None else (bytes(row[0]), row[1])
 
     # ---- many blobs ------------------------------------------------------------
 
@@ -125,7 +183,7 @@ class Pack:
             with self._read_lock:
                 rows = (
                     self._read()
-                    .execute(f"SELECT sha256, length(data) FROM blobs WHERE sha256 IN ({marks})", page)
+                    .execute(f"SELECT sha256, {_SIZE} FROM blobs WHERE sha256 IN ({marks})", page)
                     .fetchall()
                 )
             out.update((bytes(k).hex(), n) for k, n in rows)
@@ -142,7 +200,7 @@ class Pack:
                 try:
                     for k in keys[i : i + _PAGE]:
                         row = db.execute(
-                            "DELETE FROM blobs WHERE sha256 = ? AND written < ? RETURNING length(data)",
+                            f"DELETE FROM blobs WHERE sha256 = ? AND written < ? RETURNING {_SIZE}",
                             (k, since * 1000 if math.isfinite(since) else 2**62),
                         ).fetchone()
                         freed += row[0] if row is not None else 0
@@ -160,7 +218,7 @@ class Pack:
                 rows = (
                     self._read()
                     .execute(
-                        "SELECT sha256, length(data), written FROM blobs WHERE sha256 > ? ORDER BY sha256 LIMIT ?",
+                        f"SELECT sha256, {_SIZE}, written FROM blobs WHERE sha256 > ? ORDER BY sha256 LIMIT ?",
                         (after, size),
                     )
                     .fetchall()

@@ -192,7 +192,7 @@ class BlobStore:
             return True
         except FileNotFoundError:
             pass
-        data = self.pack.get(sha256)
+        data = self.pack.as_stored(sha256)
         if data is None:
             return False
         with open(dest, "wb") as f:
