@@ -14,12 +14,7 @@ PACK = "pack.sqlite"
 
 
 def _pack(data: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(data / "blobs" / PACK, timeout=10.0, isolation_level=None)
-    db.execute(
-        "CREATE TABLE IF NOT EXISTS blobs (sha256 BLOB PRIMARY KEY, written INTEGER NOT NULL,"
-        " data BLOB NOT NULL, size INTEGER) WITHOUT ROWID"
-    )
-    return db
+    return sqlite3.connect(data / "blobs" / PACK, timeout=10.0, isolation_level=None)
 
 
 class Blob:
