@@ -160,8 +160,8 @@ async def test_hits_are_written_once_a_minute_and_serve_checks_at_every_tick(
 
 
 async def test_hits_of_many_files_are_written_at_once() -> None:
-    """The buffer is bounded: ACCESS_KEYS files with hits waiting are written at the next
-    tick, whenever they were last written."""
+    """The buffer is bounded: once ACCESS_KEYS files have hits waiting, they are due at
+    the next tick (which then writes them: the test above), whenever they were last written."""
     index = Index(Path("/nonexistent/index.sqlite"))
     for i in range(ACCESS_KEYS - 1):
         index.touch(f"example.com/m{i}", "v1.0.0", "info", 1.0)

@@ -131,10 +131,11 @@ class Integrity:
             log.warning("cannot move damaged blob %s to quarantine (%s): deleting it", sha256, err)
             await asyncio.to_thread(self.store.remove, sha256)
         await self.index.remove_blob(sha256)
-        damage.keys = [_request(row).key for row in rows]
-        for row in rows:
-            self.forget(_request(row))
-            self.repairing[_request(row).key] = damage
+        reqs = [_request(row) for row in rows]
+        damage.keys = [req.key for req in reqs]
+        for req in reqs:
+            self.forget(req)
+            self.repairing[req.key] = damage
         note = {**asdict(damage), "rows": [asdict(row) for row in rows]}
         try:
             (self.quarantine_dir / f"{dest.name}.json").write_text(json.dumps(note, indent=1) + "\n")
